@@ -1,0 +1,163 @@
+package acl
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Allowlist is an immutable set of IP prefixes. Build it with
+// ParseAllowlist (or ParseList); share it freely between goroutines, and
+// swap a whole new one in on reload (Listener.SetAllowlist).
+type Allowlist struct {
+	prefixes []netip.Prefix // masked, unmapped, deduplicated, sorted
+	warnings []string
+}
+
+// ParseAllowlist parses --allow entries: each is an IP, a CIDR, or a
+// go-sockaddr template rendered now. Every address is validated strictly;
+// errors are *EntryError values naming the offending entry and the fix. An
+// empty list is ErrNoAllowlist: the gateway fails closed.
+func ParseAllowlist(entries []string) (*Allowlist, error) {
+	if len(nonBlank(entries)) == 0 {
+		return nil, ErrNoAllowlist
+	}
+	return ParseList("--allow", entries)
+}
+
+// ParseList parses entries the way ParseAllowlist does, naming flag in
+// errors (e.g. "--ban-ignore"). Unlike ParseAllowlist it accepts an empty
+// list and returns an empty, match-nothing Allowlist.
+func ParseList(flag string, entries []string) (*Allowlist, error) {
+	r := defaultRenderer()
+	a := &Allowlist{}
+	for _, raw := range entries {
+		entry := strings.TrimSpace(raw)
+		ps, warns, err := r.entry(entry)
+		if err != nil {
+			err.Flag, err.Entry = flag, entry
+			return nil, err
+		}
+		for _, w := range warns {
+			a.warnings = append(a.warnings, flag+" "+w)
+		}
+		a.prefixes = append(a.prefixes, ps...)
+	}
+	a.prefixes = dedupe(a.prefixes)
+	a.warnings = append(a.warnings, a.coverageWarnings(flag)...)
+	return a, nil
+}
+
+// Allows reports whether ip lies inside one of the prefixes. ip is
+// normalised first (IPv4-mapped IPv6 is unmapped, any zone is dropped), so a
+// dual-stack listener's ::ffff:10.1.2.3 matches 10.0.0.0/8. A nil Allowlist
+// or an invalid address allows nothing.
+func (a *Allowlist) Allows(ip netip.Addr) bool {
+	if a == nil || !ip.IsValid() {
+		return false
+	}
+	ip = normalize(ip)
+	for _, p := range a.prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// Prefixes returns a copy of the parsed, masked prefixes in sorted order.
+func (a *Allowlist) Prefixes() []netip.Prefix {
+	if a == nil {
+		return nil
+	}
+	return slices.Clone(a.prefixes)
+}
+
+// Len is the number of distinct prefixes.
+func (a *Allowlist) Len() int {
+	if a == nil {
+		return 0
+	}
+	return len(a.prefixes)
+}
+
+// AllowsAny reports whether the list contains 0.0.0.0/0 or ::/0, i.e. it
+// admits every source of a family; the caller should warn loudly.
+func (a *Allowlist) AllowsAny() bool {
+	if a == nil {
+		return false
+	}
+	for _, p := range a.prefixes {
+		if p.Bits() == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Warnings lists things the operator probably wants to know about the
+// parsed list (host bits dropped, a template's network address widened,
+// ::/0 without 0.0.0.0/0). The caller logs them; none is an error.
+func (a *Allowlist) Warnings() []string {
+	if a == nil {
+		return nil
+	}
+	return slices.Clone(a.warnings)
+}
+
+// String lists the prefixes separated by ", ", e.g. "10.0.0.0/8, 192.0.2.1/32".
+func (a *Allowlist) String() string {
+	if a == nil {
+		return ""
+	}
+	s := make([]string, len(a.prefixes))
+	for i, p := range a.prefixes {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// coverageWarnings points out that ::/0 does not admit IPv4 peers: netip (and
+// this package) never match an IPv4 address against an IPv6 prefix.
+func (a *Allowlist) coverageWarnings(flag string) []string {
+	var any4, any6 bool
+	for _, p := range a.prefixes {
+		if p.Bits() == 0 {
+			any4 = any4 || p.Addr().Is4()
+			any6 = any6 || p.Addr().Is6()
+		}
+	}
+	if any6 && !any4 {
+		return []string{flag + " ::/0 matches every IPv6 source but no IPv4 source; add 0.0.0.0/0 to match those too"}
+	}
+	return nil
+}
+
+// normalize is the one place peer addresses are canonicalised: unmapped and
+// stripped of any zone, so v4-mapped and plain v4 decide (and ban) alike.
+func normalize(ip netip.Addr) netip.Addr {
+	return ip.Unmap().WithZone("")
+}
+
+func dedupe(ps []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(ps, comparePrefix)
+	return slices.Compact(ps)
+}
+
+// comparePrefix orders IPv4 before IPv6, then by address, then by length.
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+func nonBlank(entries []string) []string {
+	var out []string
+	for _, e := range entries {
+		if strings.TrimSpace(e) != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
