@@ -1,0 +1,320 @@
+package certs
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// maxRoleLen is NAMEDATALEN-1: postgres silently truncates a longer startup
+// user name, so a role we compared in full could log in as its 63-byte
+// prefix. Longer roles are refused rather than guessed at.
+const maxRoleLen = 63
+
+// Authorizer decides, after the TLS handshake and the StartupMessage, whether
+// the client's certificate may log in as the requested role. It is the
+// second half of Policy.ClientCAFile: ServerConfig only requests the
+// certificate, so that a refusal can be a postgres FATAL 28000 with a reason
+// rather than a bare TLS alert.
+//
+// The checks, in order:
+//  1. a certificate was sent;
+//  2. it verifies against --tls-client-ca (intermediates from the client's
+//     chain, extended key usage clientAuth, the current time);
+//  3. if --tls-allow-cn / --tls-allow-san are given, its CN, a DNS SAN or a
+//     URI SAN (e.g. a SPIFFE ID) is listed;
+//  4. the role: if the certificate's CN or one of its URI SANs has
+//     --tls-map-user / --tls-map-file entries, the role must be one of them;
+//     otherwise the role must equal the CN (postgres's clientcert=verify-full).
+//
+// A nil *Authorizer allows everything, which is what NewAuthorizer returns
+// when no client CA is configured, so callers may call Authorize
+// unconditionally.
+type Authorizer struct {
+	caFile, mapFile string
+	allowCN         map[string]bool
+	allowDNS        map[string]bool // lowercased: DNS names compare case-insensitively
+	allowURI        map[string]bool
+	flagRoles       roleMap // from --tls-map-user; fixed for the process
+	logger          *zap.Logger
+	now             func() time.Time
+
+	state    atomic.Pointer[authState]
+	reloadMu sync.Mutex
+}
+
+// authState is what Reload replaces: the CA pool and the role map merged
+// from the flags and the map file.
+type authState struct {
+	pool  *x509.CertPool
+	roles roleMap
+}
+
+// NewAuthorizer builds an Authorizer from p, reading p.ClientCAFile and
+// p.MapFile. It returns (nil, nil) when p.ClientCAFile is empty, and an error
+// naming the flag if identity rules are given without a client CA (they
+// would otherwise be silently ignored). A nil logger means zap.NewNop().
+func NewAuthorizer(p Policy, logger *zap.Logger) (*Authorizer, error) {
+	if p.ClientCAFile == "" {
+		var errs []error
+		for _, f := range []struct {
+			flag string
+			set  bool
+		}{
+			{"--tls-allow-cn", len(p.AllowCN) > 0},
+			{"--tls-allow-san", len(p.AllowSAN) > 0},
+			{"--tls-map-user", len(p.MapUser) > 0},
+			{"--tls-map-file", p.MapFile != ""},
+		} {
+			if f.set {
+				errs = append(errs, fmt.Errorf("%s needs --tls-client-ca: without it no client certificate is requested", f.flag))
+			}
+		}
+		return nil, errors.Join(errs...)
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	a := &Authorizer{
+		caFile:   p.ClientCAFile,
+		mapFile:  p.MapFile,
+		allowCN:  map[string]bool{},
+		allowDNS: map[string]bool{},
+		allowURI: map[string]bool{},
+		logger:   logger,
+		now:      time.Now,
+	}
+	var errs []error
+	for _, cn := range p.AllowCN {
+		if cn == "" {
+			errs = append(errs, errors.New("--tls-allow-cn: empty common name"))
+			continue
+		}
+		a.allowCN[cn] = true
+	}
+	for _, san := range p.AllowSAN {
+		if err := a.addAllowSAN(san); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var err error
+	if a.flagRoles, err = parseMapFlags(p.MapUser); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	st, err := a.load()
+	if err != nil {
+		return nil, err
+	}
+	a.state.Store(st)
+	return a, nil
+}
+
+func (a *Authorizer) addAllowSAN(san string) error {
+	switch {
+	case san == "":
+		return errors.New("--tls-allow-san: empty value")
+	case strings.Contains(san, "://"):
+		u, err := parseURISAN(san)
+		if err != nil {
+			return fmt.Errorf("--tls-allow-san %q: %w", san, err)
+		}
+		a.allowURI[u] = true
+	case strings.ContainsAny(san, " \t/:@"):
+		return fmt.Errorf("--tls-allow-san %q: not a DNS name or a URI (e.g. spiffe://example.org/ci)", san)
+	default:
+		a.allowDNS[strings.ToLower(strings.TrimSuffix(san, "."))] = true
+	}
+	return nil
+}
+
+// load reads the CA file and map file into a new state without touching the
+// current one.
+func (a *Authorizer) load() (*authState, error) {
+	data, err := readFile("--tls-client-ca", a.caFile)
+	if err != nil {
+		return nil, err
+	}
+	cas, err := parseCertificates("--tls-client-ca", a.caFile, data)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	now := a.now()
+	for _, c := range cas {
+		if now.After(c.NotAfter) {
+			a.logger.Warn("client CA certificate has expired; certificates it issued will be refused",
+				zap.String("file", a.caFile), zap.String("subject", c.Subject.String()), zap.Time("not_after", c.NotAfter))
+		}
+		pool.AddCert(c)
+	}
+	roles := a.flagRoles
+	if a.mapFile != "" {
+		fileRoles, err := readMapFile(a.mapFile)
+		if err != nil {
+			return nil, err
+		}
+		roles = mergeRoles(a.flagRoles, fileRoles)
+	}
+	return &authState{pool: pool, roles: roles}, nil
+}
+
+// Reload re-reads --tls-client-ca and --tls-map-file. On error the previous
+// CA pool and map stay in force, the error is logged at error level and
+// returned. A nil Authorizer has nothing to reload.
+func (a *Authorizer) Reload() error {
+	if a == nil {
+		return nil
+	}
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	st, err := a.load()
+	if err != nil {
+		a.logger.Error("client CA reload failed; still using the previous CA and map", zap.Error(err))
+		return err
+	}
+	a.state.Store(st)
+	a.logger.Info("client CA reloaded", zap.String("file", a.caFile), zap.String("map_file", a.mapFile))
+	return nil
+}
+
+// Authorize checks cs's client certificate and whether it may log in as
+// role. The result is nil or an *AuthError whose Error() is safe to send to
+// the unauthenticated client in a FATAL 28000; its Cause is for the log.
+// Call it once per connection, after reading the StartupMessage and before
+// dialing postgres.
+func (a *Authorizer) Authorize(cs *tls.ConnectionState, role string) error {
+	if a == nil {
+		return nil
+	}
+	if cs == nil || len(cs.PeerCertificates) == 0 {
+		return &AuthError{Kind: ErrNoClientCert, Public: "client certificate required"}
+	}
+	st := a.state.Load()
+	leaf := cs.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         st.pool,
+		Intermediates: inter,
+		CurrentTime:   a.now(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return &AuthError{Kind: ErrUntrustedClientCert, Public: untrustedText(err), Cause: err}
+	}
+	id := identityOf(leaf)
+	if !a.identityAllowed(leaf) {
+		return &AuthError{
+			Kind:   ErrIdentityNotAllowed,
+			Public: fmt.Sprintf("certificate identity %q is not allowed", id),
+		}
+	}
+	if !roleAllowed(st.roles, leaf, role) {
+		return &AuthError{
+			Kind:   ErrRoleNotAllowed,
+			Public: fmt.Sprintf("certificate %q may not log in as role %q", id, truncate(role, 64)),
+		}
+	}
+	return nil
+}
+
+// untrustedText names the verification failure in terms a client operator
+// can act on, without echoing anything of ours beyond the reason.
+func untrustedText(err error) string {
+	var (
+		unknown x509.UnknownAuthorityError
+		invalid x509.CertificateInvalidError
+	)
+	switch {
+	case errors.As(err, &unknown):
+		return "client certificate not trusted: unknown authority"
+	case errors.As(err, &invalid):
+		switch invalid.Reason {
+		case x509.Expired:
+			return "client certificate not trusted: expired or not yet valid"
+		case x509.IncompatibleUsage:
+			return "client certificate not trusted: not valid for client authentication"
+		}
+	}
+	return "client certificate not trusted"
+}
+
+// identityOf names a certificate in messages and logs: its CN, or for a
+// certificate without one (many SPIFFE SVIDs) its first URI then DNS SAN.
+func identityOf(c *x509.Certificate) string {
+	switch {
+	case c.Subject.CommonName != "":
+		return truncate(c.Subject.CommonName, 64)
+	case len(c.URIs) > 0:
+		return truncate(c.URIs[0].String(), 256)
+	case len(c.DNSNames) > 0:
+		return truncate(c.DNSNames[0], 256)
+	}
+	return "(no name)"
+}
+
+func (a *Authorizer) identityAllowed(c *x509.Certificate) bool {
+	if len(a.allowCN) == 0 && len(a.allowDNS) == 0 && len(a.allowURI) == 0 {
+		return true // no rules: any certificate the CA signed
+	}
+	if c.Subject.CommonName != "" && a.allowCN[c.Subject.CommonName] {
+		return true
+	}
+	for _, d := range c.DNSNames {
+		if a.allowDNS[strings.ToLower(strings.TrimSuffix(d, "."))] {
+			return true
+		}
+	}
+	for _, u := range c.URIs {
+		if a.allowURI[u.String()] {
+			return true
+		}
+	}
+	return false
+}
+
+// roleAllowed applies the role rule: mapped identities use only their map
+// entries; unmapped ones must log in as their CN.
+func roleAllowed(roles roleMap, c *x509.Certificate, role string) bool {
+	if role == "" || len(role) > maxRoleLen {
+		return false
+	}
+	keys := make([]string, 0, 1+len(c.URIs))
+	if c.Subject.CommonName != "" {
+		keys = append(keys, c.Subject.CommonName)
+	}
+	for _, u := range c.URIs {
+		keys = append(keys, u.String())
+	}
+	mapped := false
+	for _, k := range keys {
+		if rs, ok := roles[k]; ok {
+			mapped = true
+			if rs[role] {
+				return true
+			}
+		}
+	}
+	if mapped {
+		return false
+	}
+	return c.Subject.CommonName != "" && role == c.Subject.CommonName
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

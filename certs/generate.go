@@ -1,0 +1,411 @@
+package certs
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Validity of what `pgwarden certs` makes. The server certificate is short
+// enough that a forgotten rotation shows up (WarnIfExpiring warns 14 days
+// ahead) and the CA long enough not to need rotating with it.
+const (
+	CAValidity       = 10 * 365 * 24 * time.Hour
+	ServerValidity   = 365 * 24 * time.Hour
+	DefaultClientTTL = 30 * 24 * time.Hour
+	// backdate covers clocks slightly behind ours on the verifying side.
+	backdate = 5 * time.Minute
+)
+
+// File names inside the certs directory.
+const (
+	CACertName     = "ca.crt"
+	CAKeyName      = "ca.key"
+	ServerCertName = "server.crt"
+	ServerKeyName  = "server.key"
+)
+
+// ErrUsage marks errors caused by the arguments (bad host, name or TTL), as
+// opposed to the file system; the CLI exits 2 for them.
+var ErrUsage = errors.New("invalid argument")
+
+type usageError struct{ error }
+
+func (e usageError) Is(target error) bool { return target == ErrUsage }
+func (e usageError) Unwrap() error        { return e.error }
+
+func usageErrorf(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// Files are the paths InitCA wrote.
+type Files struct {
+	CACert, CAKey, ServerCert, ServerKey string
+	Hosts                                []string  // the server certificate's names, CN first
+	ServerNotAfter, CANotAfter           time.Time // ends of validity
+}
+
+// ClientFiles are the paths IssueClient wrote and what a client needs.
+type ClientFiles struct {
+	Cert, Key, CACert string
+	NotAfter          time.Time
+	// ServerName is the first name in DIR/server.crt, for the usage hint; ""
+	// if that file is absent or unreadable.
+	ServerName string
+}
+
+// InitCA creates dir (0700) if needed and writes a new private CA and a
+// server certificate for hosts (DNS names and IP addresses; the first is the
+// CN). Keys are ECDSA P-256 written with mode 0600. If any of the four files
+// exists and force is false, nothing is written and the error names the file.
+func InitCA(dir string, hosts []string, force bool) (Files, error) {
+	dnsNames, ips, names, err := parseHosts(hosts)
+	if err != nil {
+		return Files{}, err
+	}
+	f := Files{
+		CACert:     filepath.Join(dir, CACertName),
+		CAKey:      filepath.Join(dir, CAKeyName),
+		ServerCert: filepath.Join(dir, ServerCertName),
+		ServerKey:  filepath.Join(dir, ServerKeyName),
+		Hosts:      names,
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Files{}, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	if !force {
+		if err := refuseExisting(f.CACert, f.CAKey, f.ServerCert, f.ServerKey); err != nil {
+			return Files{}, err
+		}
+	}
+
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Files{}, fmt.Errorf("generating CA key: %w", err)
+	}
+	caSerial, err := randomSerial()
+	if err != nil {
+		return Files{}, err
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: caSerial,
+		// A random suffix keeps two deployments' CAs distinct by subject,
+		// so a client trusting both never confuses their issuers.
+		Subject:               pkix.Name{Organization: []string{"pgwarden"}, CommonName: "pgwarden CA " + hex.EncodeToString(caSerial.Bytes()[:4])},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(CAValidity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		// Leaves only: nobody should hang an intermediate off this CA.
+		MaxPathLen:     0,
+		MaxPathLenZero: true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		return Files{}, fmt.Errorf("signing CA certificate: %w", err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return Files{}, fmt.Errorf("parsing CA certificate: %w", err)
+	}
+
+	serverTmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: names[0]},
+		DNSNames:    dnsNames,
+		IPAddresses: ips,
+		NotBefore:   now.Add(-backdate),
+		NotAfter:    now.Add(ServerValidity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	serverCertPEM, serverKeyPEM, err := issueLeaf(serverTmpl, caCert, caKey)
+	if err != nil {
+		return Files{}, fmt.Errorf("issuing server certificate: %w", err)
+	}
+	caKeyPEM, err := keyPEM(caKey)
+	if err != nil {
+		return Files{}, err
+	}
+	err = writeFiles(force, []fileContent{
+		{f.CACert, certPEM(caDER), 0o644},
+		{f.CAKey, caKeyPEM, 0o600},
+		{f.ServerCert, serverCertPEM, 0o644},
+		{f.ServerKey, serverKeyPEM, 0o600},
+	})
+	if err != nil {
+		return Files{}, err
+	}
+	f.CANotAfter, f.ServerNotAfter = caTmpl.NotAfter, serverTmpl.NotAfter
+	return f, nil
+}
+
+// IssueClient issues a client certificate with CN=name from the CA in dir,
+// writing DIR/NAME.crt and DIR/NAME.key (0600). ttl 0 means
+// DefaultClientTTL; the certificate may not outlive the CA.
+func IssueClient(dir, name string, ttl time.Duration, force bool) (ClientFiles, error) {
+	if err := ValidateClientName(name); err != nil {
+		return ClientFiles{}, err
+	}
+	switch {
+	case ttl == 0:
+		ttl = DefaultClientTTL
+	case ttl < 0:
+		return ClientFiles{}, usageErrorf("--ttl %s: must be positive", ttl)
+	}
+	cf := ClientFiles{
+		Cert:   filepath.Join(dir, name+".crt"),
+		Key:    filepath.Join(dir, name+".key"),
+		CACert: filepath.Join(dir, CACertName),
+	}
+	caCert, caKey, err := loadCA(dir)
+	if err != nil {
+		return ClientFiles{}, err
+	}
+	now := time.Now()
+	notAfter := now.Add(ttl)
+	if notAfter.After(caCert.NotAfter) {
+		return ClientFiles{}, usageErrorf("--ttl %s: the certificate would outlive the CA, which expires on %s", ttl, caCert.NotAfter.UTC().Format(time.DateOnly))
+	}
+	if !force {
+		if err := refuseExisting(cf.Cert, cf.Key); err != nil {
+			return ClientFiles{}, err
+		}
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: name},
+		NotBefore:   now.Add(-backdate),
+		NotAfter:    notAfter,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	certPEM, keyPEM, err := issueLeaf(tmpl, caCert, caKey)
+	if err != nil {
+		return ClientFiles{}, fmt.Errorf("issuing client certificate: %w", err)
+	}
+	if err := writeFiles(force, []fileContent{{cf.Cert, certPEM, 0o644}, {cf.Key, keyPEM, 0o600}}); err != nil {
+		return ClientFiles{}, err
+	}
+	cf.NotAfter = notAfter
+	cf.ServerName = serverName(dir)
+	return cf, nil
+}
+
+// ValidateClientName checks a `certs issue --client` name. It becomes both
+// the CN (and so, by default, the postgres role) and a file name in the CA
+// directory, so it may not contain path separators or "..", and may not be
+// "ca" or "server", whose files would collide with the CA's and server's.
+func ValidateClientName(name string) error {
+	switch {
+	case name == "":
+		return usageErrorf("--client is required: the certificate's CN, by default the postgres role it may log in as")
+	case len(name) > 64:
+		return usageErrorf("--client %q: longer than 64 bytes (the X.509 limit for a CN)", name)
+	case strings.ContainsAny(name, `/\`) || strings.Contains(name, ".."):
+		return usageErrorf("--client %q: may not contain '/', '\\' or '..': it is used as a file name", name)
+	case strings.HasPrefix(name, ".") || strings.HasPrefix(name, "-"):
+		return usageErrorf("--client %q: may not start with '.' or '-'", name)
+	case strings.EqualFold(name, "ca") || strings.EqualFold(name, "server"):
+		return usageErrorf("--client %q: reserved: %s.crt would replace the %s certificate", name, name, strings.ToLower(name))
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-@", r)) {
+			return usageErrorf("--client %q: use letters, digits and . _ - @ only (map other role names with --tls-map-user)", name)
+		}
+	}
+	return nil
+}
+
+// ParseTTL parses --ttl: a Go duration ("12h", "90m") or whole days ("30d").
+func ParseTTL(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n <= 0 {
+			return 0, usageErrorf("--ttl %q: want a positive duration such as 12h or 30d", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	ttl, err := time.ParseDuration(s)
+	if err != nil || ttl <= 0 {
+		return 0, usageErrorf("--ttl %q: want a positive duration such as 12h or 30d", s)
+	}
+	return ttl, nil
+}
+
+// parseHosts splits --host values into DNS names and IPs, lowercased and
+// de-duplicated, in order.
+func parseHosts(hosts []string) (dnsNames []string, ips []net.IP, names []string, err error) {
+	if len(hosts) == 0 {
+		return nil, nil, nil, usageErrorf("--host is required: the name (or IP) clients connect to, as in psql host=NAME")
+	}
+	seen := map[string]bool{}
+	var errs []error
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			if !seen[ip.String()] {
+				seen[ip.String()] = true
+				ips = append(ips, ip)
+				names = append(names, ip.String())
+			}
+			continue
+		}
+		name := strings.ToLower(strings.TrimSuffix(h, "."))
+		if err := checkDNSName(name); err != nil {
+			errs = append(errs, usageErrorf("--host %q: %w", h, err))
+			continue
+		}
+		if !seen[name] {
+			seen[name] = true
+			dnsNames = append(dnsNames, name)
+			names = append(names, name)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, nil, usageError{err}
+	}
+	return dnsNames, ips, names, nil
+}
+
+// checkDNSName accepts what libpq's verify-full can match: LDH labels
+// (underscore tolerated), optionally a leading "*." wildcard label.
+func checkDNSName(name string) error {
+	if name == "" {
+		return errors.New("empty host name")
+	}
+	if len(name) > 253 {
+		return errors.New("longer than 253 characters")
+	}
+	rest, _ := strings.CutPrefix(name, "*.")
+	for label := range strings.SplitSeq(rest, ".") {
+		if label == "" || len(label) > 63 {
+			return errors.New("not a valid DNS name (empty or over-long label)")
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return errors.New("not a valid DNS name (label starts or ends with '-')")
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("not a valid DNS name or IP address (character %q)", r)
+			}
+		}
+	}
+	return nil
+}
+
+// loadCA reads DIR/ca.crt and DIR/ca.key and checks that they belong together.
+func loadCA(dir string) (*x509.Certificate, crypto.Signer, error) {
+	certFile, keyFile := filepath.Join(dir, CACertName), filepath.Join(dir, CAKeyName)
+	hint := " (run `pgwarden certs init --dir " + dir + " --host NAME` first)"
+	data, err := readFile("--dir", certFile)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil, fmt.Errorf("%w%s", err, hint)
+		}
+		return nil, nil, err
+	}
+	cas, err := parseCertificates("--dir", certFile, data)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyData, err := readFile("--dir", keyFile)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil, fmt.Errorf("%w%s", err, hint)
+		}
+		return nil, nil, err
+	}
+	key, err := parsePrivateKey("--dir", keyFile, keyData)
+	if err != nil {
+		return nil, nil, err
+	}
+	ca := cas[0]
+	if !ca.IsCA {
+		return nil, nil, fmt.Errorf("--dir %s: not a CA certificate", certFile)
+	}
+	if !publicKeysEqual(ca.PublicKey, key.Public()) {
+		return nil, nil, fmt.Errorf("--dir %s: does not match %s", keyFile, certFile)
+	}
+	if time.Now().After(ca.NotAfter) {
+		return nil, nil, fmt.Errorf("--dir %s: the CA expired on %s; run certs init --force to make a new one", certFile, ca.NotAfter.UTC().Format(time.DateOnly))
+	}
+	return ca, key, nil
+}
+
+// serverName is the first name in DIR/server.crt, or "".
+func serverName(dir string) string {
+	data, err := os.ReadFile(filepath.Join(dir, ServerCertName))
+	if err != nil {
+		return ""
+	}
+	certs, err := parseCertificates("", "", data)
+	if err != nil {
+		return ""
+	}
+	c := certs[0]
+	switch {
+	case len(c.DNSNames) > 0:
+		return c.DNSNames[0]
+	case len(c.IPAddresses) > 0:
+		return c.IPAddresses[0].String()
+	}
+	return c.Subject.CommonName
+}
+
+// issueLeaf gives tmpl a fresh P-256 key and random serial and signs it.
+func issueLeaf(tmpl, ca *x509.Certificate, caKey crypto.Signer) (certOut, keyOut []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating key: %w", err)
+	}
+	if tmpl.SerialNumber, err = randomSerial(); err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing: %w", err)
+	}
+	keyOut, err = keyPEM(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return certPEM(der), keyOut, nil
+}
+
+// randomSerial is 128 random bits (RFC 5280 allows up to 20 octets; CAB
+// forum asks for at least 64 bits of entropy).
+func randomSerial() (*big.Int, error) {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, fmt.Errorf("generating serial number: %w", err)
+	}
+	// Serial numbers must be positive; zero is astronomically unlikely but
+	// cheap to rule out.
+	return n.Add(n, big.NewInt(1)), nil
+}
+
+func certPEM(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+func keyPEM(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encoding private key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
