@@ -1,0 +1,330 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
+
+	"github.com/pgwarden/pgwarden/proxy"
+)
+
+// routeConfig is one listen → upstream service, as stunnel's services are:
+// its own listeners, upstream, allowlist and TLS files.
+type routeConfig struct {
+	Name                string
+	Listen              []string
+	Upstream            string
+	AllowRemoteUpstream bool
+	Allow               []string
+	TLSCert, TLSKey     string
+	TLSMinVersion       string
+	TLSClientCA         string
+	TLSAllowCN          []string
+	TLSAllowSAN         []string
+	TLSMapUser          []string
+	TLSMapFile          string
+}
+
+// serveConfig is everything `pgwarden serve` takes. Field names map to flag
+// names one to one; YAML keys are the flag names.
+type serveConfig struct {
+	ConfigFile string
+	Route      routeConfig   // the top-level route keys
+	Routes     []routeConfig // from the file's routes: list
+
+	HandshakeTimeout time.Duration
+	AuthTimeout      time.Duration
+	DrainTimeout     time.Duration
+	MaxStartups      int
+	MaxStartupsPerIP int
+	LogFormat        string
+	LogLevel         string
+
+	BanMaxRetry   int
+	BanFindTime   time.Duration
+	BanTime       time.Duration
+	BanTimeFactor float64
+	BanMaxTime    time.Duration
+	BanIgnore     []string
+	BanState      string
+	BanIPv6Prefix int
+	Admin         string
+}
+
+// routeFlags defines the per-route flags on fs, bound to rc. The same set
+// describes a routes: entry in the YAML file.
+func routeFlags(fs *pflag.FlagSet, rc *routeConfig) {
+	fs.StringArrayVar(&rc.Listen, "listen", nil, "HOST:PORT to listen on (repeatable); HOST may be an IP, a name, or a go-sockaddr template such as '{{ GetPrivateIP }}'")
+	fs.StringVar(&rc.Upstream, "upstream", "", "postgres address: HOST:PORT on loopback, a unix socket file, or a socket directory with :PORT")
+	fs.BoolVar(&rc.AllowRemoteUpstream, "allow-remote-upstream", false, "permit a non-loopback upstream")
+	fs.StringArrayVar(&rc.Allow, "allow", nil, "source IP, CIDR or go-sockaddr template allowed to connect (repeatable; at least one)")
+	fs.StringVar(&rc.TLSCert, "tls-cert", "", "server certificate chain (PEM)")
+	fs.StringVar(&rc.TLSKey, "tls-key", "", "server private key (PEM)")
+	fs.StringVar(&rc.TLSMinVersion, "tls-min-version", "", "lowest TLS version accepted: 1.2 (the default) or 1.3")
+	fs.StringVar(&rc.TLSClientCA, "tls-client-ca", "", "CA bundle (PEM): require and verify a client certificate")
+	fs.StringArrayVar(&rc.TLSAllowCN, "tls-allow-cn", nil, "client certificate common name allowed to connect (repeatable)")
+	fs.StringArrayVar(&rc.TLSAllowSAN, "tls-allow-san", nil, "client certificate DNS or URI SAN allowed to connect (repeatable)")
+	fs.StringArrayVar(&rc.TLSMapUser, "tls-map-user", nil, "CN=ROLE: certificate CN may log in as ROLE (repeatable; default: role must equal CN)")
+	fs.StringVar(&rc.TLSMapFile, "tls-map-file", "", "file of 'CN ROLE' lines, like pg_ident.conf")
+	fs.StringVar(&rc.Name, "name", "", "route name used in logs and metrics")
+}
+
+// newServeFlags builds the serve flag set bound to c.
+func newServeFlags(c *serveConfig) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringVar(&c.ConfigFile, "config", "", "YAML config file; its keys are the flag names, and flags given here override it")
+	routeFlags(fs, &c.Route)
+	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", proxy.DefaultHandshakeTimeout, "accept → TLS done → StartupMessage read, overall")
+	fs.DurationVar(&c.AuthTimeout, "auth-timeout", proxy.DefaultAuthTimeout, "accept → authentication finished, overall")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long sessions may finish")
+	fs.IntVar(&c.MaxStartups, "max-startups", proxy.DefaultMaxStartups, "connections not yet authenticated, all sources together")
+	fs.IntVar(&c.MaxStartupsPerIP, "max-startups-per-source", proxy.DefaultMaxStartupsPerIP, "connections not yet authenticated, per source IP")
+	fs.StringVar(&c.LogFormat, "log-format", "json", "json or console")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.IntVar(&c.BanMaxRetry, "ban-max-retry", 5, "failed logins from one source within --ban-find-time that ban it (fail2ban maxretry)")
+	fs.DurationVar(&c.BanFindTime, "ban-find-time", 10*time.Minute, "window in which failures are counted (fail2ban findtime)")
+	fs.DurationVar(&c.BanTime, "ban-time", 10*time.Minute, "length of a first ban (fail2ban bantime)")
+	fs.Float64Var(&c.BanTimeFactor, "ban-time-factor", 2, "each repeat ban of a source multiplies the last by this (fail2ban bantime.increment)")
+	fs.DurationVar(&c.BanMaxTime, "ban-max-time", 24*time.Hour, "cap on an escalated ban (fail2ban bantime.maxtime)")
+	fs.StringArrayVar(&c.BanIgnore, "ban-ignore", nil, "source IP or CIDR never banned (repeatable; fail2ban ignoreip)")
+	fs.StringVar(&c.BanState, "ban-state", "", "file where bans and ban history persist (bbolt); empty keeps them in memory")
+	fs.IntVar(&c.BanIPv6Prefix, "ban-ipv6-prefix", 64, "IPv6 sources are also counted and banned per prefix of this length")
+	fs.StringVar(&c.Admin, "admin", "", "loopback HOST:PORT for the admin HTTP endpoint (bans, /healthz, /readyz, /metrics)")
+	return fs
+}
+
+// routeKeys are the flag names a routes: entry may use.
+var routeKeys = func() map[string]bool {
+	fs := pflag.NewFlagSet("route", pflag.ContinueOnError)
+	routeFlags(fs, &routeConfig{})
+	keys := map[string]bool{}
+	fs.VisitAll(func(f *pflag.Flag) { keys[f.Name] = true })
+	return keys
+}()
+
+// parseServeArgs parses serve's command line and, if --config is given, the
+// YAML file underneath it: a flag on the command line replaces the file's
+// value (the whole list, for a repeatable flag).
+func parseServeArgs(args []string) (*serveConfig, error) {
+	c := &serveConfig{}
+	fs := newServeFlags(c)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, errHelp
+		}
+		return nil, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, usageError{fmt.Errorf("unexpected argument %q: serve takes only flags", fs.Arg(0))}
+	}
+	if c.ConfigFile != "" {
+		fromCLI := map[string]bool{}
+		fs.Visit(func(f *pflag.Flag) { fromCLI[f.Name] = true })
+		if err := applyFile(c, fs, fromCLI); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// applyFile sets from the YAML file every flag not given on the command line.
+func applyFile(c *serveConfig, fs *pflag.FlagSet, fromCLI map[string]bool) error {
+	data, err := os.ReadFile(c.ConfigFile)
+	if err != nil {
+		return fmt.Errorf("--config %s: reading: %w", c.ConfigFile, err)
+	}
+	var doc map[string]yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("--config %s: not valid YAML: %w", c.ConfigFile, err)
+	}
+	where := "--config " + c.ConfigFile
+	for _, key := range sortedKeys(doc) {
+		node := doc[key]
+		switch {
+		case key == "routes":
+			routes, err := parseRoutes(where, &node)
+			if err != nil {
+				return err
+			}
+			c.Routes = routes
+		case key == "config" || fs.Lookup(key) == nil:
+			return fmt.Errorf("%s: unknown key %q (keys are the flag names, e.g. listen, upstream, allow, tls-cert; see pgwarden serve --help)", where, key)
+		case fromCLI[key]:
+			// The command line wins.
+		default:
+			if err := setFromNode(fs, where, key, &node); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// parseRoutes reads the routes: list; each entry takes the route keys.
+func parseRoutes(where string, node *yaml.Node) ([]routeConfig, error) {
+	var entries []map[string]yaml.Node
+	if err := node.Decode(&entries); err != nil {
+		return nil, fmt.Errorf("%s: routes must be a list of maps with keys like listen, upstream, allow: %w", where, err)
+	}
+	routes := make([]routeConfig, 0, len(entries))
+	for i, entry := range entries {
+		var rc routeConfig
+		fs := pflag.NewFlagSet("route", pflag.ContinueOnError)
+		routeFlags(fs, &rc)
+		at := fmt.Sprintf("%s: routes[%d]", where, i)
+		for _, key := range sortedKeys(entry) {
+			if !routeKeys[key] {
+				return nil, fmt.Errorf("%s: unknown key %q (a route takes %s)", at, key, strings.Join(sortedKeys(routeKeys), ", "))
+			}
+			n := entry[key]
+			if err := setFromNode(fs, at, key, &n); err != nil {
+				return nil, err
+			}
+		}
+		if rc.Name == "" {
+			rc.Name = fmt.Sprintf("route%d", i)
+		}
+		routes = append(routes, rc)
+	}
+	return routes, nil
+}
+
+// setFromNode sets flag key from a YAML scalar or, for a repeatable flag, a
+// list of scalars.
+func setFromNode(fs *pflag.FlagSet, where, key string, node *yaml.Node) error {
+	f := fs.Lookup(key)
+	var values []string
+	switch node.Kind {
+	case yaml.ScalarNode:
+		values = []string{node.Value}
+	case yaml.SequenceNode:
+		if f.Value.Type() != "stringArray" {
+			return fmt.Errorf("%s: %s takes one value, not a list", where, key)
+		}
+		for _, item := range node.Content {
+			if item.Kind != yaml.ScalarNode {
+				return fmt.Errorf("%s: %s: list items must be plain values", where, key)
+			}
+			values = append(values, item.Value)
+		}
+	default:
+		return fmt.Errorf("%s: %s must be a value or a list of values", where, key)
+	}
+	for _, v := range values {
+		if err := fs.Set(key, v); err != nil {
+			return fmt.Errorf("%s: %s: %w", where, key, err)
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// routes returns the routes to serve: the top-level one (if it has any
+// listener or upstream) and the file's routes. A route inherits the
+// top-level TLS, allow and upstream settings it does not set itself, as
+// stunnel's services inherit global options.
+func (c *serveConfig) routes() []routeConfig {
+	var out []routeConfig
+	top := c.Route
+	if len(c.Routes) == 0 || len(top.Listen) > 0 {
+		if top.Name == "" {
+			top.Name = "default"
+		}
+		out = append(out, top)
+	}
+	for _, r := range c.Routes {
+		inherit(&r.Upstream, top.Upstream)
+		inherit(&r.TLSCert, top.TLSCert)
+		inherit(&r.TLSKey, top.TLSKey)
+		inherit(&r.TLSClientCA, top.TLSClientCA)
+		inherit(&r.TLSMapFile, top.TLSMapFile)
+		inherit(&r.TLSMinVersion, top.TLSMinVersion)
+		inheritList(&r.Allow, top.Allow)
+		inheritList(&r.TLSAllowCN, top.TLSAllowCN)
+		inheritList(&r.TLSAllowSAN, top.TLSAllowSAN)
+		inheritList(&r.TLSMapUser, top.TLSMapUser)
+		r.AllowRemoteUpstream = r.AllowRemoteUpstream || top.AllowRemoteUpstream
+		out = append(out, r)
+	}
+	return out
+}
+
+func inherit(dst *string, top string) {
+	if *dst == "" {
+		*dst = top
+	}
+}
+
+func inheritList(dst *[]string, top []string) {
+	if len(*dst) == 0 {
+		*dst = top
+	}
+}
+
+// validate checks what can be checked without touching the network or
+// files, collecting every problem; each names its flag and the fix.
+func (c *serveConfig) validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	for _, r := range c.routes() {
+		at := ""
+		if len(c.Routes) > 0 {
+			at = "route " + r.Name + ": "
+		}
+		if len(r.Listen) == 0 {
+			add("%s--listen is required: add --listen HOST:PORT (e.g. --listen '{{ GetPrivateIP }}:5432')", at)
+		}
+		if r.Upstream == "" {
+			add("%s--upstream is required: add --upstream 127.0.0.1:5432 (or the postgres unix socket directory)", at)
+		}
+		if len(r.Allow) == 0 {
+			add("%sno allowlist: add --allow CIDR for the sources that may connect (e.g. --allow 10.0.0.0/8)", at)
+		}
+		if r.TLSCert == "" || r.TLSKey == "" {
+			add("%s--tls-cert and --tls-key are required: TLS is mandatory (`pgwarden certs init --dir DIR --host NAME` makes a pair)", at)
+		}
+	}
+	if c.HandshakeTimeout <= 0 {
+		add("--handshake-timeout must be positive, e.g. 10s")
+	}
+	if c.AuthTimeout < c.HandshakeTimeout {
+		add("--auth-timeout (%s) must be at least --handshake-timeout (%s)", c.AuthTimeout, c.HandshakeTimeout)
+	}
+	if c.DrainTimeout < 0 {
+		add("--drain-timeout must not be negative")
+	}
+	if c.MaxStartups <= 0 || c.MaxStartupsPerIP <= 0 {
+		add("--max-startups and --max-startups-per-source must be at least 1")
+	}
+	switch c.LogFormat {
+	case "json", "console":
+	default:
+		add("--log-format %q: use json or console", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		add("--log-level %q: use debug, info, warn or error", c.LogLevel)
+	}
+	return errors.Join(errs...)
+}
+
+// usageError marks a command-line syntax problem (exit 2, with usage).
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/certs"
+	"github.com/pgwarden/pgwarden/proxy"
+)
+
+// runServe is `pgwarden serve`.
+func runServe(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseServeArgs(args)
+	if err != nil {
+		if errors.Is(err, errHelp) {
+			return exitOK
+		}
+		printConfigError(stderr, err)
+		return exitCode(err)
+	}
+	log, err := newLogger(cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		printConfigError(stderr, configError{err})
+		return exitUsage
+	}
+	defer func() { _ = log.Sync() }()
+
+	gw, err := newGateway(cfg, log)
+	if err != nil {
+		printConfigError(stderr, err)
+		return exitCode(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				gw.reload()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	if err := gw.run(ctx); err != nil {
+		log.Error("gateway stopped", zap.Error(err))
+		return exitRuntime
+	}
+	return exitOK
+}
+
+// printConfigError prints one line per problem, each naming its flag.
+func printConfigError(w io.Writer, err error) {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		fmt.Fprintf(w, "pgwarden: %s\n", line)
+	}
+}
+
+// gateway is a running `pgwarden serve`: its routes, their listeners and
+// proxy servers, and the shared state (cancel keys, ban jail).
+type gateway struct {
+	cfg     *serveConfig
+	log     *zap.Logger
+	routes  []*route
+	cancels *proxy.CancelRegistry
+}
+
+// route is one listen → upstream service at run time.
+type route struct {
+	cfg       routeConfig
+	upstream  proxy.Upstream
+	allow     *acl.Allowlist
+	loader    *certs.Loader
+	server    *proxy.Server
+	addrs     []string
+	listeners []*acl.Listener
+}
+
+// newGateway checks the whole configuration, loads certificates, and binds
+// every listener. Any configuration problem is returned (as configError)
+// before anything listens.
+func newGateway(cfg *serveConfig, log *zap.Logger) (*gateway, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, configError{err}
+	}
+	g := &gateway{cfg: cfg, log: log, cancels: proxy.NewCancelRegistry()}
+	var errs []error
+	for _, rc := range cfg.routes() {
+		r, err := g.buildRoute(rc)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		g.routes = append(g.routes, r)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, configError{err}
+	}
+	if err := g.listen(); err != nil {
+		g.closeListeners()
+		return nil, err
+	}
+	return g, nil
+}
+
+// buildRoute turns a route's settings into its run-time parts, without
+// binding anything yet.
+func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
+	prefix := ""
+	if len(g.cfg.Routes) > 0 {
+		prefix = "route " + rc.Name + ": "
+	}
+	wrap := func(err error) error { return fmt.Errorf("%s%w", prefix, err) }
+	r := &route{cfg: rc}
+	var err error
+	if r.allow, err = acl.ParseAllowlist(rc.Allow); err != nil {
+		return nil, wrap(err)
+	}
+	if r.upstream, err = parseUpstream(rc.Upstream, rc.AllowRemoteUpstream); err != nil {
+		return nil, wrap(err)
+	}
+	for _, spec := range rc.Listen {
+		addrs, err := resolveListen(spec)
+		if err != nil {
+			return nil, wrap(err)
+		}
+		r.addrs = append(r.addrs, addrs...)
+	}
+	minVersion := rc.TLSMinVersion
+	if minVersion == "" {
+		minVersion = "1.2"
+	}
+	policy := certs.Policy{}
+	if policy.MinVersion, err = certs.ParseMinVersion(minVersion); err != nil {
+		return nil, wrap(err)
+	}
+	if r.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, g.log.With(zap.String("route", rc.Name))); err != nil {
+		return nil, wrap(err)
+	}
+	tlsConfig, err := certs.ServerConfig(r.loader, policy)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	r.server, err = proxy.New(proxy.Config{
+		Name:             rc.Name,
+		Upstream:         r.upstream,
+		TLS:              tlsConfig,
+		Logger:           g.log,
+		Cancels:          g.cancels,
+		HandshakeTimeout: g.cfg.HandshakeTimeout,
+		AuthTimeout:      g.cfg.AuthTimeout,
+		MaxStartups:      g.cfg.MaxStartups,
+		MaxStartupsPerIP: g.cfg.MaxStartupsPerIP,
+	})
+	if err != nil {
+		return nil, wrap(err)
+	}
+	return r, nil
+}
+
+// listen binds every route's addresses and wraps each in the accept-time
+// policy.
+func (g *gateway) listen() error {
+	for _, r := range g.routes {
+		if r.allow.AllowsAny() {
+			g.log.Warn("allowlist admits every address: this gateway is open to the whole internet; narrow --allow",
+				zap.String("route", r.cfg.Name), zap.Stringer("allow", r.allow))
+		}
+		for _, addr := range r.addrs {
+			inner, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("--listen %s: %w", addr, err)
+			}
+			ln, err := acl.NewListener(inner, acl.ListenerConfig{
+				Allowlist: r.allow,
+				Logger:    g.log.With(zap.String("route", r.cfg.Name)),
+			})
+			if err != nil {
+				_ = inner.Close()
+				return fmt.Errorf("--listen %s: %w", addr, err)
+			}
+			r.listeners = append(r.listeners, ln)
+			g.log.Info("listening", zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
+				zap.Stringer("upstream", r.upstream), zap.Stringer("allow", r.allow))
+		}
+	}
+	return nil
+}
+
+func (g *gateway) closeListeners() {
+	for _, r := range g.routes {
+		for _, ln := range r.listeners {
+			_ = ln.Close()
+		}
+	}
+}
+
+// run serves until ctx is done, then drains: listeners close at once, and
+// sessions in flight get --drain-timeout to finish before they are closed.
+func (g *gateway) run(ctx context.Context) error {
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	var wg sync.WaitGroup
+	serveErr := make(chan error, 1)
+	for _, r := range g.routes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.loader.Watch(watchCtx); err != nil && !errors.Is(err, context.Canceled) {
+				g.log.Warn("watching certificate files failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
+			}
+		}()
+		for _, ln := range r.listeners {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := r.server.Serve(ln); err != nil && !errors.Is(err, proxy.ErrServerClosed) {
+					select {
+					case serveErr <- fmt.Errorf("serving %s: %w", ln.Addr(), err):
+					default:
+					}
+				}
+			}()
+		}
+	}
+	g.log.Info("pgwarden started", zap.String("version", buildVersion()))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	g.log.Info("shutting down: listeners closed, draining sessions", zap.Duration("drain_timeout", g.cfg.DrainTimeout))
+	dctx, cancel := context.WithTimeout(context.Background(), g.cfg.DrainTimeout)
+	defer cancel()
+	var drain sync.WaitGroup
+	for _, r := range g.routes {
+		drain.Add(1)
+		go func() {
+			defer drain.Done()
+			if err := r.server.Shutdown(dctx); err != nil {
+				g.log.Warn("drain timeout passed; remaining sessions closed", zap.String("route", r.cfg.Name))
+			}
+		}()
+	}
+	drain.Wait()
+	stopWatch()
+	wg.Wait()
+	g.log.Info("pgwarden stopped")
+	return err
+}
+
+// reload is SIGHUP: certificates are re-read (a broken pair keeps the old
+// one serving).
+func (g *gateway) reload() {
+	g.log.Info("SIGHUP: reloading certificates")
+	for _, r := range g.routes {
+		if err := r.loader.Reload(); err != nil {
+			g.log.Error("certificate reload failed; still serving the previous pair", zap.String("route", r.cfg.Name), zap.Error(err))
+		}
+	}
+}
+
+// errHelp is returned when --help was asked for (usage already printed).
+var errHelp = errors.New("help requested")

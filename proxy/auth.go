@@ -1,0 +1,170 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// relayAuth forwards the startup packet and relays the authentication
+// exchange message by message until postgres says ReadyForQuery. pgproto3
+// decodes both sides: as a Frontend toward postgres and a Backend toward the
+// client, each over a frameReader so neither buffers past a message. It
+// reports the outcome of the authentication to the Observer and registers
+// the session's cancel key. On success it returns the function that
+// unregisters the key.
+func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregister func(), err error) {
+	unregister = func() {}
+	defer func() {
+		if err != nil {
+			unregister()
+		}
+	}()
+	if _, err := up.Write(p.raw); err != nil {
+		return unregister, upstreamLost(err)
+	}
+
+	fe := pgproto3.NewFrontend(newFrameReader(up), up)
+	fe.SetMaxBodyLen(defaultUpstreamMaxLen)
+	be := pgproto3.NewBackend(newFrameReader(sess.tls), sess.tls)
+	// Nothing a client legitimately sends before authentication is larger
+	// than a SASL/GSS token; without a cap a client can announce a 1 GB
+	// message and make pgproto3 allocate it.
+	be.SetMaxBodyLen(defaultAuthMessageMaxLen)
+
+	authenticated := false
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			return unregister, upstreamLost(err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.AuthenticationCleartextPassword, *pgproto3.AuthenticationMD5Password,
+			*pgproto3.AuthenticationSASL, *pgproto3.AuthenticationSASLContinue,
+			*pgproto3.AuthenticationGSS, *pgproto3.AuthenticationGSSContinue:
+			// postgres now waits for the client's answer.
+			be.Send(m)
+			if err := be.Flush(); err != nil {
+				return unregister, s.abandoned(sess, err)
+			}
+			if err := s.relayAuthResponse(sess, fe, be); err != nil {
+				return unregister, err
+			}
+		case *pgproto3.AuthenticationSASLFinal:
+			// The server's last SCRAM word; AuthenticationOk follows
+			// without a client reply.
+			be.Send(m)
+		case *pgproto3.AuthenticationOk:
+			authenticated = true
+			s.observe(sess, AuthSucceeded, "")
+			be.Send(m)
+		case *pgproto3.ErrorResponse:
+			// postgres ends the connection after a startup error; relay it
+			// as is (it is postgres's own message) and stop.
+			sess.sqlstate = m.Code
+			be.Send(m)
+			_ = be.Flush()
+			if !authenticated {
+				s.observe(sess, AuthFailed, m.Code)
+				return unregister, silent("auth_failed", nil)
+			}
+			return unregister, silent("startup_failed", nil)
+		case *pgproto3.BackendKeyData:
+			if len(m.SecretKey) >= 4 {
+				unregister = s.cfg.Cancels.register(m.ProcessID, m.SecretKey, s.cfg.Upstream)
+			}
+			be.Send(m)
+		case *pgproto3.ParameterStatus, *pgproto3.NoticeResponse, *pgproto3.NegotiateProtocolVersion:
+			be.Send(m)
+		case *pgproto3.ReadyForQuery:
+			be.Send(m)
+			if err := be.Flush(); err != nil {
+				return unregister, silent("client_gone", err)
+			}
+			if !authenticated {
+				return unregister, refuse("protocol_violation", codeProtocolViolation,
+					"upstream server sent ReadyForQuery before authentication", "", nil)
+			}
+			return unregister, nil
+		default:
+			return unregister, refuse("upstream_protocol_error", codeProtocolViolation,
+				"unexpected message from the upstream server during authentication", "",
+				fmt.Errorf("upstream sent %T", msg))
+		}
+	}
+}
+
+// relayAuthResponse reads the client's answer to an authentication request
+// and forwards it. SetAuthType first: 'p' is a password, a SASL initial
+// response, a SASL response or a GSS token depending on the request, and
+// decoding it as the wrong one breaks SCRAM (jackc/pgx#2166).
+func (s *Server) relayAuthResponse(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend) error {
+	if err := be.SetAuthType(fe.GetAuthType()); err != nil {
+		return refuse("upstream_protocol_error", codeProtocolViolation,
+			"unsupported authentication request from the upstream server", "", err)
+	}
+	msg, err := be.Receive()
+	if err != nil {
+		var tooBig *pgproto3.ExceededMaxBodyLenErr
+		switch {
+		case errors.As(err, &tooBig):
+			return refuse("protocol_violation", codeProtocolViolation, "authentication message too long", "", err)
+		case isTimeout(err):
+			return silent("timeout", err)
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), isBenignNetErr(err):
+			return s.abandoned(sess, err)
+		default:
+			return refuse("protocol_violation", codeProtocolViolation, "invalid authentication response", "", err)
+		}
+	}
+	switch m := msg.(type) {
+	case *pgproto3.SASLInitialResponse:
+		sess.mechanism = m.AuthMechanism
+	case *pgproto3.PasswordMessage, *pgproto3.SASLResponse, *pgproto3.GSSResponse:
+	case *pgproto3.Terminate:
+		return s.abandoned(sess, nil)
+	default:
+		return refuse("protocol_violation", codeProtocolViolation,
+			"expected an authentication response", "", fmt.Errorf("client sent %T", msg))
+	}
+	fe.Send(msg)
+	if err := fe.Flush(); err != nil {
+		return upstreamLost(err)
+	}
+	return nil
+}
+
+// abandoned records a client that left after an authentication request:
+// psql does exactly that before prompting for a password, then reconnects.
+// It is not a failed login.
+func (s *Server) abandoned(sess *session, err error) error {
+	s.observe(sess, AuthAbandoned, "")
+	return silent("auth_abandoned", err)
+}
+
+func (s *Server) observe(sess *session, r AuthResult, sqlstate string) {
+	if s.cfg.Observer == nil {
+		return
+	}
+	s.cfg.Observer.ObserveAuth(AuthOutcome{
+		Remote:          sess.remote,
+		User:            sess.user,
+		Database:        sess.database,
+		ApplicationName: sess.appName,
+		Result:          r,
+		SQLState:        sqlstate,
+		Mechanism:       sess.mechanism,
+	})
+}
+
+// upstreamLost is postgres going away mid-startup.
+func upstreamLost(err error) error {
+	if isTimeout(err) {
+		return silent("timeout", err)
+	}
+	return refuse("upstream_unavailable", codeConnectionFailure,
+		"the upstream PostgreSQL server closed the connection unexpectedly", "", err)
+}

@@ -1,0 +1,210 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// connIDs numbers connections across all servers of the process.
+var connIDs atomic.Uint64
+
+// session is one client connection, from accept to close.
+type session struct {
+	id     uint64
+	start  time.Time
+	raw    net.Conn
+	remote netip.Addr
+	log    *zap.Logger
+
+	tls        *tls.Conn // set once the handshake succeeds
+	tlsMode    string    // "sslrequest" or "direct"
+	tlsVersion string
+	tlsCipher  string
+
+	user, database, appName string
+	mechanism               string
+	sqlstate                string // the ErrorResponse postgres sent, if any
+
+	upstream        net.Conn
+	bytesToUpstream int64
+	bytesToClient   int64
+	relayErr        error
+	closed          bool // set under Server.mu when both sides were closed
+}
+
+// handle runs one connection to its end and writes its one log line.
+func (s *Server) handle(ctx context.Context, raw net.Conn) {
+	sess := &session{
+		id:     connIDs.Add(1),
+		start:  time.Now(),
+		raw:    raw,
+		remote: peerAddr(raw.RemoteAddr()),
+	}
+	sess.log = s.log.With(zap.Uint64("conn_id", sess.id), zap.String("source", raw.RemoteAddr().String()))
+	s.track(sess)
+	s.cfg.Metrics.SessionsActive(s.cfg.Name, 1)
+	defer s.cfg.Metrics.SessionsActive(s.cfg.Name, -1)
+
+	outcome, err := s.run(ctx, sess)
+	s.finish(sess, outcome, err)
+}
+
+// run is a connection's path through the gateway, top to bottom. It returns
+// the outcome for the log line and metrics.
+func (s *Server) run(ctx context.Context, sess *session) (outcome string, err error) {
+	defer func() {
+		// The pre-authentication path faces the internet: a bug there must
+		// cost one connection, not the process.
+		if r := recover(); r != nil {
+			sess.log.Error("panic in connection handler", zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+			outcome, err = "internal_error", fmt.Errorf("panic: %v", r)
+		}
+		s.closeConns(sess)
+	}()
+
+	release, ok := s.acquireStartup(sess.remote)
+	if !ok {
+		// Over the pre-authentication caps: a slow-loris or a flood.
+		// Refused like a denied source: no byte, RST.
+		resetClose(sess.raw)
+		return "too_many_startups", nil
+	}
+	defer func() { release() }()
+
+	// One absolute deadline for accept → TLS → StartupMessage, so a client
+	// trickling a byte at a time is still dropped on time.
+	handshakeDeadline := sess.start.Add(s.cfg.HandshakeTimeout)
+	_ = sess.raw.SetDeadline(handshakeDeadline)
+	hctx, cancel := context.WithDeadline(ctx, handshakeDeadline)
+	p, err := s.negotiate(hctx, sess)
+	cancel()
+	if err != nil {
+		return s.refuseClient(sess, err)
+	}
+	if p.kind == kindCancelRequest {
+		return s.refuseClient(sess, s.forwardCancel(ctx, p))
+	}
+	sess.user, sess.database = p.user(), p.database()
+	sess.appName = truncateName(p.param("application_name"))
+	sess.log = sess.log.With(zap.String("user", sess.user), zap.String("database", sess.database))
+
+	if s.cfg.Authorizer != nil {
+		cs := sess.tls.ConnectionState()
+		if err := s.cfg.Authorizer.Authorize(&cs, sess.user); err != nil {
+			return s.refuseClient(sess, refuse("cert_rejected", codeInvalidAuthorization, err.Error(), "", err))
+		}
+	}
+
+	// From here the authentication deadline applies, to both sides.
+	authDeadline := sess.start.Add(s.cfg.AuthTimeout)
+	_ = sess.raw.SetDeadline(authDeadline)
+	up, err := s.dialUpstream(ctx, authDeadline)
+	if err != nil {
+		return s.refuseClient(sess, err)
+	}
+	s.setUpstream(sess, up)
+	_ = up.SetDeadline(authDeadline)
+
+	unregister, err := s.relayAuth(sess, up, p)
+	if err != nil {
+		return s.refuseClient(sess, err)
+	}
+	defer unregister()
+
+	// Authenticated: clear the deadlines, free the startup slot, relay.
+	_ = sess.raw.SetDeadline(time.Time{})
+	_ = up.SetDeadline(time.Time{})
+	release()
+	release = func() {}
+	s.pipe(sess, up)
+	if sess.relayErr != nil {
+		return "ok", sess.relayErr
+	}
+	return "ok", nil
+}
+
+// refuseClient ends a connection that will not be relayed: a clientError is
+// sent as a FATAL ErrorResponse (over TLS if we got that far), a silentError
+// just closes. It returns the outcome and the cause for the log line.
+func (s *Server) refuseClient(sess *session, err error) (string, error) {
+	var ce *clientError
+	if errors.As(err, &ce) {
+		var conn net.Conn = sess.raw
+		if sess.tls != nil {
+			conn = sess.tls
+		}
+		sess.sqlstate = ce.code
+		abortWithError(conn, ce)
+		return ce.outcome, ce.cause
+	}
+	var se *silentError
+	if errors.As(err, &se) {
+		return se.outcome, se.cause
+	}
+	return "internal_error", err
+}
+
+// finish writes the connection's one log line and its metrics. Every string
+// that came from the client goes in as a structured field (escaped by the
+// encoder), never into the message.
+func (s *Server) finish(sess *session, outcome string, err error) {
+	d := time.Since(sess.start)
+	s.cfg.Metrics.ConnectionClosed(s.cfg.Name, outcome, d)
+	fields := []zap.Field{
+		zap.String("route", s.cfg.Name),
+		zap.String("outcome", outcome),
+		zap.Duration("duration", d),
+		zap.Int64("bytes_in", sess.bytesToUpstream),
+		zap.Int64("bytes_out", sess.bytesToClient),
+	}
+	if sess.tlsVersion != "" {
+		fields = append(fields, zap.String("tls_mode", sess.tlsMode), zap.String("tls_version", sess.tlsVersion), zap.String("tls_cipher", sess.tlsCipher))
+	}
+	if sess.appName != "" {
+		fields = append(fields, zap.String("application_name", sess.appName))
+	}
+	if sess.sqlstate != "" {
+		fields = append(fields, zap.String("sqlstate", sess.sqlstate))
+	}
+	if err != nil {
+		fields = append(fields, zap.NamedError("cause", err))
+	}
+	switch {
+	case outcome == "internal_error":
+		sess.log.Error("connection closed", fields...)
+	case outcome == "upstream_unavailable":
+		sess.log.Warn("connection closed", fields...)
+	default:
+		sess.log.Info("connection closed", fields...)
+	}
+}
+
+// peerAddr normalises a peer address: IPv4-mapped IPv6 is unmapped and the
+// zone dropped, so ::ffff:10.1.2.3 and 10.1.2.3 are the same source.
+func peerAddr(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap().WithZone("")
+	}
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		return ap.Addr().Unmap().WithZone("")
+	}
+	return netip.Addr{}
+}
+
+// resetClose closes with SO_LINGER 0: the peer gets RST, we keep no
+// TIME_WAIT, and nothing is written.
+func resetClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+}

@@ -1,0 +1,30 @@
+// Package proxy is pgwarden's connection path: it takes connections that the
+// accept-time policy (package acl) has already admitted, requires TLS, reads
+// and checks the startup packet, relays authentication with pgproto3 while
+// watching its outcome, and then copies bytes both ways.
+//
+// A connection's life, in the order the code runs it:
+//
+//	client                      pgwarden                              postgres
+//	  │ SSLRequest (8 bytes)       │ read exactly 8 bytes (framing.go)        │
+//	  │ ◄──────────── 'S'          │ nothing more is written before TLS       │
+//	  │ ═══ TLS handshake ═══════► │ (or direct TLS: first byte 0x16 + ALPN)  │
+//	  │ StartupMessage ──────────► │ frame-exact read, length/protocol checks │
+//	  │                            │ client-certificate authorization         │
+//	  │                            │ dial upstream (only now) ──────────────► │
+//	  │                            │ forward the startup packet verbatim ───► │
+//	  │ ◄─── Authentication* ──────┼──────────────── relayAuth (auth.go) ──── │
+//	  │ ───── password/SASL ───────┼─────────────────────────────────────────►│
+//	  │ ◄── AuthenticationOk … ReadyForQuery ─────────────────────────────────│
+//	  │ ════════════════ raw byte relay (relay.go) ══════════════════════════ │
+//
+// Everything before ReadyForQuery runs under two absolute deadlines counted
+// from accept (handshake and authentication), so a client trickling one byte
+// at a time is dropped on time. Nothing the client sent before the TLS
+// handshake is ever interpreted after it (CVE-2021-23214), and no reader ever
+// buffers bytes past the current protocol frame, so the switch to the raw
+// relay loses nothing.
+//
+// Errors reach the client only as postgres ErrorResponses built in errors.go
+// from a fixed set of public texts; causes go to the log.
+package proxy

@@ -1,0 +1,487 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/proxy"
+	"github.com/pgwarden/pgwarden/proxy/pgtest"
+)
+
+func TestSSLRequestWithPgx(t *testing.T) {
+	g := startGateway(t)
+	conn := g.connect(t, "application_name=e2e-ssl")
+	require.Equal(t, "alice app e2e-ssl", queryOne(t, conn, "SELECT current_user || ' ' || current_database() || ' ' || current_setting('application_name')"))
+	// postgres sees a plaintext loopback client: the gateway.
+	require.Equal(t, "f", queryOne(t, conn, "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")[:1])
+
+	waitFor(t, "auth outcome", func() bool { return len(g.observer.all()) == 1 })
+	out := g.observer.all()[0]
+	require.Equal(t, proxy.AuthSucceeded, out.Result)
+	require.Equal(t, "alice", out.User)
+	require.Equal(t, "app", out.Database)
+	require.Equal(t, "127.0.0.1", out.Remote.String())
+	require.Equal(t, "SCRAM-SHA-256", out.Mechanism)
+}
+
+func TestDirectTLSWithPgx(t *testing.T) {
+	g := startGateway(t)
+	conn := g.connect(t, "sslnegotiation=direct")
+	require.Equal(t, "alice", queryOne(t, conn, "SELECT current_user"))
+}
+
+func TestDirectTLSRequiresALPN(t *testing.T) {
+	g := startGateway(t)
+
+	// No ALPN at all: the handshake completes, then a FATAL names the problem.
+	tconn := tls.Client(g.dialRaw(t, ""), g.tlsClient())
+	require.NoError(t, tconn.Handshake())
+	er := readErrorResponse(t, tconn)
+	require.Equal(t, "08P01", er.Code)
+	require.Contains(t, er.Message, "ALPN")
+
+	// ALPN for another protocol: the handshake itself fails.
+	tconn = tls.Client(g.dialRaw(t, ""), g.tlsClient("h2"))
+	require.Error(t, tconn.Handshake())
+}
+
+func TestProtocol32AndGrease(t *testing.T) {
+	g := startGateway(t)
+	// pgx asks for 3.2; postgres 15 answers NegotiateProtocolVersion, which
+	// must reach pgx intact for it to settle on 3.0.
+	conn := g.connect(t, "max_protocol_version=3.2")
+	require.Equal(t, "1", queryOne(t, conn, "SELECT 1"))
+
+	// libpq's grease: 3.9999 with an unknown _pq_ option. The gateway
+	// forwards it; postgres's NegotiateProtocolVersion comes back relayed.
+	tconn := g.sslRequest(t, g.dialRaw(t, ""))
+	_, err := tconn.Write(startupPacket(3<<16|9999, "user", pg.User, "database", pg.Database, "_pq_.test_protocol_negotiation", "x"))
+	require.NoError(t, err)
+	fe := pgproto3.NewFrontend(tconn, io.Discard)
+	msg, err := fe.Receive()
+	require.NoError(t, err)
+	npv, ok := msg.(*pgproto3.NegotiateProtocolVersion)
+	require.Truef(t, ok, "want NegotiateProtocolVersion, got %T", msg)
+	require.Equal(t, uint32(3<<16), npv.NewestMinorProtocol&0xffff0000|npv.NewestMinorProtocol)
+	require.Equal(t, []string{"_pq_.test_protocol_negotiation"}, npv.UnrecognizedOptions)
+}
+
+func TestPsql(t *testing.T) {
+	psql, ok := pgtest.HavePsql()
+	if !ok {
+		t.Skip("psql not installed")
+	}
+	g := startGateway(t)
+	for _, mode := range []string{"require", "verify-full"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			dsn := fmt.Sprintf("host=localhost hostaddr=127.0.0.1 port=%d user=%s dbname=%s sslmode=%s sslrootcert=%s",
+				g.port, pg.User, pg.Database, mode, g.caFile)
+			cmd := exec.CommandContext(ctx, psql, dsn, "-XAtc", "SELECT 'through pgwarden'")
+			cmd.Env = append(cmd.Environ(), "PGPASSWORD="+pg.Password, "PGCONNECT_TIMEOUT=10")
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "psql: %s", out)
+			require.Equal(t, "through pgwarden", strings.TrimSpace(string(out)))
+		})
+	}
+}
+
+func TestPlaintextRefusedWith28000(t *testing.T) {
+	g := startGateway(t)
+	before := pg.TCPConnectionsReceived()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_, err := pgconn.Connect(ctx, strings.Replace(g.connString(""), "sslmode=verify-full", "sslmode=disable", 1))
+	require.Error(t, err)
+	require.Equal(t, "28000", pgCode(err), "err: %v", err)
+	require.Contains(t, err.Error(), "TLS is required")
+
+	// Raw: the answer comes right after the 8-byte header.
+	conn := g.dialRaw(t, "")
+	_, err = conn.Write(startupPacket(3<<16, "user", "alice"))
+	require.NoError(t, err)
+	er := readErrorResponse(t, conn)
+	require.Equal(t, "28000", er.Code)
+	require.Equal(t, "FATAL", er.Severity)
+	require.Contains(t, er.Hint, "sslmode=require")
+
+	requirePostgresSawNothing(t, before)
+	for _, o := range g.observer.all() {
+		t.Errorf("a refused plaintext client reached authentication: %+v", o)
+	}
+}
+
+func TestDeniedSourceGetsNothing(t *testing.T) {
+	g := startGateway(t)
+	before := pg.TCPConnectionsReceived()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	conn, err := d.Dial("tcp", g.addr)
+	// The RST can beat connect() home; then the dial itself reports it.
+	if err == nil {
+		defer conn.Close()
+		require.NoError(t, conn.SetDeadline(time.Now().Add(15*time.Second)))
+		// Even a client that speaks first gets no byte back.
+		_, _ = conn.Write(packet(80877103, nil))
+		requireNoMoreBytes(t, conn)
+	} else {
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+	}
+	waitFor(t, "rejection counted", func() bool { n, _ := g.listener.Rejected(); return n == 1 })
+	requirePostgresSawNothing(t, before)
+}
+
+func TestWrongPasswordRelayed28P01(t *testing.T) {
+	g := startGateway(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_, err := pgconn.Connect(ctx, strings.Replace(g.connString(""), "password="+pg.Password, "password=wrong", 1))
+	require.Error(t, err)
+	require.Equal(t, "28P01", pgCode(err), "err: %v", err)
+	waitFor(t, "auth outcome", func() bool { return len(g.observer.all()) == 1 })
+	out := g.observer.all()[0]
+	require.Equal(t, proxy.AuthFailed, out.Result)
+	require.Equal(t, "28P01", out.SQLState)
+	require.Equal(t, "alice", out.User)
+}
+
+func TestClientLeavingAtPasswordPromptIsAbandoned(t *testing.T) {
+	g := startGateway(t)
+	tconn := g.sslRequest(t, g.dialRaw(t, ""))
+	_, err := tconn.Write(startupPacket(3<<16, "user", pg.User, "database", pg.Database))
+	require.NoError(t, err)
+	fe := pgproto3.NewFrontend(tconn, io.Discard)
+	msg, err := fe.Receive()
+	require.NoError(t, err)
+	require.IsType(t, &pgproto3.AuthenticationSASL{}, msg)
+	require.NoError(t, tconn.Close()) // psql does this, then prompts
+	waitFor(t, "auth outcome", func() bool { return len(g.observer.all()) == 1 })
+	require.Equal(t, proxy.AuthAbandoned, g.observer.all()[0].Result)
+}
+
+func TestCancelPgSleep(t *testing.T) {
+	g := startGateway(t)
+	for _, how := range []string{"tls", "plaintext"} {
+		t.Run(how, func(t *testing.T) {
+			conn := g.connect(t, "")
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				_, err := conn.Exec(ctx, "SELECT pg_sleep(20)").ReadAll()
+				done <- err
+			}()
+			// Wait until the query is running before cancelling it.
+			waitFor(t, "pg_sleep running", func() bool {
+				n, _ := countActive(pg, "SELECT pg_sleep(20)")
+				return n == 1
+			})
+			switch how {
+			case "tls": // pgx encrypts the cancel when the session is TLS
+				require.NoError(t, conn.CancelRequest(ctx))
+			case "plaintext": // psql's PQcancel never encrypts
+				raw := g.dialRaw(t, "")
+				body := binary.BigEndian.AppendUint32(nil, conn.PID())
+				_, err := raw.Write(packet(80877102, append(body, conn.SecretKey()...)))
+				require.NoError(t, err)
+				requireNoMoreBytes(t, raw)
+			}
+			err := <-done
+			require.Error(t, err)
+			require.Equal(t, "57014", pgCode(err), "err: %v", err) // query_canceled
+		})
+	}
+}
+
+func TestCancelWithUnknownKeyIsDropped(t *testing.T) {
+	g := startGateway(t)
+	conn := g.connect(t, "")
+	before := pg.TCPConnectionsReceived()
+	raw := g.dialRaw(t, "")
+	body := binary.BigEndian.AppendUint32(nil, conn.PID())
+	_, err := raw.Write(packet(80877102, append(body, 1, 2, 3, 4)))
+	require.NoError(t, err)
+	requireNoMoreBytes(t, raw)
+	require.Equal(t, "1", queryOne(t, conn, "SELECT 1"))
+	requirePostgresSawNothing(t, before)
+}
+
+func countActive(p *pgtest.Postgres, query string) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := pgconn.Connect(ctx, p.SuperConnString())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close(ctx)
+	res, err := c.Exec(ctx, fmt.Sprintf("SELECT count(*) FROM pg_stat_activity WHERE query = '%s' AND state = 'active'", query)).ReadAll()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	_, err = fmt.Sscan(string(res[0].Rows[0][0]), &n)
+	return n, err
+}
+
+func TestCopyInAndOutIntact(t *testing.T) {
+	g := startGateway(t)
+	conn := g.connect(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err := conn.Exec(ctx, "CREATE TEMP TABLE blob (line text)").ReadAll()
+	require.NoError(t, err)
+
+	// ~8 MB of distinct lines in, the same bytes out.
+	var in bytes.Buffer
+	for i := 0; in.Len() < 8<<20; i++ {
+		fmt.Fprintf(&in, "%08d %s\n", i, strings.Repeat(string(rune('a'+i%26)), 200+i%300))
+	}
+	want := sha256.Sum256(in.Bytes())
+	tag, err := conn.CopyFrom(ctx, bytes.NewReader(in.Bytes()), "COPY blob FROM STDIN")
+	require.NoError(t, err)
+	require.Equal(t, int64(bytes.Count(in.Bytes(), []byte("\n"))), tag.RowsAffected())
+
+	var out bytes.Buffer
+	_, err = conn.CopyTo(ctx, &out, "COPY (SELECT line FROM blob ORDER BY line) TO STDOUT")
+	require.NoError(t, err)
+	require.Equal(t, in.Len(), out.Len())
+	require.Equal(t, want, sha256.Sum256(out.Bytes()))
+}
+
+func TestGSSEncRequestThenSSLRequest(t *testing.T) {
+	g := startGateway(t)
+	// A client with Kerberos credentials asks for GSS encryption first; it
+	// gets 'N' and goes on with SSLRequest, which pgx sends itself.
+	connString := g.connString("")
+	cfg, err := pgconn.ParseConfig(connString)
+	require.NoError(t, err)
+	dial := cfg.DialFunc
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.Write(packet(80877104, nil)); err != nil {
+			return nil, err
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return nil, err
+		}
+		if b[0] != 'N' {
+			return nil, fmt.Errorf("GSSENCRequest answered %q", b[0])
+		}
+		return c, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	require.Equal(t, "alice", queryOne(t, conn, "SELECT current_user"))
+}
+
+func TestRepeatedNegotiationIsAProtocolViolation(t *testing.T) {
+	g := startGateway(t)
+	t.Run("second GSSENCRequest", func(t *testing.T) {
+		conn := g.dialRaw(t, "")
+		_, err := conn.Write(packet(80877104, nil))
+		require.NoError(t, err)
+		var b [1]byte
+		_, err = io.ReadFull(conn, b[:])
+		require.NoError(t, err)
+		require.Equal(t, byte('N'), b[0])
+		_, err = conn.Write(packet(80877104, nil))
+		require.NoError(t, err)
+		require.Equal(t, "08P01", readErrorResponse(t, conn).Code)
+	})
+	t.Run("SSLRequest inside TLS", func(t *testing.T) {
+		tconn := g.sslRequest(t, g.dialRaw(t, ""))
+		_, err := tconn.Write(packet(80877103, nil))
+		require.NoError(t, err)
+		require.Equal(t, "08P01", readErrorResponse(t, tconn).Code)
+	})
+	t.Run("GSSENCRequest inside TLS", func(t *testing.T) {
+		tconn := g.sslRequest(t, g.dialRaw(t, ""))
+		_, err := tconn.Write(packet(80877104, nil))
+		require.NoError(t, err)
+		require.Equal(t, "08P01", readErrorResponse(t, tconn).Code)
+	})
+}
+
+func TestBytesAfterSSLRequestRejected(t *testing.T) {
+	g := startGateway(t)
+	before := pg.TCPConnectionsReceived()
+	conn := g.dialRaw(t, "")
+	// CVE-2021-23214: SSLRequest and a plaintext StartupMessage in one
+	// write. The 'S' is sent (we read exactly the 8-byte request), but the
+	// pipelined bytes go to the TLS layer, which cannot take them for a
+	// ClientHello: nothing of them is ever read as protocol.
+	msg := append(packet(80877103, nil), startupPacket(3<<16, "user", pg.User, "database", pg.Database)...)
+	_, err := conn.Write(msg)
+	require.NoError(t, err)
+	var b [1]byte
+	_, err = io.ReadFull(conn, b[:])
+	require.NoError(t, err)
+	require.Equal(t, byte('S'), b[0])
+	rest, _ := io.ReadAll(conn)
+	// Whatever comes back is a TLS alert record (0x15) or nothing; never a
+	// postgres message such as 'R' or 'E'.
+	if len(rest) > 0 {
+		require.Equal(t, byte(0x15), rest[0], "got %q", rest)
+	}
+	requirePostgresSawNothing(t, before)
+}
+
+func TestBadStartupLengths(t *testing.T) {
+	g := startGateway(t)
+	before := pg.TCPConnectionsReceived()
+	for _, length := range []uint32{0, 3, 7, 10001, 10005, 0x7fffffff, 0xffffffff, 0x80000000} {
+		t.Run(fmt.Sprint(length), func(t *testing.T) {
+			conn := g.dialRaw(t, "")
+			// Only the length word: the answer must not wait for the body.
+			_, err := conn.Write(binary.BigEndian.AppendUint32(nil, length))
+			require.NoError(t, err)
+			er := readErrorResponse(t, conn)
+			require.Equal(t, "08P01", er.Code)
+			require.Contains(t, er.Message, "invalid length of startup packet")
+		})
+	}
+	t.Run("protocol 2.0", func(t *testing.T) {
+		conn := g.dialRaw(t, "")
+		_, err := conn.Write(startupPacket(2<<16, "user", "alice"))
+		require.NoError(t, err)
+		require.Equal(t, "0A000", readErrorResponse(t, conn).Code)
+	})
+	t.Run("no user", func(t *testing.T) {
+		tconn := g.sslRequest(t, g.dialRaw(t, ""))
+		_, err := tconn.Write(startupPacket(3<<16, "database", "app"))
+		require.NoError(t, err)
+		require.Equal(t, "28000", readErrorResponse(t, tconn).Code)
+	})
+	t.Run("duplicate user", func(t *testing.T) {
+		tconn := g.sslRequest(t, g.dialRaw(t, ""))
+		_, err := tconn.Write(startupPacket(3<<16, "user", "alice", "user", "postgres"))
+		require.NoError(t, err)
+		require.Equal(t, "08P01", readErrorResponse(t, tconn).Code)
+	})
+	requirePostgresSawNothing(t, before)
+}
+
+func TestSilentAndTricklingClientsDroppedAtDeadline(t *testing.T) {
+	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) {
+		c.HandshakeTimeout = 300 * time.Millisecond
+		c.AuthTimeout = 300 * time.Millisecond
+	})
+	t.Run("silent", func(t *testing.T) {
+		conn := g.dialRaw(t, "")
+		requireNoMoreBytes(t, conn)
+	})
+	t.Run("trickle", func(t *testing.T) {
+		conn := g.dialRaw(t, "")
+		// One byte of an SSLRequest every 50 ms: each read succeeds, but
+		// the overall deadline still ends the connection.
+		msg := packet(80877103, nil)
+		start := time.Now()
+		var err error
+		for i := 0; err == nil && time.Since(start) < 10*time.Second; i++ {
+			time.Sleep(50 * time.Millisecond)
+			_, err = conn.Write(msg[i%len(msg) : i%len(msg)+1])
+			if i%len(msg) == len(msg)-1 {
+				msg = []byte{0, 0, 0, 8, 4, 210, 22, 47} // keep sending plausible bytes
+			}
+		}
+		require.Error(t, err, "the trickling client was never dropped")
+	})
+}
+
+func TestUpstreamDownIsPrompt(t *testing.T) {
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := closed.Addr().String()
+	require.NoError(t, closed.Close())
+	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) {
+		c.Upstream = proxy.Upstream{Network: "tcp", Address: addr}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_, err = pgconn.Connect(ctx, g.connString(""))
+	require.Error(t, err)
+	require.Equal(t, "08006", pgCode(err), "err: %v", err)
+	require.Contains(t, err.Error(), "connection refused")
+}
+
+func TestUnixSocketUpstreamAndPipelinedQuery(t *testing.T) {
+	// pg_hba trusts local connections, so postgres answers AuthenticationOk
+	// at once: the client can pipeline a query right behind its
+	// StartupMessage, and it must arrive across the switch to raw relay.
+	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) {
+		c.Upstream = proxy.Upstream{Network: "unix", Address: fmt.Sprintf("%s/.s.PGSQL.%d", pg.SocketDir, pg.Port)}
+	})
+	tconn := g.sslRequest(t, g.dialRaw(t, ""))
+	q, err := (&pgproto3.Query{String: "SELECT 'pipelined'"}).Encode(nil)
+	require.NoError(t, err)
+	_, err = tconn.Write(append(startupPacket(3<<16, "user", pg.User, "database", pg.Database), q...))
+	require.NoError(t, err)
+	fe := pgproto3.NewFrontend(tconn, io.Discard)
+	var got []string
+	readyCount := 0
+	for readyCount < 2 {
+		msg, err := fe.Receive()
+		require.NoError(t, err)
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			got = append(got, string(m.Values[0]))
+		case *pgproto3.ReadyForQuery:
+			readyCount++
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error: %s %s", m.Code, m.Message)
+		}
+	}
+	require.Equal(t, []string{"pipelined"}, got)
+}
+
+func TestShutdownDrainsSessions(t *testing.T) {
+	g := startGateway(t)
+	conn := g.connect(t, "")
+	shutdownDone := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	go func() { shutdownDone <- g.server.Shutdown(ctx) }()
+	// New connections are refused at once...
+	waitFor(t, "listener closed", func() bool {
+		c, err := net.DialTimeout("tcp", g.addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	// ...while the session in flight keeps working.
+	require.Equal(t, "2", queryOne(t, conn, "SELECT 1+1"))
+	// At the drain deadline it is closed, and Shutdown reports the cut.
+	require.ErrorIs(t, <-shutdownDone, context.DeadlineExceeded)
+	qctx, qcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer qcancel()
+	_, err := conn.Exec(qctx, "SELECT 1").ReadAll()
+	require.Error(t, err)
+	require.Zero(t, g.server.Sessions())
+}
+
+var _ = tls.VersionTLS12

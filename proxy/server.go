@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Server relays admitted connections for one route. Serve may be called for
+// several listeners; Shutdown stops them all and drains the sessions.
+type Server struct {
+	cfg Config
+	log *zap.Logger
+
+	bytesUp, bytesDown Counter
+
+	mu           sync.Mutex
+	shuttingDown bool
+	listeners    map[net.Listener]struct{}
+	sessions     map[*session]struct{}
+	startups     int
+	startupsByIP map[netip.Addr]int
+	handlers     sync.WaitGroup
+}
+
+// New checks cfg and returns a Server ready to Serve.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.checkAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	return &Server{
+		cfg:          cfg,
+		log:          cfg.Logger,
+		bytesUp:      cfg.Metrics.BytesCounter(cfg.Name, true),
+		bytesDown:    cfg.Metrics.BytesCounter(cfg.Name, false),
+		listeners:    make(map[net.Listener]struct{}),
+		sessions:     make(map[*session]struct{}),
+		startupsByIP: make(map[netip.Addr]int),
+	}, nil
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Serve accepts connections from ln until Shutdown. ln is expected to apply
+// the accept-time policy (acl.Listener): every conn it returns is admitted.
+// Temporary accept errors (EMFILE and the like) back off from 5 ms to 1 s
+// rather than spin.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shuttingDown {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.closing() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || !errors.Is(err, net.ErrClosed) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; backing off", zap.Error(err), zap.Duration("backoff", backoff))
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.shuttingDown {
+			s.mu.Unlock()
+			resetClose(conn)
+			return ErrServerClosed
+		}
+		s.handlers.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.handlers.Done()
+			s.handle(context.Background(), conn)
+		}()
+	}
+}
+
+func (s *Server) closing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shuttingDown
+}
+
+// Shutdown closes the listeners at once, so new connections are refused,
+// and lets sessions in flight run until they end or ctx is done; then it
+// closes what is left and waits for the handlers to return. It returns
+// ctx.Err() if sessions had to be cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shuttingDown = true
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.handlers.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	n := len(s.sessions)
+	for sess := range s.sessions {
+		s.closeConnsLocked(sess)
+	}
+	s.mu.Unlock()
+	s.log.Warn("drain timeout: closed sessions still open", zap.Int("sessions", n))
+	<-done
+	return ctx.Err()
+}
+
+// Sessions reports the connections being handled now.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// acquireStartup takes a pre-authentication slot for ip, globally and per
+// source, without waiting. The session is tracked from here on so Shutdown
+// can close it.
+func (s *Server) acquireStartup(ip netip.Addr) (release func(), ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.startups >= s.cfg.MaxStartups || s.startupsByIP[ip] >= s.cfg.MaxStartupsPerIP {
+		return nil, false
+	}
+	s.startups++
+	s.startupsByIP[ip]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.startups--
+			if s.startupsByIP[ip]--; s.startupsByIP[ip] <= 0 {
+				delete(s.startupsByIP, ip)
+			}
+		})
+	}, true
+}
+
+// track registers a session for forced close at the end of a drain.
+func (s *Server) track(sess *session) {
+	s.mu.Lock()
+	s.sessions[sess] = struct{}{}
+	s.mu.Unlock()
+}
+
+// setUpstream records the upstream conn so a forced close reaches it too.
+// If a drain already closed the session, the new conn is closed at once.
+func (s *Server) setUpstream(sess *session, up net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess.upstream = up
+	if sess.closed {
+		_ = up.Close()
+	}
+}
+
+// closeConns closes both sides of a finished session and forgets it.
+func (s *Server) closeConns(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closeConnsLocked(sess)
+	delete(s.sessions, sess)
+}
+
+func (s *Server) closeConnsLocked(sess *session) {
+	sess.closed = true
+	_ = sess.raw.Close()
+	if sess.upstream != nil {
+		_ = sess.upstream.Close()
+	}
+}
