@@ -116,10 +116,13 @@ func parseCertsFlags(fs *pflag.FlagSet, args []string, stdout, stderr io.Writer)
 			fs.PrintDefaults()
 			return exitOK, true
 		}
-		return exitUsage, true // pflag has printed the error and the defaults
+		// ContinueOnError leaves printing to us.
+		fmt.Fprintf(stderr, "pgwarden %s: %v\n", fs.Name(), err)
+		fs.PrintDefaults()
+		return exitUsage, true
 	}
 	if fs.NArg() > 0 {
-		return certsFail(stderr, fmt.Errorf("unexpected argument %q: %s takes only flags", fs.Arg(0), fs.Name())), true
+		return certsFail(stderr, fmt.Errorf("unexpected argument %q: %s takes only flags", fs.Arg(0), fs.Name()), exitUsage), true
 	}
 	return 0, false
 }
@@ -131,10 +134,8 @@ func certsExitCode(err error) int {
 	return exitRuntime
 }
 
-func certsFail(stderr io.Writer, err error, code ...int) int {
+// certsFail prints err and returns code.
+func certsFail(stderr io.Writer, err error, code int) int {
 	fmt.Fprintf(stderr, "pgwarden certs: %v\n", err)
-	if len(code) > 0 {
-		return code[0]
-	}
-	return exitUsage
+	return code
 }
