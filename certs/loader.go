@@ -27,6 +27,7 @@ type Loader struct {
 	logger            *zap.Logger
 	now               func() time.Time
 	debounce          time.Duration // Watch's quiet period; a field so tests can shorten it
+	watching          func()        // test hook: called once Watch's watches are in place
 
 	pair atomic.Pointer[keyPair]
 	// reloadMu serialises Reload: SIGHUP and the file watcher may fire

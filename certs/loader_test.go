@@ -197,18 +197,8 @@ func TestWatchPicksUpRenameReplacement(t *testing.T) {
 	certFile, keyFile := writePair(t, ca, dir, "server")
 	l, err := NewLoader(certFile, keyFile, nil)
 	require.NoError(t, err)
-	l.debounce = 20 * time.Millisecond
 	orig := l.Current()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	watchDone := make(chan error, 1)
-	go func() { watchDone <- l.Watch(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-watchDone)
-	})
-	// Give the watcher time to register (Add happens inside Watch).
-	time.Sleep(100 * time.Millisecond)
+	startWatch(t, l)
 
 	// Editors and cert-manager write a temporary file and rename it over.
 	newCert, newKey := ca.Server(t, "localhost", "renamed.example")
@@ -236,17 +226,8 @@ func TestWatchPicksUpKubernetesSymlinkSwap(t *testing.T) {
 
 	l, err := NewLoader(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), nil)
 	require.NoError(t, err)
-	l.debounce = 20 * time.Millisecond
 	require.Contains(t, l.Current().Leaf.DNSNames, "initial.example")
-
-	ctx, cancel := context.WithCancel(context.Background())
-	watchDone := make(chan error, 1)
-	go func() { watchDone <- l.Watch(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-watchDone)
-	})
-	time.Sleep(100 * time.Millisecond)
+	startWatch(t, l)
 
 	v2 := filepath.Join(dir, "..v2")
 	require.NoError(t, os.Mkdir(v2, 0o700))
@@ -257,6 +238,29 @@ func TestWatchPicksUpKubernetesSymlinkSwap(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return len(l.Current().Leaf.DNSNames) > 0 && l.Current().Leaf.DNSNames[0] == "swapped.example"
 	}, 5*time.Second, 10*time.Millisecond)
+}
+
+// startWatch runs l.Watch with a short quiet period until the test ends,
+// returning once the watches are in place.
+func startWatch(t *testing.T, l *Loader) {
+	t.Helper()
+	l.debounce = 20 * time.Millisecond
+	ready := make(chan struct{})
+	l.watching = func() { close(ready) }
+	ctx, cancel := context.WithCancel(context.Background())
+	watchDone := make(chan error, 1)
+	go func() { watchDone <- l.Watch(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-watchDone)
+	})
+	select {
+	case <-ready:
+	case err := <-watchDone:
+		t.Fatalf("Watch returned early: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Watch did not start")
+	}
 }
 
 func writePairAs(t *testing.T, ca *certstest.CA, dir, host string) {
@@ -323,4 +327,51 @@ func TestRunExpiryChecksStopsWithContext(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("RunExpiryChecks did not return after cancel")
 	}
+}
+
+func TestWatchFollowsSymlinkTargetRewrittenInPlace(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	linkDir, targetDir := t.TempDir(), t.TempDir()
+	writePairAs(t, ca, targetDir, "initial.example")
+	certFile, keyFile := filepath.Join(linkDir, "tls.crt"), filepath.Join(linkDir, "tls.key")
+	require.NoError(t, os.Symlink(filepath.Join(targetDir, "tls.crt"), certFile))
+	require.NoError(t, os.Symlink(filepath.Join(targetDir, "tls.key"), keyFile))
+	l, err := NewLoader(certFile, keyFile, nil)
+	require.NoError(t, err)
+	startWatch(t, l)
+
+	writePairAs(t, ca, targetDir, "rewritten.example") // os.WriteFile truncates in place
+	require.Eventually(t, func() bool {
+		return l.Current().Leaf.DNSNames[0] == "rewritten.example"
+	}, 5*time.Second, 10*time.Millisecond)
+}
+
+func TestWatchKeepsOldPairOnBrokenReplacementThenRecovers(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	dir := t.TempDir()
+	writePairAs(t, ca, dir, "initial.example")
+	log, logs := observedLogger()
+	l, err := NewLoader(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), log)
+	require.NoError(t, err)
+	orig := l.Current()
+	startWatch(t, l)
+
+	// Unrelated files in the directory do not trigger reloads.
+	certstest.WriteFile(t, filepath.Join(dir, "notes.txt"), []byte("hello"))
+	// A key that belongs to another certificate is refused...
+	_, strayKey := ca.Server(t, "other.example")
+	certstest.WriteFile(t, filepath.Join(dir, "tls.key"), strayKey)
+	require.Eventually(t, func() bool { return logs.FilterLevelExact(zapcore.ErrorLevel).Len() > 0 }, 5*time.Second, 10*time.Millisecond)
+	assert.Same(t, orig, l.Current())
+	assert.Contains(t, logs.FilterLevelExact(zapcore.ErrorLevel).All()[0].ContextMap()["error"], "certificate and key do not match")
+	for _, e := range logs.FilterMessage("certificate file changed").All() {
+		assert.NotEqual(t, filepath.Join(dir, "notes.txt"), e.ContextMap()["name"])
+	}
+	// ...and a matching pair written afterwards is picked up.
+	writePairAs(t, ca, dir, "fixed.example")
+	require.Eventually(t, func() bool {
+		return l.Current().Leaf.DNSNames[0] == "fixed.example"
+	}, 5*time.Second, 10*time.Millisecond)
 }

@@ -4,22 +4,31 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"go.uber.org/zap"
 )
 
+// maxDebounceFactor caps how long a stream of events can postpone a reload:
+// at most this many quiet periods after the first event.
+const maxDebounceFactor = 10
+
 // Watch reloads the certificate when the files change, until ctx is done.
 //
 // It watches the files' directories, not the files: editors, certbot and
-// Kubernetes (cert-manager secrets are a symlink to a "..data" directory that
-// is swapped by rename) replace files instead of writing them in place, and a
-// watch on the old inode would go silent after the first replacement. Any
-// event in those directories starts a quiet period (debounce, ~200ms) so that
-// a cert and key written one after the other are read as a pair; Reload then
-// ignores rounds where neither file's bytes changed, so unrelated files in
-// the directory cost a read and nothing else.
+// Kubernetes (secret volumes are symlinks into a "..data" directory that is
+// swapped by rename) replace files instead of writing them in place, and a
+// watch on the old inode would go silent after the first replacement. For a
+// file that is a symlink it also watches the directory of the resolved
+// target, in case the target is rewritten in place.
+//
+// Relevant events (the files' own names, Kubernetes' "..data" names, anything
+// in a resolved-target directory) start a quiet period (~200ms) so that a
+// cert and key written one after the other are read as a pair; continuous
+// events cannot postpone the reload by more than ten quiet periods. Reload
+// then ignores rounds where neither file's bytes changed.
 //
 // Watch returns an error only if it cannot start watching; reload failures
 // are logged by Reload and the old pair keeps serving.
@@ -29,20 +38,30 @@ func (l *Loader) Watch(ctx context.Context) error {
 		return fmt.Errorf("watching certificate files: %w", err)
 	}
 	defer w.Close()
-	dirs := map[string]bool{
-		filepath.Dir(l.certFile): true,
-		filepath.Dir(l.keyFile):  true,
-	}
-	for dir := range dirs {
+	for _, dir := range []string{filepath.Dir(l.certFile), filepath.Dir(l.keyFile)} {
 		if err := w.Add(dir); err != nil {
 			return fmt.Errorf("watching certificate directory %s: %w", dir, err)
 		}
 	}
+	targets := l.addTargetDirs(w, nil)
 	l.logger.Debug("watching certificate files", zap.String("cert_file", l.certFile), zap.String("key_file", l.keyFile))
+	if l.watching != nil {
+		l.watching()
+	}
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	var pendingSince time.Time // zero: no reload pending
+	schedule := func() {
+		now := time.Now()
+		if pendingSince.IsZero() {
+			pendingSince = now
+		} else if now.Sub(pendingSince) > maxDebounceFactor*l.debounce {
+			return // let the running timer fire
+		}
+		timer.Reset(l.debounce)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -51,9 +70,11 @@ func (l *Loader) Watch(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			l.logger.Debug("certificate directory changed", zap.String("name", ev.Name), zap.Stringer("op", ev.Op))
-			// Restart the quiet period on every event.
-			timer.Reset(l.debounce)
+			if !l.relevant(ev.Name, targets) {
+				continue
+			}
+			l.logger.Debug("certificate file changed", zap.String("name", ev.Name), zap.Stringer("op", ev.Op))
+			schedule()
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
@@ -61,9 +82,49 @@ func (l *Loader) Watch(ctx context.Context) error {
 			// Overflow and similar: we may have missed an event, so reload
 			// anyway after the quiet period.
 			l.logger.Warn("certificate watcher error", zap.Error(err))
-			timer.Reset(l.debounce)
+			schedule()
 		case <-timer.C:
+			pendingSince = time.Time{}
 			_ = l.Reload() // logged inside; the old pair keeps serving
+			// A symlink swap may have moved the targets.
+			targets = l.addTargetDirs(w, targets)
 		}
 	}
+}
+
+// relevant reports whether an event on name may change the files.
+func (l *Loader) relevant(name string, targetDirs map[string]bool) bool {
+	base := filepath.Base(name)
+	switch {
+	case base == filepath.Base(l.certFile), base == filepath.Base(l.keyFile):
+		return true
+	case strings.HasPrefix(base, ".."): // Kubernetes atomic writer: ..data, ..data_tmp, ..2024_...
+		return true
+	}
+	return targetDirs[filepath.Dir(name)]
+}
+
+// addTargetDirs watches the directories the files' symlinks resolve to, if
+// they differ from the given directories, and returns the set.
+func (l *Loader) addTargetDirs(w *fsnotify.Watcher, known map[string]bool) map[string]bool {
+	if known == nil {
+		known = map[string]bool{}
+	}
+	for _, f := range []string{l.certFile, l.keyFile} {
+		resolved, err := filepath.EvalSymlinks(f)
+		if err != nil {
+			continue
+		}
+		dir := filepath.Dir(resolved)
+		given, _ := filepath.EvalSymlinks(filepath.Dir(f))
+		if dir == given || known[dir] {
+			continue
+		}
+		if err := w.Add(dir); err != nil {
+			l.logger.Debug("not watching certificate target directory", zap.String("dir", dir), zap.Error(err))
+			continue
+		}
+		known[dir] = true
+	}
+	return known
 }
