@@ -122,4 +122,3 @@ func checkDNSName(name string) error {
 	}
 	return nil
 }
-
