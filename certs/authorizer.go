@@ -250,6 +250,15 @@ func untrustedText(err error) string {
 	return "client certificate not trusted"
 }
 
+// PeerIdentity names the client certificate in cs for logs (CN, else the
+// first URI or DNS SAN), or "" if there is none. It does not verify anything.
+func PeerIdentity(cs *tls.ConnectionState) string {
+	if cs == nil || len(cs.PeerCertificates) == 0 {
+		return ""
+	}
+	return identityOf(cs.PeerCertificates[0])
+}
+
 // identityOf names a certificate in messages and logs: its CN, or for a
 // certificate without one (many SPIFFE SVIDs) its first URI then DNS SAN.
 func identityOf(c *x509.Certificate) string {

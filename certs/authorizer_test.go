@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,6 +103,29 @@ spiffe://example.org/ns/ci/sa/runner  ci_spiffe
 			}
 		})
 	}
+}
+
+func TestAuthErrorKeepsCauseOffTheWire(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	caFile := certstest.WriteFile(t, filepath.Join(t.TempDir(), "ca.crt"), ca.CertPEM())
+	a, err := NewAuthorizer(Policy{ClientCAFile: caFile}, nil)
+	require.NoError(t, err)
+	cs := clientState(t, certstest.NewCA(t), "mallory")
+	err = a.Authorize(cs, "mallory")
+	require.Error(t, err)
+	public := "client certificate not trusted: unknown authority"
+	assert.Equal(t, public, err.Error())
+	assert.Equal(t, public, fmt.Sprintf("%v", err))
+	verbose := fmt.Sprintf("%+v", err)
+	assert.True(t, strings.HasPrefix(verbose, public+": x509: "), verbose)
+	var ae *AuthError
+	require.ErrorAs(t, err, &ae)
+	assert.Equal(t, "untrusted_client_cert", ae.Reason())
+	var unknown x509.UnknownAuthorityError
+	assert.ErrorAs(t, err, &unknown, "the x509 cause stays reachable for errors.As")
+	assert.Equal(t, "mallory", PeerIdentity(cs))
+	assert.Equal(t, "", PeerIdentity(&tls.ConnectionState{}))
 }
 
 func TestAuthorizeAfterRealHandshake(t *testing.T) {

@@ -1,6 +1,10 @@
 package certs
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"io"
+)
 
 // Sentinels for errors.Is. The Authorizer's errors match one of the Err*Cert
 // / Err*Allowed values so callers can label metrics without parsing text.
@@ -28,6 +32,16 @@ type AuthError struct {
 }
 
 func (e *AuthError) Error() string { return e.Public }
+
+// Format prints Public for %v and %s, and Public plus Cause for %+v, so
+// zap.Error(err) logs the cause as "errorVerbose" while err.Error() (what
+// goes on the wire) never contains it.
+func (e *AuthError) Format(f fmt.State, verb rune) {
+	_, _ = io.WriteString(f, e.Public)
+	if verb == 'v' && f.Flag('+') && e.Cause != nil {
+		_, _ = io.WriteString(f, ": "+e.Cause.Error())
+	}
+}
 
 // Unwrap exposes both the sentinel and the cause to errors.Is/As.
 func (e *AuthError) Unwrap() []error {
