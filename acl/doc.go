@@ -25,5 +25,10 @@
 //
 // What counts as an authentication failure is the caller's business (see
 // CountsAsFailure); the Jail only counts what it is told, keyed by the
-// normalised peer address.
+// normalised peer address (and, for IPv6, also by its /64). Its semantics
+// follow fail2ban: MaxRetry failures within FindTime ban for BanTime,
+// repeat offenders get BanTime × TimeFactor^(n-1) capped at MaxTime, plus a
+// few percent of random jitter; bans and ban history persist in a bbolt file
+// so a restart neither frees attackers nor forgets repeat offenders.
+// Sessions already past accept are not the jail's concern.
 package acl

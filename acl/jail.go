@@ -1,0 +1,333 @@
+package acl
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Jail is a fail2ban built into the gateway: it counts authentication
+// failures per source, bans a source that fails MaxRetry times within
+// FindTime, escalates the bans of repeat offenders, and persists bans and
+// ban history. Banned is the cheap accept-time check Listener consults.
+//
+// Keys are normalised peer addresses (see PeerAddr), never anything a
+// client sends. IPv6 sources are counted twice, under the address and
+// under its IPv6Prefix-long prefix; when the prefix reaches MaxRetry the
+// prefix is banned, which bans every address in it (privacy addresses
+// rotate within a /64, which usually is one host or one subscriber).
+//
+// Succeeded deliberately does not reset a source's count, unlike a
+// per-user lockout: if it did, an attacker holding one valid credential (or
+// sharing a NAT with a legitimate client) could interleave good logins to
+// brute-force other roles forever. Failures simply age out of FindTime.
+type Jail struct {
+	cfg JailConfig
+	log *zap.Logger
+
+	// mu guards tracker, bans, lens4/6, history, closed and lastPurge.
+	// Banned takes it for reading; writers never hold it across disk I/O
+	// (see persist), so the accept path never waits for an fsync.
+	mu      sync.RWMutex
+	tracker *tracker
+	bans    map[netip.Prefix]banRecord
+	lens4   []int // distinct prefix lengths among IPv4 ban keys
+	lens6   []int // and among IPv6 ones
+	history map[netip.Prefix]historyRecord
+	closed  bool
+
+	// active is len(bans), readable without the lock: the common case of
+	// no bans at all costs Banned one atomic load.
+	active atomic.Int64
+
+	storeMu   sync.Mutex // guards store; never taken while holding mu
+	store     *store     // nil when StatePath is "" or after Close
+	lastPurge time.Time
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// NewJail validates cfg, restores persisted bans and history, and starts
+// the background sweeper that lifts expired bans. Close it when done.
+func NewJail(cfg JailConfig) (*Jail, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	j := &Jail{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		tracker: newTracker(cfg.MaxTracked, cfg.MaxRetry),
+		bans:    map[netip.Prefix]banRecord{},
+		history: map[netip.Prefix]historyRecord{},
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	if cfg.StatePath != "" {
+		s, st, err := openStore(cfg.StatePath, cfg.StateLockTimeout, cfg.Now(), j.log)
+		if err != nil {
+			return nil, err
+		}
+		j.store = s
+		j.bans, j.history = st.bans, st.history
+		j.reindexLocked()
+		j.log.Info("ban state restored", zap.String("path", cfg.StatePath),
+			zap.Int("bans", len(j.bans)), zap.Int("history", len(j.history)))
+		// Drop bans that expired while we were down, and stale history,
+		// before the first connection is judged.
+		j.sweep(true)
+	}
+	go j.sweepLoop()
+	return j, nil
+}
+
+// Banned reports whether ip, or a banned prefix containing it, is banned
+// now. It is the accept-path check: one atomic load when nobody is banned,
+// otherwise a read lock and one map lookup per distinct ban-key length. An
+// expired ban stops matching at once, before the sweeper removes it.
+func (j *Jail) Banned(ip netip.Addr) bool {
+	if j.active.Load() == 0 || !ip.IsValid() {
+		return false
+	}
+	ip = normalize(ip)
+	now := j.cfg.Now()
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	_, _, ok := j.activeBanLocked(ip, now)
+	return ok
+}
+
+// exempt reports an ignored source inside an automatic ban's prefix: a
+// neighbour's failures that banned the /64 must not lock out an address
+// the operator said never to ban. Manual bans are not exempt.
+func (j *Jail) exempt(ip netip.Addr, b banRecord) bool {
+	return !b.Manual && j.cfg.Ignore.Allows(ip)
+}
+
+// Failed records one authentication failure from ip and bans the source
+// when it reaches MaxRetry within FindTime. It returns whether the source
+// is banned now and until when. Ignored sources are logged but never
+// counted; a source that is already banned (its connection was admitted
+// before the ban) is not counted again.
+func (j *Jail) Failed(ip netip.Addr, f Failure) (banned bool, until time.Time) {
+	if !ip.IsValid() {
+		return false, time.Time{}
+	}
+	ip = normalize(ip)
+	if j.cfg.Ignore.Allows(ip) {
+		j.logFailure(zap.InfoLevel, ip, f, zap.Bool("ignored", true))
+		return false, time.Time{}
+	}
+	host, agg := j.keys(ip)
+	now := j.cfg.Now()
+
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return false, time.Time{}
+	}
+	if key, b, ok := j.activeBanLocked(ip, now); ok {
+		j.mu.Unlock()
+		j.logFailure(zap.WarnLevel, ip, f, zap.Bool("already_banned", true),
+			zap.String("ban", keyString(key)), zap.Time("until", b.Until))
+		return true, b.Until
+	}
+	hostN := j.tracker.add(host, now, j.cfg.FindTime)
+	aggN := 0
+	if agg.IsValid() {
+		aggN = j.tracker.add(agg, now, j.cfg.FindTime)
+	}
+	var key netip.Prefix
+	var n int
+	switch {
+	case agg.IsValid() && aggN >= j.cfg.MaxRetry:
+		key, n = agg, aggN // covers host
+	case hostN >= j.cfg.MaxRetry:
+		key, n = host, hostN
+	}
+	var b banRecord
+	if key.IsValid() {
+		b = j.banLocked(key, now, 0, n, false)
+		j.tracker.remove(host)
+		if agg.IsValid() {
+			j.tracker.remove(agg)
+		}
+	}
+	j.mu.Unlock()
+
+	if agg.IsValid() {
+		j.logFailure(zap.WarnLevel, ip, f, zap.Int("failures", hostN),
+			zap.Stringer("prefix", agg), zap.Int("prefix_failures", aggN))
+	} else {
+		j.logFailure(zap.WarnLevel, ip, f, zap.Int("failures", hostN))
+	}
+	if !key.IsValid() {
+		return false, time.Time{}
+	}
+	j.persist(key)
+	j.announceBan(key, b, failureFields(f), false)
+	return true, b.Until
+}
+
+// logFailure writes one "auth failure" line. Fields are only built when the
+// level is enabled: under a flood this is the jail's hottest path.
+func (j *Jail) logFailure(lvl zapcore.Level, ip netip.Addr, f Failure, extra ...zap.Field) {
+	ce := j.log.Check(lvl, "auth failure")
+	if ce == nil {
+		return
+	}
+	fields := append([]zap.Field{zap.String("source", ip.String())}, failureFields(f)...)
+	ce.Write(append(fields, extra...)...)
+}
+
+// failureFields are the client-supplied details of a failure, clipped.
+func failureFields(f Failure) []zap.Field {
+	return []zap.Field{
+		zap.String("user", clip(f.User)),
+		zap.String("database", clip(f.Database)),
+		zap.String("sqlstate", clip(f.SQLState)),
+	}
+}
+
+// Succeeded is called after a successful authentication from ip. It does
+// not reset the failure count, by design (see Jail); it exists so callers
+// report every outcome and the policy can change in one place.
+func (j *Jail) Succeeded(ip netip.Addr) {}
+
+// Close stops the sweeper and closes the state file. Banned keeps working
+// from memory; Failed, Ban and Unban stop recording.
+func (j *Jail) Close() error {
+	var err error
+	j.closeOnce.Do(func() {
+		close(j.stop)
+		<-j.done
+		j.mu.Lock()
+		j.closed = true
+		j.mu.Unlock()
+		j.storeMu.Lock()
+		defer j.storeMu.Unlock()
+		if j.store != nil {
+			err = j.store.close()
+			j.store = nil
+		}
+	})
+	return err
+}
+
+// keys returns the ban keys of a normalised address: the address itself,
+// and for IPv6 its aggregate prefix (invalid when aggregation is off).
+func (j *Jail) keys(ip netip.Addr) (host, agg netip.Prefix) {
+	host = netip.PrefixFrom(ip, ip.BitLen())
+	if ip.Is6() && j.cfg.IPv6Prefix < 128 {
+		agg, _ = ip.Prefix(j.cfg.IPv6Prefix)
+	}
+	return host, agg
+}
+
+// activeBanLocked finds an unexpired ban covering ip: one lookup per
+// distinct key length in use (normally /32, or /128 and /64).
+func (j *Jail) activeBanLocked(ip netip.Addr, now time.Time) (netip.Prefix, banRecord, bool) {
+	lens := j.lens4
+	if ip.Is6() {
+		lens = j.lens6
+	}
+	for _, l := range lens {
+		p, err := ip.Prefix(l)
+		if err != nil {
+			continue
+		}
+		if b, ok := j.bans[p]; ok && b.Until.After(now) && !j.exempt(ip, b) {
+			return p, b, true
+		}
+	}
+	return netip.Prefix{}, banRecord{}, false
+}
+
+// banLocked bans key from now, for d or (d == 0) the escalated length of
+// its next ban, and records the ban in its history.
+func (j *Jail) banLocked(key netip.Prefix, now time.Time, d time.Duration, failures int, manual bool) banRecord {
+	h := j.history[key]
+	h.Bans++
+	h.Last = now
+	if d == 0 {
+		d = j.cfg.banDuration(h.Bans)
+	}
+	b := banRecord{Until: now.Add(d), Failures: failures, Bans: h.Bans, Manual: manual}
+	_, existed := j.bans[key]
+	j.bans[key] = b
+	j.history[key] = h
+	if !existed {
+		j.reindexLocked()
+	}
+	return b
+}
+
+// reindexLocked recomputes the key lengths Banned probes, and the count.
+func (j *Jail) reindexLocked() {
+	var seen4 [33]bool
+	var seen6 [129]bool
+	for k := range j.bans {
+		if k.Addr().Is4() {
+			seen4[k.Bits()] = true
+		} else {
+			seen6[k.Bits()] = true
+		}
+	}
+	j.lens4, j.lens6 = j.lens4[:0], j.lens6[:0]
+	// Longest first: the host key is the likeliest hit.
+	for l := 32; l >= 0; l-- {
+		if seen4[l] {
+			j.lens4 = append(j.lens4, l)
+		}
+	}
+	for l := 128; l >= 0; l-- {
+		if seen6[l] {
+			j.lens6 = append(j.lens6, l)
+		}
+	}
+	j.lens4, j.lens6 = slices.Clip(j.lens4), slices.Clip(j.lens6)
+	j.active.Store(int64(len(j.bans)))
+}
+
+// announceBan logs a new ban and calls OnBan, outside the locks.
+func (j *Jail) announceBan(key netip.Prefix, b banRecord, why []zap.Field, manual bool) {
+	j.log.Warn("source banned", append([]zap.Field{
+		zap.String("source", keyString(key)),
+		zap.Int("failures", b.Failures),
+		zap.Time("until", b.Until),
+		zap.Int("bans", b.Bans),
+		zap.Bool("manual", manual),
+	}, why...)...)
+	if j.cfg.OnBan != nil {
+		j.cfg.OnBan(key.Addr(), b.Until)
+	}
+}
+
+// keyString shows a single-address key as the address, a prefix as CIDR.
+func keyString(k netip.Prefix) string {
+	if k.IsSingleIP() {
+		return k.Addr().String()
+	}
+	return k.String()
+}
+
+// clip bounds client-supplied strings in log lines (postgres truncates
+// names to 63 bytes anyway; anything longer is noise or an attack).
+func clip(s string) string {
+	const maxLen = 128
+	if len(s) <= maxLen {
+		return s
+	}
+	cut := maxLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut-- // do not split a multi-byte character
+	}
+	return s[:cut] + "…"
+}

@@ -1,0 +1,149 @@
+package acl
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// BanInfo describes one active ban, for the admin API and logs. It
+// marshals as {"ip": "...", "until": "RFC3339", "failures": N, "bans": N}.
+type BanInfo struct {
+	// IP is the banned address, or the prefix in CIDR form for an
+	// aggregate (IPv6 /64) or manual prefix ban.
+	IP string `json:"ip"`
+	// Until is when the ban lifts, in UTC, rounded up to the second.
+	Until time.Time `json:"until"`
+	// Failures is how many failures within FindTime caused it (0 if manual).
+	Failures int `json:"failures"`
+	// Bans is how many times this key has been banned, this one included.
+	Bans int `json:"bans"`
+}
+
+func banInfo(key netip.Prefix, b banRecord) BanInfo {
+	return BanInfo{IP: keyString(key), Until: ceilSecond(b.Until), Failures: b.Failures, Bans: b.Bans}
+}
+
+// ceilSecond gives a UTC, whole-second time no earlier than t, so the JSON
+// reads "2026-08-01T10:00:00Z" and never claims a ban lifts sooner than it
+// does.
+func ceilSecond(t time.Time) time.Time {
+	t = t.UTC().Round(0)
+	if tr := t.Truncate(time.Second); tr.Before(t) {
+		return tr.Add(time.Second)
+	}
+	return t
+}
+
+// List returns the active bans, sorted by address (IPv4 first).
+func (j *Jail) List() []BanInfo {
+	now := j.cfg.Now()
+	j.mu.RLock()
+	keys := make([]netip.Prefix, 0, len(j.bans))
+	for k, b := range j.bans {
+		if b.Until.After(now) {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, comparePrefix)
+	out := make([]BanInfo, len(keys))
+	for i, k := range keys {
+		out[i] = banInfo(k, j.bans[k])
+	}
+	j.mu.RUnlock()
+	return out
+}
+
+// ActiveBans is the number of unexpired bans (for a gauge).
+func (j *Jail) ActiveBans() int {
+	now := j.cfg.Now()
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	n := 0
+	for _, b := range j.bans {
+		if b.Until.After(now) {
+			n++
+		}
+	}
+	return n
+}
+
+// Ban bans an address or prefix by hand for exactly d or, when d is 0, for
+// the escalated (and jittered) length of the key's next ban. It replaces
+// any ban on the same key and counts in the key's ban history. The ignore
+// list does not apply: an operator's explicit ban wins, even over ignored
+// addresses inside a banned prefix.
+func (j *Jail) Ban(prefixOrIP string, d time.Duration) (BanInfo, error) {
+	key, err := parseKey(prefixOrIP)
+	if err != nil {
+		return BanInfo{}, fmt.Errorf("banning %q: %w", prefixOrIP, err)
+	}
+	if d < 0 {
+		return BanInfo{}, fmt.Errorf("banning %s: duration %s is negative", key, d)
+	}
+	now := j.cfg.Now()
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return BanInfo{}, fmt.Errorf("banning %s: %w", key, ErrJailClosed)
+	}
+	b := j.banLocked(key, now, d, 0, true)
+	j.tracker.remove(key)
+	j.mu.Unlock()
+	j.persist(key)
+	j.announceBan(key, b, nil, true)
+	return banInfo(key, b), nil
+}
+
+// Unban lifts the ban on exactly this address or prefix. The key's failure
+// count is reset, so one more failure does not re-ban it at once; its ban
+// history is kept, so a later ban still escalates. An address that is only
+// covered by a prefix ban is an error naming that prefix. Every error when
+// there is no such ban wraps ErrNotBanned.
+func (j *Jail) Unban(prefixOrIP string) error {
+	key, err := parseKey(prefixOrIP)
+	if err != nil {
+		return fmt.Errorf("unbanning %q: %w", prefixOrIP, err)
+	}
+	now := j.cfg.Now()
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return fmt.Errorf("unbanning %s: %w", key, ErrJailClosed)
+	}
+	b, ok := j.bans[key]
+	if !ok || !b.Until.After(now) {
+		cover, _, covered := j.activeBanLocked(key.Addr(), now)
+		j.mu.Unlock()
+		if covered && key.IsSingleIP() {
+			return fmt.Errorf("unbanning %s: %w itself; it is covered by the ban on %s, unban that",
+				keyString(key), ErrNotBanned, keyString(cover))
+		}
+		return fmt.Errorf("unbanning %s: %w", keyString(key), ErrNotBanned)
+	}
+	delete(j.bans, key)
+	j.reindexLocked()
+	j.tracker.remove(key)
+	j.mu.Unlock()
+	j.persist(key)
+	j.log.Info("source unbanned", zap.String("source", keyString(key)),
+		zap.Int("bans", b.Bans), zap.String("reason", "manual"))
+	return nil
+}
+
+// parseKey reads an operator-supplied address or CIDR with the same strict
+// rules as --allow (no templates: a ban names one thing).
+func parseKey(s string) (netip.Prefix, error) {
+	if isTemplate(s) {
+		return netip.Prefix{}, fmt.Errorf("%w: templates are not accepted here; write an IP address or CIDR", ErrInvalidEntry)
+	}
+	p, _, perr := parseToken(s)
+	if perr != nil {
+		perr.Flag, perr.Entry = "address", s
+		return netip.Prefix{}, perr
+	}
+	return p, nil
+}
