@@ -35,12 +35,14 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
+	startDebugServer(log)
 
 	gw, err := newGateway(cfg, log)
 	if err != nil {
 		printConfigError(stderr, err)
 		return exitCode(err)
 	}
+	gw.args = args
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -73,6 +75,7 @@ func printConfigError(w io.Writer, err error) {
 // gateway is a running `pgwarden serve`: its routes, their listeners and
 // proxy servers, and the shared state (cancel keys, ban jail).
 type gateway struct {
+	args    []string // serve's command line, re-read on SIGHUP
 	cfg     *serveConfig
 	log     *zap.Logger
 	routes  []*route
@@ -85,6 +88,7 @@ type route struct {
 	upstream  proxy.Upstream
 	allow     *acl.Allowlist
 	loader    *certs.Loader
+	authz     *certs.Authorizer // nil unless --tls-client-ca
 	server    *proxy.Server
 	addrs     []string
 	listeners []*acl.Listener
@@ -144,7 +148,13 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 	if minVersion == "" {
 		minVersion = "1.2"
 	}
-	policy := certs.Policy{}
+	policy := certs.Policy{
+		ClientCAFile: rc.TLSClientCA,
+		AllowCN:      rc.TLSAllowCN,
+		AllowSAN:     rc.TLSAllowSAN,
+		MapUser:      rc.TLSMapUser,
+		MapFile:      rc.TLSMapFile,
+	}
 	if policy.MinVersion, err = certs.ParseMinVersion(minVersion); err != nil {
 		return nil, wrap(err)
 	}
@@ -155,7 +165,10 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
-	r.server, err = proxy.New(proxy.Config{
+	if r.authz, err = certs.NewAuthorizer(policy, g.log.With(zap.String("route", rc.Name))); err != nil {
+		return nil, wrap(err)
+	}
+	pcfg := proxy.Config{
 		Name:             rc.Name,
 		Upstream:         r.upstream,
 		TLS:              tlsConfig,
@@ -165,7 +178,11 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 		AuthTimeout:      g.cfg.AuthTimeout,
 		MaxStartups:      g.cfg.MaxStartups,
 		MaxStartupsPerIP: g.cfg.MaxStartupsPerIP,
-	})
+	}
+	if r.authz != nil {
+		pcfg.Authorizer = r.authz
+	}
+	r.server, err = proxy.New(pcfg)
 	if err != nil {
 		return nil, wrap(err)
 	}
@@ -217,7 +234,11 @@ func (g *gateway) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
 	for _, r := range g.routes {
-		wg.Add(1)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			r.loader.RunExpiryChecks(watchCtx, certs.DefaultExpiryWarning)
+		}()
 		go func() {
 			defer wg.Done()
 			if err := r.loader.Watch(watchCtx); err != nil && !errors.Is(err, context.Canceled) {
@@ -264,16 +285,60 @@ func (g *gateway) run(ctx context.Context) error {
 	return err
 }
 
-// reload is SIGHUP: certificates are re-read (a broken pair keeps the old
-// one serving).
+// reload is SIGHUP: certificates and client CAs are re-read, and so are the
+// allowlists (from the command line and config file); a broken replacement
+// is refused and the previous one keeps serving. Listen addresses and
+// upstreams are start-time only.
 func (g *gateway) reload() {
-	g.log.Info("SIGHUP: reloading certificates")
+	g.log.Info("SIGHUP: reloading certificates and allowlists")
+	g.reloadAllowlists()
 	for _, r := range g.routes {
 		if err := r.loader.Reload(); err != nil {
 			g.log.Error("certificate reload failed; still serving the previous pair", zap.String("route", r.cfg.Name), zap.Error(err))
+		}
+		if r.authz != nil {
+			if err := r.authz.Reload(); err != nil {
+				g.log.Error("client CA reload failed; still using the previous one", zap.String("route", r.cfg.Name), zap.Error(err))
+			}
 		}
 	}
 }
 
 // errHelp is returned when --help was asked for (usage already printed).
 var errHelp = errors.New("help requested")
+
+// reloadAllowlists re-reads the configuration and swaps each route's
+// allowlist atomically in its listeners.
+func (g *gateway) reloadAllowlists() {
+	if g.args == nil {
+		return
+	}
+	cfg, err := parseServeArgs(g.args)
+	if err != nil {
+		g.log.Error("allowlist reload failed; keeping the current ones", zap.Error(err))
+		return
+	}
+	fresh := map[string][]string{}
+	for _, rc := range cfg.routes() {
+		fresh[rc.Name] = rc.Allow
+	}
+	for _, r := range g.routes {
+		entries, ok := fresh[r.cfg.Name]
+		if !ok {
+			g.log.Warn("route no longer in the configuration; restart to remove it", zap.String("route", r.cfg.Name))
+			continue
+		}
+		allow, err := acl.ParseAllowlist(entries)
+		if err != nil {
+			g.log.Error("allowlist reload failed; keeping the current one", zap.String("route", r.cfg.Name), zap.Error(err))
+			continue
+		}
+		for _, ln := range r.listeners {
+			ln.SetAllowlist(allow)
+		}
+		if allow.String() != r.allow.String() {
+			g.log.Info("allowlist reloaded", zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
+		}
+		r.allow = allow
+	}
+}
