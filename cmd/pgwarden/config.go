@@ -54,6 +54,7 @@ type serveConfig struct {
 	BanIgnore     []string
 	BanState      string
 	BanIPv6Prefix int
+	BanMaxTracked int
 	Admin         string
 }
 
@@ -95,7 +96,8 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.DurationVar(&c.BanMaxTime, "ban-max-time", 24*time.Hour, "cap on an escalated ban (fail2ban bantime.maxtime)")
 	fs.StringArrayVar(&c.BanIgnore, "ban-ignore", nil, "source IP or CIDR never banned (repeatable; fail2ban ignoreip)")
 	fs.StringVar(&c.BanState, "ban-state", "", "file where bans and ban history persist (bbolt); empty keeps them in memory")
-	fs.IntVar(&c.BanIPv6Prefix, "ban-ipv6-prefix", 64, "IPv6 sources are also counted and banned per prefix of this length")
+	fs.IntVar(&c.BanIPv6Prefix, "ban-ipv6-prefix", 64, "IPv6 sources are also counted and banned per prefix of this length (32-128)")
+	fs.IntVar(&c.BanMaxTracked, "ban-max-tracked", 100000, "sources whose failures are tracked at once; the oldest are forgotten first")
 	fs.StringVar(&c.Admin, "admin", "", "loopback HOST:PORT for the admin HTTP endpoint (bans, /healthz, /readyz, /metrics)")
 	return fs
 }
@@ -310,6 +312,11 @@ func (c *serveConfig) validate() error {
 	}
 	if c.MaxStartups <= 0 || c.MaxStartupsPerIP <= 0 {
 		add("--max-startups and --max-startups-per-source must be at least 1")
+	}
+	if c.Admin != "" {
+		if _, err := validateAdminAddr(c.Admin); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	switch c.LogFormat {
 	case "json", "console":

@@ -10,7 +10,9 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -75,11 +77,15 @@ func printConfigError(w io.Writer, err error) {
 // gateway is a running `pgwarden serve`: its routes, their listeners and
 // proxy servers, and the shared state (cancel keys, ban jail).
 type gateway struct {
-	args    []string // serve's command line, re-read on SIGHUP
-	cfg     *serveConfig
-	log     *zap.Logger
-	routes  []*route
-	cancels *proxy.CancelRegistry
+	args     []string // serve's command line, re-read on SIGHUP
+	cfg      *serveConfig
+	log      *zap.Logger
+	routes   []*route
+	cancels  *proxy.CancelRegistry
+	metrics  *promMetrics
+	jail     *acl.Jail
+	admin    *adminServer // nil without --admin
+	draining atomic.Bool
 }
 
 // route is one listen → upstream service at run time.
@@ -101,7 +107,20 @@ func newGateway(cfg *serveConfig, log *zap.Logger) (*gateway, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, configError{err}
 	}
-	g := &gateway{cfg: cfg, log: log, cancels: proxy.NewCancelRegistry()}
+	g := &gateway{cfg: cfg, log: log, cancels: proxy.NewCancelRegistry(), metrics: newPromMetrics()}
+	jail, err := newJail(cfg, log, g.metrics.OnBan)
+	if err != nil {
+		return nil, err
+	}
+	g.jail = jail
+	g.metrics.SetBanStore(jail)
+	if cfg.Admin != "" {
+		g.admin, err = newAdminServer(cfg.Admin, adminDeps{Bans: jail, Ready: g.ready, Registry: g.metrics.Registry()}, log)
+		if err != nil {
+			_ = jail.Close()
+			return nil, err
+		}
+	}
 	var errs []error
 	for _, rc := range cfg.routes() {
 		r, err := g.buildRoute(rc)
@@ -112,11 +131,21 @@ func newGateway(cfg *serveConfig, log *zap.Logger) (*gateway, error) {
 		g.routes = append(g.routes, r)
 	}
 	if err := errors.Join(errs...); err != nil {
+		_ = jail.Close()
 		return nil, configError{err}
 	}
 	if err := g.listen(); err != nil {
 		g.closeListeners()
+		_ = jail.Close()
 		return nil, err
+	}
+	if g.admin != nil {
+		if err := g.admin.Start(); err != nil {
+			g.closeListeners()
+			_ = jail.Close()
+			return nil, err
+		}
+		log.Info("admin endpoint listening", zap.Stringer("address", g.admin.Addr()))
 	}
 	return g, nil
 }
@@ -174,6 +203,8 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 		TLS:              tlsConfig,
 		Logger:           g.log,
 		Cancels:          g.cancels,
+		Metrics:          g.metrics,
+		Observer:         authObserver{jail: g.jail, metrics: g.metrics},
 		HandshakeTimeout: g.cfg.HandshakeTimeout,
 		AuthTimeout:      g.cfg.AuthTimeout,
 		MaxStartups:      g.cfg.MaxStartups,
@@ -204,6 +235,8 @@ func (g *gateway) listen() error {
 			}
 			ln, err := acl.NewListener(inner, acl.ListenerConfig{
 				Allowlist: r.allow,
+				Banned:    g.jail.Banned,
+				OnReject:  g.metrics.OnReject,
 				Logger:    g.log.With(zap.String("route", r.cfg.Name)),
 			})
 			if err != nil {
@@ -265,6 +298,7 @@ func (g *gateway) run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-serveErr:
 	}
+	g.draining.Store(true) // /readyz says 503 from now on
 	g.log.Info("shutting down: listeners closed, draining sessions", zap.Duration("drain_timeout", g.cfg.DrainTimeout))
 	dctx, cancel := context.WithTimeout(context.Background(), g.cfg.DrainTimeout)
 	defer cancel()
@@ -281,8 +315,35 @@ func (g *gateway) run(ctx context.Context) error {
 	drain.Wait()
 	stopWatch()
 	wg.Wait()
+	if g.admin != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = g.admin.Shutdown(sctx)
+		scancel()
+	}
+	if cerr := g.jail.Close(); cerr != nil {
+		g.log.Error("closing the ban state", zap.Error(cerr))
+	}
 	g.log.Info("pgwarden stopped")
 	return err
+}
+
+// ready is /readyz: the listeners are up, no drain has begun, and every
+// route's upstream accepts a connection. The probe connects and closes
+// without sending a byte, which postgres deliberately does not log as an
+// error (backend_startup.c: "service-monitoring software often just opens
+// and closes a connection").
+func (g *gateway) ready() error {
+	if g.draining.Load() {
+		return errors.New("draining: shutting down")
+	}
+	for _, r := range g.routes {
+		c, err := net.DialTimeout(r.upstream.Network, r.upstream.Address, 2*time.Second)
+		if err != nil {
+			return fmt.Errorf("route %s: upstream %s: %w", r.cfg.Name, r.upstream, err)
+		}
+		_ = c.Close()
+	}
+	return nil
 }
 
 // reload is SIGHUP: certificates and client CAs are re-read, and so are the
