@@ -23,7 +23,7 @@ type session struct {
 	start  time.Time
 	raw    net.Conn
 	remote netip.Addr
-	log    *zap.Logger
+	source string // peer address as host:port, for the log line
 
 	tls        *tls.Conn // set once the handshake succeeds
 	tlsMode    string    // "sslrequest" or "direct"
@@ -38,7 +38,8 @@ type session struct {
 	bytesToUpstream int64
 	bytesToClient   int64
 	relayErr        error
-	closed          bool // set under Server.mu when both sides were closed
+	panicked        error // a recovered panic in the pre-authentication phase
+	closed          bool  // set under Server.mu when both sides were closed
 }
 
 // handle runs one connection to its end and writes its one log line.
@@ -49,27 +50,22 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		raw:    raw,
 		remote: peerAddr(raw.RemoteAddr()),
 	}
-	sess.log = s.log.With(zap.Uint64("conn_id", sess.id), zap.String("source", raw.RemoteAddr().String()))
+	sess.source = raw.RemoteAddr().String()
 	s.track(sess)
 	s.cfg.Metrics.SessionsActive(s.cfg.Name, 1)
 	defer s.cfg.Metrics.SessionsActive(s.cfg.Name, -1)
 
 	outcome, err := s.run(ctx, sess)
+	if sess.panicked != nil {
+		outcome, err = "internal_error", sess.panicked
+	}
 	s.finish(sess, outcome, err)
 }
 
 // run is a connection's path through the gateway, top to bottom. It returns
 // the outcome for the log line and metrics.
 func (s *Server) run(ctx context.Context, sess *session) (outcome string, err error) {
-	defer func() {
-		// The pre-authentication path faces the internet: a bug there must
-		// cost one connection, not the process.
-		if r := recover(); r != nil {
-			sess.log.Error("panic in connection handler", zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
-			outcome, err = "internal_error", fmt.Errorf("panic: %v", r)
-		}
-		s.closeConns(sess)
-	}()
+	defer s.closeConns(sess)
 
 	release, ok := s.acquireStartup(sess.remote)
 	if !ok {
@@ -78,8 +74,47 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome string, err er
 		resetClose(sess.raw)
 		return "too_many_startups", nil
 	}
-	defer func() { release() }()
+	var unregister func()
+	// The TLS handshake and the authentication relay grow a goroutine's
+	// stack to tens of KiB (ECDSA, SCRAM, pgproto3), and a stack shrinks
+	// only slowly after. Running them on a goroutine of their own, which
+	// then exits, leaves the session's long-lived goroutines with small
+	// stacks: that is most of an idle session's memory.
+	onFreshStack(sess, func() {
+		outcome, unregister, err = s.startSession(ctx, sess)
+	})
+	release()
+	if outcome != "" {
+		return outcome, err
+	}
+	defer unregister()
+	s.pipe(sess, sess.upstream)
+	return "ok", sess.relayErr
+}
 
+// onFreshStack runs f on a new goroutine and waits for it. A panic there
+// costs this connection, not the process: the pre-authentication path faces
+// the internet.
+func onFreshStack(sess *session, f func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			if r := recover(); r != nil {
+				sess.panicked = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+			}
+		}()
+		f()
+	}()
+	<-done
+}
+
+// startSession takes a connection from accept to ReadyForQuery: encryption
+// negotiation, the StartupMessage, client-certificate authorization, the
+// upstream dial and the authentication relay. It returns a non-empty outcome
+// if the connection ended there; otherwise sess.upstream is ready for the
+// raw relay and unregister forgets the session's cancel key.
+func (s *Server) startSession(ctx context.Context, sess *session) (outcome string, unregister func(), err error) {
 	// One absolute deadline for accept → TLS → StartupMessage, so a client
 	// trickling a byte at a time is still dropped on time.
 	handshakeDeadline := sess.start.Add(s.cfg.HandshakeTimeout)
@@ -88,19 +123,21 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome string, err er
 	p, err := s.negotiate(hctx, sess)
 	cancel()
 	if err != nil {
-		return s.refuseClient(sess, err)
+		outcome, err = s.refuseClient(sess, err)
+		return outcome, nil, err
 	}
 	if p.kind == kindCancelRequest {
-		return s.refuseClient(sess, s.forwardCancel(ctx, p))
+		outcome, err = s.refuseClient(sess, s.forwardCancel(ctx, p))
+		return outcome, nil, err
 	}
 	sess.user, sess.database = p.user(), p.database()
 	sess.appName = truncateName(p.param("application_name"))
-	sess.log = sess.log.With(zap.String("user", sess.user), zap.String("database", sess.database))
 
 	if s.cfg.Authorizer != nil {
 		cs := sess.tls.ConnectionState()
 		if err := s.cfg.Authorizer.Authorize(&cs, sess.user); err != nil {
-			return s.refuseClient(sess, refuse("cert_rejected", codeInvalidAuthorization, err.Error(), "", err))
+			outcome, err = s.refuseClient(sess, refuse("cert_rejected", codeInvalidAuthorization, err.Error(), "", err))
+			return outcome, nil, err
 		}
 	}
 
@@ -109,27 +146,21 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome string, err er
 	_ = sess.raw.SetDeadline(authDeadline)
 	up, err := s.dialUpstream(ctx, authDeadline)
 	if err != nil {
-		return s.refuseClient(sess, err)
+		outcome, err = s.refuseClient(sess, err)
+		return outcome, nil, err
 	}
 	s.setUpstream(sess, up)
 	_ = up.SetDeadline(authDeadline)
 
-	unregister, err := s.relayAuth(sess, up, p)
+	unregister, err = s.relayAuth(sess, up, p)
 	if err != nil {
-		return s.refuseClient(sess, err)
+		outcome, err = s.refuseClient(sess, err)
+		return outcome, nil, err
 	}
-	defer unregister()
-
-	// Authenticated: clear the deadlines, free the startup slot, relay.
+	// Authenticated: the relay has no deadlines.
 	_ = sess.raw.SetDeadline(time.Time{})
 	_ = up.SetDeadline(time.Time{})
-	release()
-	release = func() {}
-	s.pipe(sess, up)
-	if sess.relayErr != nil {
-		return "ok", sess.relayErr
-	}
-	return "ok", nil
+	return "", unregister, nil
 }
 
 // refuseClient ends a connection that will not be relayed: a clientError is
@@ -160,11 +191,16 @@ func (s *Server) finish(sess *session, outcome string, err error) {
 	d := time.Since(sess.start)
 	s.cfg.Metrics.ConnectionClosed(s.cfg.Name, outcome, d)
 	fields := []zap.Field{
+		zap.Uint64("conn_id", sess.id),
+		zap.String("source", sess.source),
 		zap.String("route", s.cfg.Name),
 		zap.String("outcome", outcome),
 		zap.Duration("duration", d),
 		zap.Int64("bytes_in", sess.bytesToUpstream),
 		zap.Int64("bytes_out", sess.bytesToClient),
+	}
+	if sess.user != "" {
+		fields = append(fields, zap.String("user", sess.user), zap.String("database", sess.database))
 	}
 	if sess.tlsVersion != "" {
 		fields = append(fields, zap.String("tls_mode", sess.tlsMode), zap.String("tls_version", sess.tlsVersion), zap.String("tls_cipher", sess.tlsCipher))
@@ -180,11 +216,11 @@ func (s *Server) finish(sess *session, outcome string, err error) {
 	}
 	switch {
 	case outcome == "internal_error":
-		sess.log.Error("connection closed", fields...)
+		s.log.Error("connection closed", fields...)
 	case outcome == "upstream_unavailable":
-		sess.log.Warn("connection closed", fields...)
+		s.log.Warn("connection closed", fields...)
 	default:
-		sess.log.Info("connection closed", fields...)
+		s.log.Info("connection closed", fields...)
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 // direction that fills it (COPY, large results) borrows a large buffer from a
 // pool and gives it back as soon as traffic thins out again.
 const (
-	smallBufSize = 2 << 10
+	smallBufSize = 1 << 10
 	largeBufSize = 32 << 10
 	// closeGrace bounds how long the other direction may go on after one
 	// side has finished, so a silent peer cannot pin a goroutine.
