@@ -159,17 +159,21 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 	}
 	wrap := func(err error) error { return fmt.Errorf("%s%w", prefix, err) }
 	r := &route{cfg: rc}
+	// Collect every problem of the route before giving up, so one run of
+	// the command shows the operator everything to fix.
+	var errs []error
 	var err error
 	if r.allow, err = acl.ParseAllowlist(rc.Allow); err != nil {
-		return nil, wrap(err)
+		errs = append(errs, wrap(err))
 	}
 	if r.upstream, err = parseUpstream(rc.Upstream, rc.AllowRemoteUpstream); err != nil {
-		return nil, wrap(err)
+		errs = append(errs, wrap(err))
 	}
 	for _, spec := range rc.Listen {
 		addrs, err := resolveListen(spec)
 		if err != nil {
-			return nil, wrap(err)
+			errs = append(errs, wrap(err))
+			continue
 		}
 		r.addrs = append(r.addrs, addrs...)
 	}
@@ -185,16 +189,19 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 		MapFile:      rc.TLSMapFile,
 	}
 	if policy.MinVersion, err = certs.ParseMinVersion(minVersion); err != nil {
-		return nil, wrap(err)
+		errs = append(errs, wrap(err))
 	}
 	if r.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, g.log.With(zap.String("route", rc.Name))); err != nil {
-		return nil, wrap(err)
+		errs = append(errs, wrap(err))
+	}
+	if r.authz, err = certs.NewAuthorizer(policy, g.log.With(zap.String("route", rc.Name))); err != nil {
+		errs = append(errs, wrap(err))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	tlsConfig, err := certs.ServerConfig(r.loader, policy)
 	if err != nil {
-		return nil, wrap(err)
-	}
-	if r.authz, err = certs.NewAuthorizer(policy, g.log.With(zap.String("route", rc.Name))); err != nil {
 		return nil, wrap(err)
 	}
 	pcfg := proxy.Config{
