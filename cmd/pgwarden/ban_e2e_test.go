@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -76,6 +77,18 @@ func (e *banEnv) bans(t *testing.T) []banEntry {
 	var out []banEntry
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
 	return out
+}
+
+// get fetches an admin endpoint path and requires the status code.
+func (e *banEnv) get(t *testing.T, path string, status int) string {
+	t.Helper()
+	resp, err := http.Get("http://" + e.admin + path)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, status, resp.StatusCode, "%s: %s", path, body)
+	return string(body)
 }
 
 // cli runs `pgwarden bans ...` against the admin endpoint.
@@ -149,6 +162,12 @@ func TestBansEndToEnd(t *testing.T) {
 	require.Equal(t, attacker, bans[0].IP)
 	require.Equal(t, 1, bans[0].Bans)
 	require.Equal(t, 3, bans[0].Failures)
+	metrics := e.get(t, "/metrics", http.StatusOK)
+	require.Contains(t, metrics, "pgwarden_bans_active 1")
+	require.Contains(t, metrics, `pgwarden_auth_failures_total{sqlstate="28P01"} 3`)
+	require.Contains(t, metrics, `pgwarden_rejections_total{reason="banned"} 1`)
+	require.Equal(t, "ok", strings.TrimSpace(e.get(t, "/healthz", http.StatusOK)))
+	e.get(t, "/readyz", http.StatusOK)
 
 	// The first ban (1 s plus jitter) lifts by itself.
 	require.Eventually(t, func() bool { return e.connectFrom(attacker, pg.Password) == nil },
