@@ -103,7 +103,7 @@ type gateway struct {
 type gatewayOption func(*proxy.Config, *acl.ListenerConfig)
 
 // startGateway runs a gateway on 127.0.0.1:0 that admits 127.0.0.1 only.
-func startGateway(t *testing.T, opts ...gatewayOption) *gateway {
+func startGateway(t testing.TB, opts ...gatewayOption) *gateway {
 	t.Helper()
 	needPostgres(t)
 	dir := t.TempDir()
