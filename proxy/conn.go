@@ -56,9 +56,6 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	defer s.cfg.Metrics.SessionsActive(s.cfg.Name, -1)
 
 	outcome, err := s.run(ctx, sess)
-	if sess.panicked != nil {
-		outcome, err = "internal_error", sess.panicked
-	}
 	s.finish(sess, outcome, err)
 }
 
@@ -84,6 +81,9 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome string, err er
 		outcome, unregister, err = s.startSession(ctx, sess)
 	})
 	release()
+	if sess.panicked != nil {
+		return "internal_error", sess.panicked
+	}
 	if outcome != "" {
 		return outcome, err
 	}

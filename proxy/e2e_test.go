@@ -484,4 +484,24 @@ func TestShutdownDrainsSessions(t *testing.T) {
 	require.Zero(t, g.server.Sessions())
 }
 
-var _ = tls.VersionTLS12
+// panickingAuthorizer stands in for a bug on the pre-authentication path.
+type panickingAuthorizer struct{}
+
+func (panickingAuthorizer) Authorize(*tls.ConnectionState, string) error { panic("authorizer bug") }
+
+func TestPanicInPreAuthCostsOneConnection(t *testing.T) {
+	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) {
+		c.Authorizer = panickingAuthorizer{}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		_, err := pgconn.Connect(ctx, g.connString(""))
+		require.Error(t, err)
+	}
+	// The process and the listener are still there.
+	c, err := net.DialTimeout("tcp", g.addr, 5*time.Second)
+	require.NoError(t, err)
+	c.Close()
+	waitFor(t, "sessions to end", func() bool { return g.server.Sessions() == 0 })
+}
