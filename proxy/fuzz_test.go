@@ -6,9 +6,12 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgwarden/pgwarden/certs/certstest"
 )
@@ -138,6 +141,77 @@ func FuzzNegotiate(f *testing.F) {
 		}
 		if i < len(out) && out[i] != 'S' && out[i] != 'E' {
 			t.Fatalf("wrote %q before TLS", out)
+		}
+	})
+}
+
+// FuzzRelayAuthResponse feeds arbitrary client bytes as the answer to each
+// kind of authentication request, through the same frameReader, size cap
+// and SetAuthType dance as relayAuth. It must classify every input (relay it,
+// refuse it, or call it abandoned) without panicking or reading past one
+// message.
+func FuzzRelayAuthResponse(f *testing.F) {
+	requests := []pgproto3.BackendMessage{
+		&pgproto3.AuthenticationCleartextPassword{},
+		&pgproto3.AuthenticationMD5Password{Salt: [4]byte{1, 2, 3, 4}},
+		&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}},
+		&pgproto3.AuthenticationSASLContinue{Data: []byte("r=abc,s=c2FsdA==,i=4096")},
+		&pgproto3.AuthenticationGSS{},
+		&pgproto3.AuthenticationGSSContinue{Data: []byte{1, 2}},
+	}
+	encode := func(m pgproto3.FrontendMessage) []byte {
+		b, err := m.Encode(nil)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	seeds := [][]byte{
+		encode(&pgproto3.PasswordMessage{Password: "secret"}),
+		encode(&pgproto3.SASLInitialResponse{AuthMechanism: "SCRAM-SHA-256", Data: []byte("n,,n=,r=abc")}),
+		encode(&pgproto3.SASLResponse{Data: []byte("c=biws,r=abc,p=xyz")}),
+		encode(&pgproto3.Terminate{}),
+		encode(&pgproto3.Query{String: "SELECT 1"}),
+		{'p', 0, 0, 0, 4},
+		{'p', 0x7f, 0xff, 0xff, 0xff},
+		{'p', 0, 0, 0, 9, 'S', 'C', 'R', 'A'},
+		{},
+	}
+	for i := range requests {
+		for _, s := range seeds {
+			f.Add(uint8(i), s)
+		}
+	}
+	srv, err := New(Config{Upstream: Upstream{Network: "tcp", Address: "127.0.0.1:1"}, TLS: &tls.Config{}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
+		req, err := requests[int(which)%len(requests)].Encode(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fe := pgproto3.NewFrontend(bytes.NewReader(req), io.Discard)
+		if _, err := fe.Receive(); err != nil {
+			t.Fatal(err)
+		}
+		client := bytes.NewReader(data)
+		be := pgproto3.NewBackend(newFrameReader(client), io.Discard)
+		be.SetMaxBodyLen(defaultAuthMessageMaxLen)
+		sess := &session{start: time.Now()}
+		err = srv.relayAuthResponse(sess, fe, be)
+		if err != nil {
+			var ce *clientError
+			var se *silentError
+			if !errors.As(err, &ce) && !errors.As(err, &se) {
+				t.Fatalf("unclassified error %T: %v", err, err)
+			}
+			return
+		}
+		// Relayed: exactly one message was consumed, no more.
+		if consumed := len(data) - client.Len(); consumed < 5 ||
+			consumed != 1+int(binary.BigEndian.Uint32(data[1:5])) {
+			t.Fatalf("relayed after consuming %d bytes of %d", consumed, len(data))
 		}
 	})
 }
