@@ -505,3 +505,34 @@ func TestPanicInPreAuthCostsOneConnection(t *testing.T) {
 	c.Close()
 	waitFor(t, "sessions to end", func() bool { return g.server.Sessions() == 0 })
 }
+
+func TestIPv6AndMappedIPv4(t *testing.T) {
+	t.Run("IPv6 listener and rule", func(t *testing.T) {
+		g := startGatewayOn(t, "[::1]:0", func(_ *proxy.Config, l *acl.ListenerConfig) {
+			allow, err := acl.ParseAllowlist([]string{"::1/128"})
+			require.NoError(t, err)
+			l.Allowlist = allow
+		})
+		conn := g.connect(t, "")
+		require.Equal(t, "alice", queryOne(t, conn, "SELECT current_user"))
+		waitFor(t, "auth outcome", func() bool { return len(g.observer.all()) == 1 })
+		require.Equal(t, "::1", g.observer.all()[0].Remote.String())
+	})
+	t.Run("dual-stack listener, IPv4 rule, IPv4-mapped peer", func(t *testing.T) {
+		// On a [::] socket an IPv4 client arrives as ::ffff:127.0.0.1: it
+		// must match the IPv4 rule and be reported (and banned) as 127.0.0.1.
+		g := startGatewayOn(t, "[::]:0")
+		conn := g.connect(t, "")
+		require.Equal(t, "alice", queryOne(t, conn, "SELECT current_user"))
+		waitFor(t, "auth outcome", func() bool { return len(g.observer.all()) == 1 })
+		require.Equal(t, "127.0.0.1", g.observer.all()[0].Remote.String())
+		// ...while 127.0.0.2, outside the rule, is still refused.
+		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+		if c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", g.port)); err == nil {
+			require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+			requireNoMoreBytes(t, c)
+			c.Close()
+		}
+		waitFor(t, "rejection counted", func() bool { n, _ := g.listener.Rejected(); return n == 1 })
+	})
+}

@@ -92,6 +92,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 // gateway is a pgwarden route running in-process in front of pg.
 type gateway struct {
 	addr     string
+	host     string
 	port     int
 	server   *proxy.Server
 	listener *acl.Listener
@@ -104,6 +105,12 @@ type gatewayOption func(*proxy.Config, *acl.ListenerConfig)
 
 // startGateway runs a gateway on 127.0.0.1:0 that admits 127.0.0.1 only.
 func startGateway(t testing.TB, opts ...gatewayOption) *gateway {
+	t.Helper()
+	return startGatewayOn(t, "127.0.0.1:0", opts...)
+}
+
+// startGatewayOn is startGateway listening on addr.
+func startGatewayOn(t testing.TB, addr string, opts ...gatewayOption) *gateway {
 	t.Helper()
 	needPostgres(t)
 	dir := t.TempDir()
@@ -136,7 +143,7 @@ func startGateway(t testing.TB, opts ...gatewayOption) *gateway {
 	}
 	srv, err := proxy.New(cfg)
 	require.NoError(t, err)
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	inner, err := net.Listen("tcp", addr)
 	require.NoError(t, err)
 	ln, err := acl.NewListener(inner, lcfg)
 	require.NoError(t, err)
@@ -148,6 +155,7 @@ func startGateway(t testing.TB, opts ...gatewayOption) *gateway {
 	})
 	return &gateway{
 		addr:     ln.Addr().String(),
+		host:     ln.Addr().(*net.TCPAddr).IP.String(),
 		port:     ln.Addr().(*net.TCPAddr).Port,
 		server:   srv,
 		listener: ln,
@@ -159,8 +167,12 @@ func startGateway(t testing.TB, opts ...gatewayOption) *gateway {
 
 // connString is a libpq keyword/value string through the gateway as alice.
 func (g *gateway) connString(extra string) string {
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=verify-full sslrootcert=%s connect_timeout=10 %s",
-		g.port, pg.User, pg.Password, pg.Database, g.caFile, extra)
+	host := g.host
+	if host == "::" || host == "0.0.0.0" {
+		host = "127.0.0.1"
+	}
+	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=verify-full sslrootcert=%s connect_timeout=10 %s",
+		host, g.port, pg.User, pg.Password, pg.Database, g.caFile, extra)
 }
 
 func (g *gateway) connect(t *testing.T, extra string) *pgconn.PgConn {
