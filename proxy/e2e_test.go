@@ -536,3 +536,26 @@ func TestIPv6AndMappedIPv4(t *testing.T) {
 		waitFor(t, "rejection counted", func() bool { n, _ := g.listener.Rejected(); return n == 1 })
 	})
 }
+
+func TestStartupCapPerSource(t *testing.T) {
+	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) {
+		c.MaxStartupsPerIP = 2
+	})
+	// Two silent connections hold both pre-authentication slots...
+	a, b := g.dialRaw(t, ""), g.dialRaw(t, "")
+	waitFor(t, "two startups in flight", func() bool { return g.server.Sessions() == 2 })
+	// ...so a third is reset at once, with no byte.
+	c := g.dialRaw(t, "")
+	requireNoMoreBytes(t, c)
+	// An authenticated session does not hold a slot, and freed slots are
+	// reused.
+	a.Close()
+	b.Close()
+	waitFor(t, "slots freed", func() bool { return g.server.Sessions() == 0 })
+	conn1 := g.connect(t, "")
+	conn2 := g.connect(t, "")
+	conn3 := g.connect(t, "")
+	for _, conn := range []*pgconn.PgConn{conn1, conn2, conn3} {
+		require.Equal(t, "1", queryOne(t, conn, "SELECT 1"))
+	}
+}
