@@ -559,3 +559,48 @@ func TestStartupCapPerSource(t *testing.T) {
 		require.Equal(t, "1", queryOne(t, conn, "SELECT 1"))
 	}
 }
+
+// oneByteWriter sends every byte in its own write (its own TCP segment, or
+// its own TLS record over TLS).
+type oneByteWriter struct{ net.Conn }
+
+func (w oneByteWriter) Write(p []byte) (int, error) {
+	for i := range p {
+		if _, err := w.Conn.Write(p[i : i+1]); err != nil {
+			return i, err
+		}
+	}
+	return len(p), nil
+}
+
+func TestStartupSplitIntoOneByteSegments(t *testing.T) {
+	// Trust auth (unix-socket upstream) so a raw client can log in.
+	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) {
+		c.Upstream = proxy.Upstream{Network: "unix", Address: fmt.Sprintf("%s/.s.PGSQL.%d", pg.SocketDir, pg.Port)}
+	})
+	raw := g.dialRaw(t, "")
+	if tc, ok := raw.(*net.TCPConn); ok {
+		require.NoError(t, tc.SetNoDelay(true))
+	}
+	_, err := oneByteWriter{raw}.Write(packet(80877103, nil))
+	require.NoError(t, err)
+	var b [1]byte
+	_, err = io.ReadFull(raw, b[:])
+	require.NoError(t, err)
+	require.Equal(t, byte('S'), b[0])
+	tconn := tls.Client(raw, g.tlsClient())
+	require.NoError(t, tconn.Handshake())
+	_, err = oneByteWriter{tconn}.Write(startupPacket(3<<16, "user", pg.User, "database", pg.Database))
+	require.NoError(t, err)
+	fe := pgproto3.NewFrontend(tconn, io.Discard)
+	for {
+		msg, err := fe.Receive()
+		require.NoError(t, err)
+		if er, ok := msg.(*pgproto3.ErrorResponse); ok {
+			t.Fatalf("error %s: %s", er.Code, er.Message)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			return
+		}
+	}
+}
