@@ -128,16 +128,37 @@ func parseUnixUpstream(spec, path string) (proxy.Upstream, error) {
 	if strings.HasPrefix(filepath.Base(path), ".s.PGSQL.") {
 		return proxy.Upstream{Network: "unix", Address: path}, nil
 	}
-	port := "5432"
 	if i := strings.LastIndex(path, ":"); i >= 0 {
-		path, port = path[:i], path[i+1:]
+		port := path[i+1:]
 		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
 			return proxy.Upstream{}, fmt.Errorf("--upstream %q: port %q is not a number from 1 to 65535", spec, port)
 		}
+		return proxy.Upstream{Network: "unix", Address: filepath.Join(path[:i], ".s.PGSQL."+port)}, nil
 	}
-	if fi, err := os.Stat(path); err == nil && !fi.IsDir() {
+	fi, err := os.Stat(path)
+	if err == nil && !fi.IsDir() {
 		// A socket file not named like postgres's: take it as it is.
 		return proxy.Upstream{Network: "unix", Address: path}, nil
 	}
-	return proxy.Upstream{Network: "unix", Address: filepath.Join(path, ".s.PGSQL."+port)}, nil
+	// A bare directory: if postgres's socket is already there and it is the
+	// only one, use it whatever its port; several are ambiguous; none means
+	// postgres is not up yet, and 5432 is libpq's default too.
+	sockets, _ := filepath.Glob(filepath.Join(path, ".s.PGSQL.*[0-9]"))
+	switch len(sockets) {
+	case 0:
+		return proxy.Upstream{Network: "unix", Address: filepath.Join(path, ".s.PGSQL.5432")}, nil
+	case 1:
+		return proxy.Upstream{Network: "unix", Address: sockets[0]}, nil
+	default:
+		return proxy.Upstream{}, fmt.Errorf("--upstream %q: the directory holds several postgres sockets (%s); name one with %s:PORT",
+			spec, strings.Join(baseNames(sockets), ", "), path)
+	}
+}
+
+func baseNames(paths []string) []string {
+	out := make([]string, len(paths))
+	for i, p := range paths {
+		out[i] = filepath.Base(p)
+	}
+	return out
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -114,6 +116,26 @@ func TestResolveListen(t *testing.T) {
 	}
 }
 
+func TestParseUpstreamSocketDirectory(t *testing.T) {
+	dir := t.TempDir()
+	up, err := parseUpstream(dir, false)
+	require.NoError(t, err)
+	require.Equal(t, filepath.Join(dir, ".s.PGSQL.5432"), up.Address, "empty directory: libpq's default port")
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, ".s.PGSQL.6543"), nil, 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, ".s.PGSQL.6543.lock"), nil, 0o600))
+	up, err = parseUpstream(dir, false)
+	require.NoError(t, err)
+	require.Equal(t, filepath.Join(dir, ".s.PGSQL.6543"), up.Address, "the one socket there, whatever its port")
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, ".s.PGSQL.7000"), nil, 0o600))
+	_, err = parseUpstream(dir, false)
+	require.ErrorContains(t, err, "several postgres sockets")
+	up, err = parseUpstream(dir+":7000", false)
+	require.NoError(t, err)
+	require.Equal(t, filepath.Join(dir, ".s.PGSQL.7000"), up.Address)
+}
+
 func TestParseUpstream(t *testing.T) {
 	tests := []struct {
 		spec        string
@@ -127,7 +149,7 @@ func TestParseUpstream(t *testing.T) {
 		{spec: "localhost:5432", network: "tcp", address: "localhost:5432"},
 		{spec: "/var/run/postgresql/.s.PGSQL.5433", network: "unix", address: "/var/run/postgresql/.s.PGSQL.5433"},
 		{spec: "/var/run/postgresql:5433", network: "unix", address: "/var/run/postgresql/.s.PGSQL.5433"},
-		{spec: "unix:/var/run/postgresql", network: "unix", address: "/var/run/postgresql/.s.PGSQL.5432"},
+		{spec: "unix:/nonexistent/pgwarden-test", network: "unix", address: "/nonexistent/pgwarden-test/.s.PGSQL.5432"},
 		{spec: "10.1.2.3:5432", wantErr: "not a loopback address"},
 		{spec: "10.1.2.3:5432", allowRemote: true, network: "tcp", address: "10.1.2.3:5432"},
 		{spec: "127.0.0.1", wantErr: "expected HOST:PORT"},
