@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -258,6 +259,31 @@ func readErrorResponse(t *testing.T, r io.Reader) *pgproto3.ErrorResponse {
 	er, ok := msg.(*pgproto3.ErrorResponse)
 	require.Truef(t, ok, "want ErrorResponse, got %T", msg)
 	return er
+}
+
+// requireResetAtAccept dials the gateway from source and asserts the
+// connection is reset without a byte. The RST can beat connect() home, and
+// then the dial itself reports it.
+func (g *gateway) requireResetAtAccept(t *testing.T, source string) {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if source != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(source)}
+	}
+	addr := g.addr
+	if g.host == "::" || g.host == "0.0.0.0" {
+		addr = net.JoinHostPort("127.0.0.1", fmt.Sprint(g.port))
+	}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+		return
+	}
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(15*time.Second)))
+	// Even a client that speaks first gets no byte back.
+	_, _ = conn.Write(packet(80877103, nil))
+	requireNoMoreBytes(t, conn)
 }
 
 // requireNoMoreBytes asserts the peer closes without sending anything more.
