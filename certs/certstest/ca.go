@@ -89,18 +89,7 @@ func ExtKeyUsages(u ...x509.ExtKeyUsage) Option {
 func NewCA(t testing.TB, opts ...Option) *CA {
 	t.Helper()
 	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: "certstest root " + randomID(t)},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	for _, o := range opts {
-		o(tmpl)
-	}
+	tmpl := caTemplate(t, "certstest root", opts)
 	cert := sign(t, tmpl, tmpl, key.Public(), key)
 	return &CA{Cert: cert, Key: key, root: cert}
 }
@@ -110,9 +99,17 @@ func NewCA(t testing.TB, opts ...Option) *CA {
 func (ca *CA) Intermediate(t testing.TB, opts ...Option) *CA {
 	t.Helper()
 	key := newKey(t)
+	tmpl := caTemplate(t, "certstest intermediate", opts)
+	cert := sign(t, tmpl, ca.Cert, key.Public(), ca.Key)
+	return &CA{Cert: cert, Key: key, root: ca.root, chain: append([]*x509.Certificate{cert}, ca.chain...)}
+}
+
+// caTemplate is a CA certificate valid for a day around now, named
+// "<name> <random id>", with opts applied.
+func caTemplate(t testing.TB, name string, opts []Option) *x509.Certificate {
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: "certstest intermediate " + randomID(t)},
+		Subject:               pkix.Name{CommonName: name + " " + randomID(t)},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
@@ -122,8 +119,7 @@ func (ca *CA) Intermediate(t testing.TB, opts ...Option) *CA {
 	for _, o := range opts {
 		o(tmpl)
 	}
-	cert := sign(t, tmpl, ca.Cert, key.Public(), ca.Key)
-	return &CA{Cert: cert, Key: key, root: ca.root, chain: append([]*x509.Certificate{cert}, ca.chain...)}
+	return tmpl
 }
 
 // CertPEM is the root certificate in PEM, e.g. for sslrootcert or
