@@ -26,6 +26,7 @@ type session struct {
 	source string // peer address as host:port, for the log line
 
 	tls        *tls.Conn // set once the handshake succeeds
+	clientIO   *loopConn // the conn under tls, handed to an event loop after auth
 	tlsMode    string    // "sslrequest" or "direct"
 	tlsVersion string
 	tlsCipher  string
@@ -35,6 +36,7 @@ type session struct {
 	sqlstate                string // the ErrorResponse postgres sent, if any
 
 	upstream        net.Conn
+	relay           *loopSession // set while an event loop relays the session
 	bytesToUpstream int64
 	bytesToClient   int64
 	relayErr        error
@@ -88,7 +90,9 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome string, err er
 		return outcome, err
 	}
 	defer unregister()
-	s.pipe(sess, sess.upstream)
+	if !s.relayInLoop(sess, sess.upstream) {
+		s.pipe(sess, sess.upstream)
+	}
 	return "ok", sess.relayErr
 }
 

@@ -26,6 +26,11 @@ type Server struct {
 	startups     int
 	startupsByIP map[netip.Addr]int
 	handlers     sync.WaitGroup
+
+	// The event loops relaying authenticated sessions, acquired with the
+	// first one and released by Shutdown.
+	loopsOnce     sync.Once
+	loopsAcquired bool
 }
 
 // New checks cfg and returns a Server ready to Serve.
@@ -115,6 +120,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.handlers.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.stopLoops()
 		return nil
 	case <-ctx.Done():
 	}
@@ -126,6 +132,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.log.Warn("drain timeout: closed sessions still open", zap.Int("sessions", n))
 	<-done
+	s.stopLoops()
 	return ctx.Err()
 }
 
@@ -192,4 +199,5 @@ func (s *Server) closeConnsLocked(sess *session) {
 	if sess.upstream != nil {
 		_ = sess.upstream.Close()
 	}
+	sess.closeRelay()
 }

@@ -99,7 +99,8 @@ func (s *Server) negotiate(ctx context.Context, sess *session) (*startupPacket, 
 
 // handshake runs the TLS server handshake under the connection's deadline.
 func (s *Server) handshake(ctx context.Context, sess *session, conn net.Conn) error {
-	tconn := tls.Server(conn, s.cfg.TLS)
+	sess.clientIO = newLoopConn(conn)
+	tconn := tls.Server(sess.clientIO, s.cfg.TLS)
 	if err := tconn.HandshakeContext(ctx); err != nil {
 		if isTimeout(err) || errors.Is(err, context.DeadlineExceeded) {
 			return silent("timeout", err)

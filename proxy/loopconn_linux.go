@@ -1,0 +1,197 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// loopConn is the client's connection as crypto/tls sees it. Until the
+// session is authenticated it passes everything through to the accepted
+// conn, blocking, under the pre-authentication deadlines. Once the session is
+// handed to an event loop (handOff), it reads and writes the socket itself,
+// without blocking:
+//
+//   - Read makes at most one read(2) per readiness event (the loop arms it
+//     with allowRead) and reports "would block" as a temporary net.Error.
+//     crypto/tls keeps a partial record across a temporary error and
+//     resumes it on the next Read, exactly as it does for a read deadline.
+//   - Write never blocks and never fails for a full socket buffer: what the
+//     kernel does not take waits in out until the loop sees the socket
+//     writable again. crypto/tls makes every write error permanent, so this
+//     is the only correct way to give it a non-blocking socket.
+//   - Deadlines and Close are no-ops: the loop owns the descriptor.
+type loopConn struct {
+	net.Conn
+	fd      int // -1 until handOff
+	mayRead bool
+	out     outBuf
+}
+
+func newLoopConn(c net.Conn) *loopConn { return &loopConn{Conn: c, fd: -1} }
+
+// handOff switches the conn to non-blocking use of fd, a descriptor of the
+// same socket that the Go runtime's poller does not know.
+func (c *loopConn) handOff(fd int) { c.fd = fd }
+
+// allowRead permits the next Read one read(2): the loop calls it when epoll
+// reports the socket readable.
+func (c *loopConn) allowRead() { c.mayRead = true }
+
+func (c *loopConn) Read(p []byte) (int, error) {
+	if c.fd < 0 {
+		return c.Conn.Read(p)
+	}
+	if !c.mayRead {
+		return 0, errWouldBlock
+	}
+	c.mayRead = false
+	for {
+		n, err := unix.Read(c.fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, errWouldBlock
+		case err != nil:
+			return 0, os.NewSyscallError("read", err)
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
+func (c *loopConn) Write(p []byte) (int, error) {
+	if c.fd < 0 {
+		return c.Conn.Write(p)
+	}
+	if err := c.out.write(c.fd, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *loopConn) Close() error {
+	if c.fd < 0 {
+		return c.Conn.Close()
+	}
+	return nil
+}
+
+func (c *loopConn) SetDeadline(t time.Time) error {
+	if c.fd < 0 {
+		return c.Conn.SetDeadline(t)
+	}
+	return nil
+}
+
+func (c *loopConn) SetReadDeadline(t time.Time) error {
+	if c.fd < 0 {
+		return c.Conn.SetReadDeadline(t)
+	}
+	return nil
+}
+
+func (c *loopConn) SetWriteDeadline(t time.Time) error {
+	if c.fd < 0 {
+		return c.Conn.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+// wouldBlock is the temporary error a loopConn returns when the socket has
+// nothing more to read for now. It must satisfy net.Error with Temporary()
+// true: that is what tells crypto/tls not to make the error sticky.
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "proxy: read would block" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+var errWouldBlock net.Error = wouldBlock{}
+
+// outBufSize is the capacity of a pooled pending-output buffer: one relayed
+// read (relayBufSize) plus TLS record overhead fits without growing.
+const outBufSize = 64 << 10
+
+var outBufs = sync.Pool{New: func() any { b := make([]byte, 0, outBufSize); return &b }}
+
+// outBuf holds bytes the kernel has not yet taken for one socket. It is
+// empty, and holds no memory, whenever the socket keeps up, which is the
+// usual case; a pooled buffer is borrowed only while a peer reads slower
+// than the other side writes.
+type outBuf struct {
+	buf *[]byte
+	off int
+}
+
+func (o *outBuf) empty() bool { return o.buf == nil }
+
+// write sends p to fd, or queues what the socket does not take now. Once
+// something is queued, later bytes queue behind it: order is preserved.
+func (o *outBuf) write(fd int, p []byte) error {
+	if o.buf == nil {
+		n, err := writeSome(fd, p)
+		if err != nil {
+			return err
+		}
+		p = p[n:]
+		if len(p) == 0 {
+			return nil
+		}
+		o.buf = outBufs.Get().(*[]byte)
+		o.off = 0
+	}
+	*o.buf = append(*o.buf, p...)
+	return nil
+}
+
+// flush sends as much of the queue as fd takes now.
+func (o *outBuf) flush(fd int) error {
+	if o.buf == nil {
+		return nil
+	}
+	n, err := writeSome(fd, (*o.buf)[o.off:])
+	if err != nil {
+		return err
+	}
+	o.off += n
+	if o.off == len(*o.buf) {
+		o.release()
+	}
+	return nil
+}
+
+// release drops whatever is queued and returns the buffer to the pool.
+func (o *outBuf) release() {
+	if o.buf == nil {
+		return
+	}
+	if cap(*o.buf) == outBufSize {
+		*o.buf = (*o.buf)[:0]
+		outBufs.Put(o.buf)
+	}
+	o.buf, o.off = nil, 0
+}
+
+// writeSome writes what the non-blocking socket takes now; a full socket
+// buffer is n == 0 and no error.
+func writeSome(fd int, p []byte) (int, error) {
+	for {
+		n, err := unix.Write(fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, nil
+		case err != nil:
+			return 0, os.NewSyscallError("write", err)
+		}
+		return n, nil
+	}
+}
