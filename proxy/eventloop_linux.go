@@ -597,7 +597,7 @@ func (ls *loopSession) onUpstream(ev uint32) error {
 func (ls *loopSession) readUpstream() error {
 	buf := ls.loop.buf
 	for {
-		n, err := unix.Read(ls.ufd, buf)
+		n, err := sockRead(ls.ufd, buf)
 		switch {
 		case err == unix.EINTR:
 			continue

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,7 +52,7 @@ func (c *loopConn) Read(p []byte) (int, error) {
 	}
 	c.mayRead = false
 	for {
-		n, err := unix.Read(c.fd, p)
+		n, err := sockRead(c.fd, p)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -183,7 +184,7 @@ func (o *outBuf) release() {
 // buffer is n == 0 and no error.
 func writeSome(fd int, p []byte) (int, error) {
 	for {
-		n, err := unix.Write(fd, p)
+		n, err := sockWrite(fd, p)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -194,4 +195,29 @@ func writeSome(fd int, p []byte) (int, error) {
 		}
 		return n, nil
 	}
+}
+
+// sockRead and sockWrite are read(2) and write(2) on a non-blocking socket
+// without the Go scheduler's syscall bookkeeping: they never block, and the
+// loop that calls them owns its thread, so there is no P to hand off.
+func sockRead(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+func sockWrite(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
