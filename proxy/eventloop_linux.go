@@ -98,7 +98,7 @@ func pickLoop() *eventLoop {
 // it to end. It returns false, having changed nothing, when the session
 // cannot be relayed that way (a conn that is not a socket); pipe does it then.
 func (s *Server) relayInLoop(sess *session, up net.Conn) bool {
-	if sess.clientIO == nil || !s.useLoops() {
+	if sess.clientIO == nil || s.noLoops || !s.useLoops() {
 		return false
 	}
 	cfd, err := dupFD(sess.raw)

@@ -12,7 +12,20 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgwarden/pgwarden/proxy"
 )
+
+// relayModes runs a test against both relays: the event loop (the default
+// on Linux) and the goroutine pair (the fallback elsewhere).
+func relayModes(t *testing.T, test func(t *testing.T, g *gateway)) {
+	t.Run("loop", func(t *testing.T) { test(t, startGateway(t)) })
+	t.Run("goroutines", func(t *testing.T) {
+		g := startGateway(t)
+		proxy.UseGoroutineRelay(g.server)
+		test(t, g)
+	})
+}
 
 // slowWriter stalls before it takes its first byte, then takes everything:
 // the client stops reading for a while, as a client busy with a large result
@@ -35,7 +48,10 @@ func (w *slowWriter) Write(p []byte) (int, error) {
 // must stop reading postgres rather than buffer without bound, and resume
 // without losing or reordering a byte.
 func TestRelayBackPressureToSlowClient(t *testing.T) {
-	g := startGateway(t)
+	relayModes(t, testBackPressureToSlowClient)
+}
+
+func testBackPressureToSlowClient(t *testing.T, g *gateway) {
 	conn := g.connect(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -61,7 +77,10 @@ func TestRelayBackPressureToSlowClient(t *testing.T) {
 // the gateway must stop reading the client, then deliver every byte once
 // postgres reads again.
 func TestRelayBackPressureToSlowPostgres(t *testing.T) {
-	g := startGateway(t)
+	relayModes(t, testBackPressureToSlowPostgres)
+}
+
+func testBackPressureToSlowPostgres(t *testing.T, g *gateway) {
 	locker := g.connect(t, "")
 	loader := g.connect(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -112,7 +131,10 @@ func TestRelayBackPressureToSlowPostgres(t *testing.T) {
 // TestRelayManySessionsAtOnce runs sessions concurrently, each checking
 // that every answer it gets is its own.
 func TestRelayManySessionsAtOnce(t *testing.T) {
-	g := startGateway(t)
+	relayModes(t, testManySessionsAtOnce)
+}
+
+func testManySessionsAtOnce(t *testing.T, g *gateway) {
 	const sessions, queries = 32, 40
 	var wg sync.WaitGroup
 	errs := make(chan error, sessions)

@@ -31,6 +31,7 @@ type Server struct {
 	// first one and released by Shutdown.
 	loopsOnce     sync.Once
 	loopsAcquired bool
+	noLoops       bool // tests: relay with goroutines (the non-Linux path)
 }
 
 // New checks cfg and returns a Server ready to Serve.

@@ -1,0 +1,5 @@
+package proxy
+
+// UseGoroutineRelay makes s relay authenticated sessions with two goroutines
+// each, as it does where event loops are not available, so tests cover both.
+func UseGoroutineRelay(s *Server) { s.noLoops = true }
