@@ -16,7 +16,7 @@
 //	  │ ◄─── Authentication* ──────┼──────────────── relayAuth (auth.go) ──── │
 //	  │ ───── password/SASL ───────┼─────────────────────────────────────────►│
 //	  │ ◄── AuthenticationOk … ReadyForQuery ─────────────────────────────────│
-//	  │ ════════════════ raw byte relay (relay.go) ══════════════════════════ │
+//	  │ ═══════ raw byte relay: event loop (eventloop_linux.go) ════════════ │
 //
 // Everything before ReadyForQuery runs under two absolute deadlines counted
 // from accept (handshake and authentication), so a client trickling one byte
@@ -24,6 +24,12 @@
 // handshake is ever interpreted after it (CVE-2021-23214), and no reader ever
 // buffers bytes past the current protocol frame, so the switch to the raw
 // relay loses nothing.
+//
+// Once authenticated, a session leaves its goroutine: on Linux an event
+// loop (level-triggered epoll, one per four cores) relays it, reading once
+// per readiness event and never blocking, with crypto/tls running over a
+// non-blocking adapter (loopconn_linux.go). Elsewhere relay.go's two
+// goroutines do it.
 //
 // Errors reach the client only as postgres ErrorResponses built in errors.go
 // from a fixed set of public texts; causes go to the log.

@@ -110,10 +110,10 @@ the CN unless --tls-map-user %s=ROLE says otherwise).
 // return code now (help, a flag error, or a stray argument).
 func parseCertsFlags(fs *pflag.FlagSet, args []string, stdout, stderr io.Writer) (code int, done bool) {
 	fs.SetOutput(stderr)
+	fs.Usage = func() {} // help is printed below, once, to stdout
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
+			fmt.Fprintf(stdout, "Usage: pgwarden %s [flags]\n\nFlags:\n%s", fs.Name(), fs.FlagUsages())
 			return exitOK, true
 		}
 		// ContinueOnError leaves printing to us.

@@ -29,7 +29,7 @@ func TestRunCerts(t *testing.T) {
 		{name: "no subcommand", args: nil, wantCode: exitUsage, wantStderr: []string{"pgwarden certs init"}},
 		{name: "unknown subcommand", args: []string{"renew"}, wantCode: exitUsage, wantStderr: []string{`unknown command "renew"`}},
 		{name: "help", args: []string{"help"}, wantCode: exitOK, wantStdout: []string{"certs issue", "--client NAME"}},
-		{name: "init help", args: []string{"init", "--help"}, wantCode: exitOK, wantStdout: []string{"--host"}},
+		{name: "init help", args: []string{"init", "--help"}, wantCode: exitOK, wantStdout: []string{"Usage: pgwarden certs init", "--host"}},
 		{
 			name: "init", args: []string{"init", "--dir", "DIR", "--host", "db.example.com", "--host", "127.0.0.1"}, wantCode: exitOK,
 			wantStdout: []string{`psql "host=db.example.com port=5432 dbname=DB user=ROLE sslmode=verify-full sslrootcert=DIR/ca.crt"`, "--tls-cert DIR/server.crt --tls-key DIR/server.key"},

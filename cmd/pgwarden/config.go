@@ -80,6 +80,7 @@ func routeFlags(fs *pflag.FlagSet, rc *routeConfig) {
 func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
 	fs.SortFlags = false
+	fs.Usage = func() {} // runServe prints help to stdout
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML config file; its keys are the flag names, and flags given here override it")
 	routeFlags(fs, &c.Route)
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", proxy.DefaultHandshakeTimeout, "accept → TLS done → StartupMessage read, overall")
@@ -121,7 +122,7 @@ func parseServeArgs(args []string) (*serveConfig, error) {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil, errHelp
 		}
-		return nil, usageError{err}
+		return nil, usageError{fmt.Errorf("%w (pgwarden serve --help lists the flags)", err)}
 	}
 	if fs.NArg() > 0 {
 		return nil, usageError{fmt.Errorf("unexpected argument %q: serve takes only flags", fs.Arg(0))}

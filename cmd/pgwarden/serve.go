@@ -26,6 +26,8 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseServeArgs(args)
 	if err != nil {
 		if errors.Is(err, errHelp) {
+			fmt.Fprintf(stdout, "Usage: pgwarden serve [--config FILE] [flags]\n\nFlags given here override the config file, whose keys are the flag names.\n\nFlags:\n%s",
+				newServeFlags(&serveConfig{}).FlagUsages())
 			return exitOK
 		}
 		printConfigError(stderr, err)
