@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -42,6 +43,10 @@ func TestNoGoroutineOrDescriptorLeaks(t *testing.T) {
 		_, err := conn.Exec(ctx, "SELECT pg_terminate_backend(pg_backend_pid())").ReadAll()
 		require.Error(t, err)
 
+		// A client that stops reading a large result and then resets:
+		// the relay has output queued for it when the RST comes.
+		resetMidResult(t, g)
+
 		// Refusals: plaintext, a wrong password, a bad length, a silent hang-up.
 		_, err = pgconn.Connect(ctx, strings.Replace(g.connString(""), "sslmode=verify-full", "sslmode=disable", 1))
 		require.Error(t, err)
@@ -79,4 +84,29 @@ func TestNoGoroutineOrDescriptorLeaks(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// resetMidResult asks for a result far larger than the socket buffers, does
+// not read it, and closes its TCP connection with RST.
+func resetMidResult(t *testing.T, g *gateway) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cfg, err := pgconn.ParseConfig(g.connString(""))
+	require.NoError(t, err)
+	var tcp *net.TCPConn
+	var d net.Dialer
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err == nil {
+			tcp = c.(*net.TCPConn)
+		}
+		return c, err
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	require.NoError(t, err)
+	_ = conn.Exec(ctx, "SELECT repeat('r', 1000) FROM generate_series(1, 30000)")
+	time.Sleep(200 * time.Millisecond) // postgres fills every buffer on the way
+	require.NoError(t, tcp.SetLinger(0))
+	require.NoError(t, tcp.Close())
 }
