@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -29,22 +30,35 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 
 	fe := pgproto3.NewFrontend(newFrameReader(up), up)
 	fe.SetMaxBodyLen(defaultUpstreamMaxLen)
-	be := pgproto3.NewBackend(newFrameReader(sess.tls), sess.tls)
+	fromClient := newFrameReader(sess.tls)
+	be := pgproto3.NewBackend(fromClient, sess.tls)
 	// Nothing a client legitimately sends before authentication is larger
 	// than a SASL/GSS token; without a cap a client can announce a 1 GB
 	// message and make pgproto3 allocate it.
 	be.SetMaxBodyLen(defaultAuthMessageMaxLen)
 
 	authenticated := false
+	var next pgproto3.BackendMessage // already received, not yet handled
 	for {
-		msg, err := fe.Receive()
-		if err != nil {
-			return unregister, upstreamLost(err)
+		msg := next
+		next = nil
+		if msg == nil {
+			if msg, err = fe.Receive(); err != nil {
+				return unregister, upstreamLost(err)
+			}
 		}
 		switch m := msg.(type) {
+		case *pgproto3.AuthenticationGSSContinue:
+			be.Send(m)
+			if err := be.Flush(); err != nil {
+				return unregister, s.abandoned(sess, err)
+			}
+			if next, err = s.relayGSSContinue(sess, fe, be, fromClient); err != nil {
+				return unregister, err
+			}
 		case *pgproto3.AuthenticationCleartextPassword, *pgproto3.AuthenticationMD5Password,
 			*pgproto3.AuthenticationSASL, *pgproto3.AuthenticationSASLContinue,
-			*pgproto3.AuthenticationGSS, *pgproto3.AuthenticationGSSContinue:
+			*pgproto3.AuthenticationGSS:
 			// postgres now waits for the client's answer.
 			be.Send(m)
 			if err := be.Flush(); err != nil {
@@ -107,6 +121,12 @@ func (s *Server) relayAuthResponse(sess *session, fe *pgproto3.Frontend, be *pgp
 			"unsupported authentication request from the upstream server", "", err)
 	}
 	msg, err := be.Receive()
+	return s.forwardAuthResponse(sess, fe, msg, err)
+}
+
+// forwardAuthResponse checks the client's answer to an authentication
+// request (or the error reading it) and forwards it to postgres.
+func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg pgproto3.FrontendMessage, err error) error {
 	if err != nil {
 		var tooBig *pgproto3.ExceededMaxBodyLenErr
 		switch {
@@ -135,6 +155,74 @@ func (s *Server) relayAuthResponse(sess *session, fe *pgproto3.Frontend, be *pgp
 		return upstreamLost(err)
 	}
 	return nil
+}
+
+// relayGSSContinue follows an AuthenticationGSSContinue to the client. After
+// it postgres either waits for the client's next GSS token or, when its
+// security context is complete, goes straight on to AuthenticationOk or an
+// error, and then the client sends nothing (auth.c pg_GSS_recvauth; libpq
+// pg_GSS_continue). Which of the two only shows by who speaks first, so both
+// sides are read at once. It returns postgres's next message.
+func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend, fromClient *frameReader) (pgproto3.BackendMessage, error) {
+	if err := be.SetAuthType(fe.GetAuthType()); err != nil {
+		return nil, refuse("upstream_protocol_error", codeProtocolViolation,
+			"unsupported authentication request from the upstream server", "", err)
+	}
+	type clientRead struct {
+		msg pgproto3.FrontendMessage
+		err error
+	}
+	type upstreamRead struct {
+		msg pgproto3.BackendMessage
+		err error
+	}
+	// Buffered: whichever read is abandoned on an error path still
+	// finishes (the session's conns get closed) without blocking.
+	clientc := make(chan clientRead, 1)
+	upc := make(chan upstreamRead, 1)
+	go func() {
+		msg, err := be.Receive()
+		clientc <- clientRead{msg, err}
+	}()
+	go func() {
+		msg, err := fe.Receive()
+		upc <- upstreamRead{msg, err}
+	}()
+
+	select {
+	case c := <-clientc:
+		// Another round: pass the token on, then postgres answers.
+		if err := s.forwardAuthResponse(sess, fe, c.msg, c.err); err != nil {
+			return nil, err
+		}
+		u := <-upc
+		if u.err != nil {
+			return nil, upstreamLost(u.err)
+		}
+		return u.msg, nil
+	case u := <-upc:
+		// postgres is done with GSS. Stop the client read: with the
+		// deadline in the past it returns at once, and a timeout leaves
+		// crypto/tls and the reader resumable.
+		_ = sess.raw.SetReadDeadline(time.Now())
+		c := <-clientc
+		_ = sess.raw.SetReadDeadline(sess.start.Add(s.cfg.AuthTimeout))
+		switch {
+		case c.err == nil:
+			return nil, refuse("protocol_violation", codeProtocolViolation,
+				"unexpected message after the final GSS token", "", fmt.Errorf("client sent %T", c.msg))
+		case !isTimeout(c.err):
+			return nil, s.forwardAuthResponse(sess, fe, nil, c.err)
+		case !fromClient.atBoundary():
+			// Part of a message was read and would be lost.
+			return nil, refuse("protocol_violation", codeProtocolViolation,
+				"unexpected data after the final GSS token", "", nil)
+		}
+		if u.err != nil {
+			return nil, upstreamLost(u.err)
+		}
+		return u.msg, nil
+	}
 }
 
 // abandoned records a client that left after an authentication request:

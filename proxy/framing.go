@@ -64,3 +64,7 @@ func (f *frameReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// atBoundary reports that no part of a message has been read: the reader
+// sits between messages.
+func (f *frameReader) atBoundary() bool { return f.hdrN == 0 && f.remain == 0 }
