@@ -26,7 +26,7 @@
 // relay loses nothing.
 //
 // Once authenticated, a session leaves its goroutine: on Linux an event
-// loop (level-triggered epoll, one per four cores) relays it, reading once
+// loop (level-triggered epoll, one per two cores) relays it, reading once
 // per readiness event and never blocking, with crypto/tls running over a
 // non-blocking adapter (loopconn_linux.go). Elsewhere relay.go's two
 // goroutines do it.

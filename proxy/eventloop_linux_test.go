@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -23,7 +24,15 @@ type loopFixture struct {
 	client   *tls.Conn
 	upstream net.Conn // the "postgres" end
 	done     chan struct{}
+	srv      *Server
 	sess     *session
+}
+
+// loop returns the loop relaying the session.
+func (f *loopFixture) loop() *eventLoop {
+	f.srv.mu.Lock()
+	defer f.srv.mu.Unlock()
+	return f.sess.relay.loop
 }
 
 func startLoopSession(t *testing.T) *loopFixture {
@@ -54,7 +63,7 @@ func startLoopSession(t *testing.T) *loopFixture {
 	s := &Server{log: zap.NewNop(), bytesUp: nopCounter{}, bytesDown: nopCounter{}, sessions: map[*session]struct{}{}}
 	t.Cleanup(s.stopLoops)
 	sess := &session{raw: rawServer, tls: srvTLS, clientIO: lc}
-	f := &loopFixture{client: client, upstream: theirs, done: make(chan struct{}), sess: sess}
+	f := &loopFixture{client: client, upstream: theirs, done: make(chan struct{}), srv: s, sess: sess}
 	go func() {
 		defer close(f.done)
 		if !s.relayInLoop(sess, ours) {
@@ -139,4 +148,33 @@ func TestLoopHalfCloseAndEnd(t *testing.T) {
 	require.NoError(t, f.sess.relayErr)
 	require.EqualValues(t, 5, f.sess.bytesToUpstream)
 	require.EqualValues(t, 3, f.sess.bytesToClient)
+}
+
+// TestSessionsSpreadOverLoops runs with four Ps, so two loops, and checks
+// that two sessions land on different loops and both relay.
+func TestSessionsSpreadOverLoops(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	loopPool.mu.Lock()
+	users := loopPool.users
+	loopPool.mu.Unlock()
+	require.Zero(t, users, "a previous test left the loop pool in use")
+
+	a, b := startLoopSession(t), startLoopSession(t)
+	for _, f := range []*loopFixture{a, b} {
+		_, err := f.client.Write([]byte("ping"))
+		require.NoError(t, err)
+		got := make([]byte, 4)
+		require.NoError(t, f.upstream.SetReadDeadline(time.Now().Add(5*time.Second)))
+		_, err = io.ReadFull(f.upstream, got)
+		require.NoError(t, err)
+		require.Equal(t, "ping", string(got))
+	}
+	loopPool.mu.Lock()
+	loops := len(loopPool.loops)
+	loopPool.mu.Unlock()
+	require.Equal(t, 2, loops)
+	require.NotSame(t, a.loop(), b.loop(), "both sessions on one loop")
+	for _, l := range []*eventLoop{a.loop(), b.loop()} {
+		require.Equal(t, 1, l.load())
+	}
 }
