@@ -25,11 +25,11 @@
 // buffers bytes past the current protocol frame, so the switch to the raw
 // relay loses nothing.
 //
-// Once authenticated, a session leaves its goroutine: on Linux an event
-// loop (level-triggered epoll, one per two cores) relays it, reading once
-// per readiness event and never blocking, with crypto/tls running over a
-// non-blocking adapter (loopconn_linux.go). Elsewhere relay.go's two
-// goroutines do it.
+// Once authenticated, a session's bytes are moved by an event loop on Linux
+// (level-triggered epoll, one per two cores), which reads once per readiness
+// event and never blocks, with crypto/tls running over a non-blocking
+// adapter (loopconn_linux.go); the session's goroutine only waits to log its
+// end. Elsewhere relay.go's two goroutines per session do it.
 //
 // Errors reach the client only as postgres ErrorResponses built in errors.go
 // from a fixed set of public texts; causes go to the log.

@@ -7,6 +7,10 @@ import (
 	"time"
 )
 
+// This is the goroutine relay: where event loops are not available (off
+// Linux, or a conn that is not a socket) each session is relayed by two
+// goroutines.
+//
 // Buffer sizes for the raw relay. An idle session blocks in Read holding a
 // buffer for each direction, so idle sessions hold only the small one; a
 // direction that fills it (COPY, large results) borrows a large buffer from a
