@@ -598,28 +598,24 @@ func (ls *loopSession) onUpstream(ev uint32) error {
 // client. Level-triggered epoll brings the loop back if more is waiting.
 func (ls *loopSession) readUpstream() error {
 	buf := ls.loop.buf
-	for {
-		n, err := sockRead(ls.ufd, buf)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return nil
-		case err != nil:
-			return os.NewSyscallError("read", err)
-		case n == 0:
-			// postgres has closed: the session is over. Tell the client
-			// (close_notify) and end once that has been sent.
-			ls.upDone = true
-			_ = ls.tls.CloseWrite()
-			ls.startGrace()
-			return nil
-		}
-		ls.sess.bytesToClient += int64(n)
-		ls.srv.bytesDown.Add(float64(n))
-		_, werr := ls.tls.Write(buf[:n])
-		return werr
+	n, err := readSocket(ls.ufd, buf)
+	switch {
+	case errors.Is(err, errWouldBlock):
+		return nil
+	case errors.Is(err, io.EOF):
+		// postgres has closed: the session is over. Tell the client
+		// (close_notify) and end once that has been sent.
+		ls.upDone = true
+		_ = ls.tls.CloseWrite()
+		ls.startGrace()
+		return nil
+	case err != nil:
+		return err
 	}
+	ls.sess.bytesToClient += int64(n)
+	ls.srv.bytesDown.Add(float64(n))
+	_, err = ls.tls.Write(buf[:n])
+	return err
 }
 
 func (ls *loopSession) startGrace() {

@@ -51,20 +51,7 @@ func (c *loopConn) Read(p []byte) (int, error) {
 		return 0, errWouldBlock
 	}
 	c.mayRead = false
-	for {
-		n, err := sockRead(c.fd, p)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return 0, errWouldBlock
-		case err != nil:
-			return 0, os.NewSyscallError("read", err)
-		case n == 0:
-			return 0, io.EOF
-		}
-		return n, nil
-	}
+	return readSocket(c.fd, p)
 }
 
 func (c *loopConn) Write(p []byte) (int, error) {
@@ -184,7 +171,7 @@ func (o *outBuf) release() {
 // buffer is n == 0 and no error.
 func writeSome(fd int, p []byte) (int, error) {
 	for {
-		n, err := sockWrite(fd, p)
+		n, err := rawIO(unix.SYS_WRITE, fd, p)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -197,25 +184,33 @@ func writeSome(fd int, p []byte) (int, error) {
 	}
 }
 
-// sockRead and sockWrite are read(2) and write(2) on a non-blocking socket
-// without the Go scheduler's syscall bookkeeping: they never block, and the
-// loop that calls them owns its thread, so there is no P to hand off.
-func sockRead(fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+// readSocket makes one read(2) on a non-blocking socket: errWouldBlock
+// when nothing is waiting, io.EOF at the end of the stream.
+func readSocket(fd int, p []byte) (int, error) {
+	for {
+		n, err := rawIO(unix.SYS_READ, fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, errWouldBlock
+		case err != nil:
+			return 0, os.NewSyscallError("read", err)
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
 	}
-	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
 }
 
-func sockWrite(fd int, p []byte) (int, error) {
+// rawIO is read(2) or write(2) (trap) on a non-blocking socket without the
+// Go scheduler's syscall bookkeeping: it never blocks, and the loop that
+// calls it owns its thread, so there is no P to hand off.
+func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	if errno != 0 {
 		return 0, errno
 	}
