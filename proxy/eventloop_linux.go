@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -148,7 +149,7 @@ func (s *Server) relayInLoop(sess *session, up net.Conn) bool {
 func (s *Server) useLoops() bool {
 	s.loopsOnce.Do(func() {
 		if err := acquireLoops(); err != nil {
-			s.log.Warn("event loops unavailable; relaying with goroutines")
+			s.log.Warn("event loops unavailable; relaying with goroutines", zap.Error(err))
 			return
 		}
 		s.loopsAcquired = true
