@@ -10,6 +10,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/pgwarden/pgwarden/internal/logtext"
 )
 
 // Jail is a fail2ban built into the gateway: it counts authentication
@@ -321,6 +323,7 @@ func keyString(k netip.Prefix) string {
 // clip bounds client-supplied strings in log lines (postgres truncates
 // names to 63 bytes anyway; anything longer is noise or an attack).
 func clip(s string) string {
+	s = logtext.Escape(s) // exact bytes, not U+FFFD
 	const maxLen = 128
 	if len(s) <= maxLen {
 		return s
