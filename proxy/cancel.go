@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/subtle"
-	"net"
 	"sync"
 	"time"
 )
@@ -90,8 +89,7 @@ func (s *Server) forwardCancel(ctx context.Context, p *startupPacket) error {
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(dctx, up.Network, up.Address)
+	conn, err := up.Dial(dctx)
 	if err != nil {
 		s.cfg.Metrics.CancelRequest(false)
 		return silent("cancel_upstream_unavailable", err)

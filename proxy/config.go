@@ -26,6 +26,9 @@ const (
 type Upstream struct {
 	Network string
 	Address string
+	// LoopbackOnly makes every TCP dial check the address it connects to,
+	// after name resolution (see Upstream.Dial).
+	LoopbackOnly bool
 }
 
 // String renders the upstream for logs.
