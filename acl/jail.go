@@ -191,11 +191,15 @@ func (j *Jail) logFailure(lvl zapcore.Level, ip netip.Addr, f Failure, extra ...
 
 // failureFields are the client-supplied details of a failure, clipped.
 func failureFields(f Failure) []zap.Field {
-	return []zap.Field{
+	fields := []zap.Field{
 		zap.String("user", clip(f.User)),
 		zap.String("database", clip(f.Database)),
 		zap.String("sqlstate", clip(f.SQLState)),
 	}
+	if f.Reason != "" {
+		fields = append(fields, zap.String("reason", f.Reason))
+	}
+	return fields
 }
 
 // Succeeded is called after a successful authentication from ip. It does

@@ -133,7 +133,7 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome strin
 		return outcome, nil, err
 	}
 	if p.kind == kindCancelRequest {
-		outcome, err = s.refuseClient(sess, s.forwardCancel(ctx, p))
+		outcome, err = s.refuseClient(sess, s.forwardCancel(ctx, sess, p))
 		return outcome, nil, err
 	}
 	sess.user, sess.database = p.user(), p.database()
