@@ -109,9 +109,10 @@ func (c *CancelLimiter) onEvict(_ netip.Prefix, src *cancelSource) {
 	}
 }
 
-// cancelKey is the source a request is counted against: the address, or
-// for IPv6 its /64.
-func cancelKey(remote netip.Addr) netip.Prefix {
+// sourceKey is what a source is counted as, for cancel limits and log
+// sampling: its address, or for IPv6 its /64 (one host usually has a whole
+// /64, so rotating addresses inside it must not make new sources).
+func sourceKey(remote netip.Addr) netip.Prefix {
 	if remote.Is6() {
 		p, _ := remote.Prefix(64)
 		return p
@@ -121,7 +122,7 @@ func cancelKey(remote netip.Addr) netip.Prefix {
 
 // sourceLocked returns remote's entry, creating it; the caller holds mu.
 func (c *CancelLimiter) sourceLocked(remote netip.Addr) *cancelSource {
-	k := cancelKey(remote)
+	k := sourceKey(remote)
 	if src, ok := c.sources.Get(k); ok {
 		return src
 	}

@@ -134,6 +134,9 @@ type Config struct {
 	CancelLimiter *CancelLimiter
 	// PlaintextCancel says whether cancel requests may come unencrypted.
 	PlaintextCancel PlaintextCancel
+	// LogSampling bounds the lines of connections that did not become a
+	// session (logsample.go); zero fields take the defaults.
+	LogSampling LogSampling
 }
 
 // checkAndSetDefaults rejects a config missing required parts and fills in
@@ -184,5 +187,6 @@ func (c *Config) checkAndSetDefaults() error {
 	if c.CancelLimiter == nil {
 		c.CancelLimiter, _ = NewCancelLimiter(DefaultCancelLimits()) // valid by construction
 	}
+	c.LogSampling.setDefaults()
 	return errors.Join(errs...)
 }

@@ -197,6 +197,9 @@ func (s *Server) refuseClient(sess *session, err error) (string, error) {
 func (s *Server) finish(sess *session, outcome string, err error) {
 	d := time.Since(sess.start)
 	s.cfg.Metrics.ConnectionClosed(s.cfg.Name, outcome, d)
+	if outcome != "ok" && !s.logs.sample(sess.remote, outcome) {
+		return // counted in the sampler's summary line (logsample.go)
+	}
 	fields := []zap.Field{
 		zap.Uint64("conn_id", sess.id),
 		zap.String("source", sess.source),
