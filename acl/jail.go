@@ -10,6 +10,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/pgwarden/pgwarden/internal/logtext"
 )
 
 // Jail is a fail2ban built into the gateway: it counts authentication
@@ -189,11 +191,15 @@ func (j *Jail) logFailure(lvl zapcore.Level, ip netip.Addr, f Failure, extra ...
 
 // failureFields are the client-supplied details of a failure, clipped.
 func failureFields(f Failure) []zap.Field {
-	return []zap.Field{
+	fields := []zap.Field{
 		zap.String("user", clip(f.User)),
 		zap.String("database", clip(f.Database)),
 		zap.String("sqlstate", clip(f.SQLState)),
 	}
+	if f.Reason != "" {
+		fields = append(fields, zap.String("reason", f.Reason))
+	}
+	return fields
 }
 
 // Succeeded is called after a successful authentication from ip. It does
@@ -321,6 +327,7 @@ func keyString(k netip.Prefix) string {
 // clip bounds client-supplied strings in log lines (postgres truncates
 // names to 63 bytes anyway; anything longer is noise or an attack).
 func clip(s string) string {
+	s = logtext.Escape(s) // exact bytes, not U+FFFD
 	const maxLen = 128
 	if len(s) <= maxLen {
 		return s

@@ -3,6 +3,7 @@ package certs
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"strings"
@@ -28,9 +29,14 @@ const maxRoleLen = 63
 //  1. a certificate was sent;
 //  2. it verifies against --tls-client-ca (intermediates from the client's
 //     chain, extended key usage clientAuth, the current time);
-//  3. if --tls-allow-cn / --tls-allow-san are given, its CN, a DNS SAN or a
+//  3. its subject has at most one CN: Go's Subject.CommonName is the last
+//     CN of the subject and postgres's clientcert=verify-full (OpenSSL's
+//     X509_NAME_get_text_by_NID) takes the first, so "CN=alice, CN=postgres"
+//     would be postgres to one and alice to the other; such a certificate
+//     is refused rather than given either reading;
+//  4. if --tls-allow-cn / --tls-allow-san are given, its CN, a DNS SAN or a
 //     URI SAN (e.g. a SPIFFE ID) is listed;
-//  4. the role: if the certificate's CN or one of its URI SANs has
+//  5. the role: if the certificate's CN or one of its URI SANs has
 //     --tls-map-user / --tls-map-file entries, the role must be one of them;
 //     otherwise the role must equal the CN (postgres's clientcert=verify-full).
 //
@@ -196,8 +202,34 @@ func (a *Authorizer) Authorize(cs *tls.ConnectionState, role string) error {
 	if a == nil {
 		return nil
 	}
+	leaf, st, err := a.verifyPeer(cs)
+	if err != nil {
+		return err
+	}
+	if !roleAllowed(st.roles, leaf, role) {
+		return &AuthError{
+			Kind:   ErrRoleNotAllowed,
+			Public: fmt.Sprintf("certificate %q may not log in as role %q", identityOf(leaf), truncate(role, 64)),
+		}
+	}
+	return nil
+}
+
+// VerifyPeer is Authorize without the role: checks 1 to 4. It is for a
+// CancelRequest, which names no role; the result is nil or an *AuthError.
+func (a *Authorizer) VerifyPeer(cs *tls.ConnectionState) error {
+	if a == nil {
+		return nil
+	}
+	_, _, err := a.verifyPeer(cs)
+	return err
+}
+
+// verifyPeer runs checks 1 to 4 and returns the verified leaf and the state
+// (role map) it was checked against.
+func (a *Authorizer) verifyPeer(cs *tls.ConnectionState) (*x509.Certificate, *authState, error) {
 	if cs == nil || len(cs.PeerCertificates) == 0 {
-		return &AuthError{Kind: ErrNoClientCert, Public: "client certificate required"}
+		return nil, nil, &AuthError{Kind: ErrNoClientCert, Public: "client certificate required"}
 	}
 	st := a.state.Load()
 	leaf := cs.PeerCertificates[0]
@@ -211,22 +243,36 @@ func (a *Authorizer) Authorize(cs *tls.ConnectionState, role string) error {
 		CurrentTime:   a.now(),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}); err != nil {
-		return &AuthError{Kind: ErrUntrustedClientCert, Public: untrustedText(err), Cause: err}
+		return nil, nil, &AuthError{Kind: ErrUntrustedClientCert, Public: untrustedText(err), Cause: err}
 	}
-	id := identityOf(leaf)
+	if n := commonNameCount(leaf); n > 1 {
+		return nil, nil, &AuthError{
+			Kind:   ErrSeveralCommonNames,
+			Public: fmt.Sprintf("client certificate has %d common names (CN); exactly one is required, as the role it maps to would be ambiguous", n),
+		}
+	}
 	if !a.identityAllowed(leaf) {
-		return &AuthError{
+		return nil, nil, &AuthError{
 			Kind:   ErrIdentityNotAllowed,
-			Public: fmt.Sprintf("certificate identity %q is not allowed", id),
+			Public: fmt.Sprintf("certificate identity %q is not allowed", identityOf(leaf)),
 		}
 	}
-	if !roleAllowed(st.roles, leaf, role) {
-		return &AuthError{
-			Kind:   ErrRoleNotAllowed,
-			Public: fmt.Sprintf("certificate %q may not log in as role %q", id, truncate(role, 64)),
+	return leaf, st, nil
+}
+
+// oidCommonName is id-at-commonName (RFC 5280 appendix A).
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// commonNameCount counts the CN attributes of c's subject, in every RDN
+// (Subject.Names holds all of them; Subject.CommonName only the last).
+func commonNameCount(c *x509.Certificate) int {
+	n := 0
+	for _, atv := range c.Subject.Names {
+		if atv.Type.Equal(oidCommonName) {
+			n++
 		}
 	}
-	return nil
+	return n
 }
 
 // untrustedText names the verification failure in terms a client operator

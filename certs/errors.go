@@ -16,6 +16,9 @@ var (
 	// ErrIdentityNotAllowed: the certificate verifies but matches no
 	// --tls-allow-cn / --tls-allow-san entry.
 	ErrIdentityNotAllowed = errors.New("certificate identity not allowed")
+	// ErrSeveralCommonNames: the subject has more than one CN, so the
+	// identity is ambiguous (see Authorizer).
+	ErrSeveralCommonNames = errors.New("client certificate has several common names")
 	// ErrRoleNotAllowed: the identity may not log in as the requested role.
 	ErrRoleNotAllowed = errors.New("role not allowed for certificate identity")
 	// ErrExists: certs init/issue refused to overwrite a file.
@@ -62,6 +65,8 @@ func (e *AuthError) Reason() string {
 		return "identity_not_allowed"
 	case ErrRoleNotAllowed:
 		return "role_not_allowed"
+	case ErrSeveralCommonNames:
+		return "several_common_names"
 	default:
 		return "other"
 	}

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/subtle"
-	"net"
 	"sync"
 	"time"
 )
@@ -79,19 +78,33 @@ func (r *CancelRegistry) Len() int {
 	return n
 }
 
-// forwardCancel sends a known cancel request to its session's postgres. The
-// client never gets a reply (postgres sends none either), so the outcome is
-// only logged. The secret key is never logged.
-func (s *Server) forwardCancel(ctx context.Context, p *startupPacket) error {
-	up, ok := s.cfg.Cancels.lookup(p.cancelPID, p.cancelKey)
-	if !ok {
+// forwardCancel handles a CancelRequest: it is forwarded to its session's
+// postgres only when the route's rules for cancels are met (below), the
+// source is within its cancel rate, and (pid, key) names a live session.
+// The client never gets a reply (postgres sends none either), so the
+// outcome is only logged. The secret key is never logged.
+func (s *Server) forwardCancel(ctx context.Context, sess *session, p *startupPacket) error {
+	if err := s.cancelAdmitted(sess); err != nil {
+		s.cfg.Metrics.CancelRequest(false)
+		return err
+	}
+	// The key is looked up before the rate is applied, so that a guess
+	// over the rate still counts toward the source's ban; it is then
+	// dropped whatever the key, so a right guess over the rate cancels
+	// nothing either.
+	up, known := s.cfg.Cancels.lookup(p.cancelPID, p.cancelKey)
+	allowed := s.cfg.CancelLimiter.observe(sess.remote, known)
+	switch {
+	case !allowed:
+		s.cfg.Metrics.CancelRequest(false)
+		return silent("cancel_rate_limited", nil)
+	case !known:
 		s.cfg.Metrics.CancelRequest(false)
 		return silent("cancel_unknown", nil)
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(dctx, up.Network, up.Address)
+	conn, err := up.Dial(dctx)
 	if err != nil {
 		s.cfg.Metrics.CancelRequest(false)
 		return silent("cancel_upstream_unavailable", err)
@@ -104,4 +117,31 @@ func (s *Server) forwardCancel(ctx context.Context, p *startupPacket) error {
 	}
 	s.cfg.Metrics.CancelRequest(true)
 	return silent("cancel_forwarded", nil)
+}
+
+// cancelAdmitted applies the route's rules for cancels: a plaintext cancel
+// only if PlaintextCancel allows it (by default, not on a route that checks
+// client certificates: it would carry none), and over TLS on such a route
+// only with a client certificate that Authorizer.VerifyPeer accepts. A
+// cancel names no role, so the role rule does not apply.
+func (s *Server) cancelAdmitted(sess *session) error {
+	if sess.tls == nil {
+		switch s.cfg.PlaintextCancel {
+		case PlaintextCancelAllow:
+			return nil
+		case PlaintextCancelDeny:
+			return silent("cancel_plaintext_refused", nil)
+		}
+		if s.cfg.Authorizer != nil {
+			return silent("cancel_plaintext_refused", nil)
+		}
+		return nil
+	}
+	if s.cfg.Authorizer != nil {
+		cs := sess.tls.ConnectionState()
+		if err := s.cfg.Authorizer.VerifyPeer(&cs); err != nil {
+			return silent("cancel_cert_rejected", err)
+		}
+	}
+	return nil
 }

@@ -26,6 +26,9 @@ const (
 type Upstream struct {
 	Network string
 	Address string
+	// LoopbackOnly makes every TCP dial check the address it connects to,
+	// after name resolution (see Upstream.Dial).
+	LoopbackOnly bool
 }
 
 // String renders the upstream for logs.
@@ -85,6 +88,9 @@ type AuthObserver interface {
 // unauthenticated peer.
 type Authorizer interface {
 	Authorize(cs *tls.ConnectionState, role string) error
+	// VerifyPeer checks the client certificate alone, for a CancelRequest
+	// over TLS, which names no role.
+	VerifyPeer(cs *tls.ConnectionState) error
 }
 
 // Config is everything a Server needs. Listeners are handed to Serve; the
@@ -121,6 +127,16 @@ type Config struct {
 	// Connections over either cap are closed at once: slow-loris defence.
 	MaxStartups      int
 	MaxStartupsPerIP int
+
+	// CancelLimiter rate-limits cancel requests per source and counts
+	// unknown keys; routes of one process should share one. nil gives this
+	// server its own, with DefaultCancelLimits.
+	CancelLimiter *CancelLimiter
+	// PlaintextCancel says whether cancel requests may come unencrypted.
+	PlaintextCancel PlaintextCancel
+	// LogSampling bounds the lines of connections that did not become a
+	// session (logsample.go); zero fields take the defaults.
+	LogSampling LogSampling
 }
 
 // checkAndSetDefaults rejects a config missing required parts and fills in
@@ -168,5 +184,9 @@ func (c *Config) checkAndSetDefaults() error {
 	if c.MaxStartupsPerIP <= 0 {
 		c.MaxStartupsPerIP = DefaultMaxStartupsPerIP
 	}
+	if c.CancelLimiter == nil {
+		c.CancelLimiter, _ = NewCancelLimiter(DefaultCancelLimits()) // valid by construction
+	}
+	c.LogSampling.setDefaults()
 	return errors.Join(errs...)
 }

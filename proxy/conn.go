@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/internal/logtext"
 )
 
 // connIDs numbers connections across all servers of the process.
@@ -131,7 +133,7 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome strin
 		return outcome, nil, err
 	}
 	if p.kind == kindCancelRequest {
-		outcome, err = s.refuseClient(sess, s.forwardCancel(ctx, p))
+		outcome, err = s.refuseClient(sess, s.forwardCancel(ctx, sess, p))
 		return outcome, nil, err
 	}
 	sess.user, sess.database = p.user(), p.database()
@@ -190,10 +192,14 @@ func (s *Server) refuseClient(sess *session, err error) (string, error) {
 
 // finish writes the connection's one log line and its metrics. Every string
 // that came from the client goes in as a structured field (escaped by the
-// encoder), never into the message.
+// encoder), never into the message, with bytes that are not UTF-8 as \xNN
+// (logtext.Escape) so the log shows the name postgres saw.
 func (s *Server) finish(sess *session, outcome string, err error) {
 	d := time.Since(sess.start)
 	s.cfg.Metrics.ConnectionClosed(s.cfg.Name, outcome, d)
+	if outcome != "ok" && !s.logs.sample(sess.remote, outcome) {
+		return // counted in the sampler's summary line (logsample.go)
+	}
 	fields := []zap.Field{
 		zap.Uint64("conn_id", sess.id),
 		zap.String("source", sess.source),
@@ -204,13 +210,13 @@ func (s *Server) finish(sess *session, outcome string, err error) {
 		zap.Int64("bytes_out", sess.bytesToClient),
 	}
 	if sess.user != "" {
-		fields = append(fields, zap.String("user", sess.user), zap.String("database", sess.database))
+		fields = append(fields, zap.String("user", logtext.Escape(sess.user)), zap.String("database", logtext.Escape(sess.database)))
 	}
 	if sess.tlsVersion != "" {
 		fields = append(fields, zap.String("tls_mode", sess.tlsMode), zap.String("tls_version", sess.tlsVersion), zap.String("tls_cipher", sess.tlsCipher))
 	}
 	if sess.appName != "" {
-		fields = append(fields, zap.String("application_name", sess.appName))
+		fields = append(fields, zap.String("application_name", logtext.Escape(sess.appName)))
 	}
 	if sess.sqlstate != "" {
 		fields = append(fields, zap.String("sqlstate", sess.sqlstate))

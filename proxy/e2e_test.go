@@ -476,6 +476,7 @@ func TestShutdownDrainsSessions(t *testing.T) {
 type panickingAuthorizer struct{}
 
 func (panickingAuthorizer) Authorize(*tls.ConnectionState, string) error { panic("authorizer bug") }
+func (panickingAuthorizer) VerifyPeer(*tls.ConnectionState) error        { panic("authorizer bug") }
 
 func TestPanicInPreAuthCostsOneConnection(t *testing.T) {
 	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -97,9 +98,10 @@ func (c *memConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *memConn) SetWriteDeadline(time.Time) error { return nil }
 
 // FuzzNegotiate runs the whole pre-authentication negotiation (encryption
-// requests, TLS, the encrypted startup) on arbitrary client bytes. It must
-// return without panicking, and must never write more than one byte before
-// a TLS handshake.
+// requests, TLS, the encrypted startup) on arbitrary client bytes, and a
+// CancelRequest through its handling (policy, rate limit, key lookup). It
+// must return without panicking, and must never write more than one byte
+// before a TLS handshake.
 func FuzzNegotiate(f *testing.F) {
 	ca := certstest.NewCA(f)
 	certPEM, keyPEM := ca.Server(f, "localhost")
@@ -114,12 +116,15 @@ func FuzzNegotiate(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	// The seed cancel (pid 1, key 1 2 3 4) names a live session, whose
+	// upstream refuses the forwarded cancel (nothing listens on port 1).
+	srv.cfg.Cancels.register(1, []byte{1, 2, 3, 4}, srv.cfg.Upstream)
 	for _, s := range seedPackets() {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		conn := &memConn{r: bytes.NewReader(data)}
-		sess := &session{raw: conn, start: time.Now()}
+		sess := &session{raw: conn, start: time.Now(), remote: netip.MustParseAddr("127.0.0.1")}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		p, err := srv.negotiate(ctx, sess)
@@ -128,6 +133,13 @@ func FuzzNegotiate(f *testing.F) {
 		}
 		if err == nil && p.kind == kindStartupMessage && sess.tls == nil {
 			t.Fatal("a StartupMessage was accepted without TLS")
+		}
+		if err == nil && p.kind == kindCancelRequest {
+			// A cancel never gets a reply: every outcome is silent.
+			var se *silentError
+			if cerr := srv.forwardCancel(ctx, sess, p); !errors.As(cerr, &se) {
+				t.Fatalf("cancel handling returned %v, not a silent outcome", cerr)
+			}
 		}
 		if len(data) > 0 && data[0] == 0x16 {
 			return // direct TLS: everything we wrote was TLS

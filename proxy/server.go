@@ -14,8 +14,9 @@ import (
 // Server relays admitted connections for one route. Serve may be called for
 // several listeners; Shutdown stops them all and drains the sessions.
 type Server struct {
-	cfg Config
-	log *zap.Logger
+	cfg  Config
+	log  *zap.Logger
+	logs *logSampler // for connection lines (logsample.go)
 
 	bytesUp, bytesDown Counter
 
@@ -42,6 +43,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		cfg:          cfg,
 		log:          cfg.Logger,
+		logs:         newLogSampler(cfg.LogSampling, cfg.Logger, cfg.Name),
 		bytesUp:      cfg.Metrics.BytesCounter(cfg.Name, true),
 		bytesDown:    cfg.Metrics.BytesCounter(cfg.Name, false),
 		listeners:    make(map[net.Listener]struct{}),
@@ -122,6 +124,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 		s.stopLoops()
+		s.logs.stop()
 		return nil
 	case <-ctx.Done():
 	}
@@ -134,6 +137,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.log.Warn("drain timeout: closed sessions still open", zap.Int("sessions", n))
 	<-done
 	s.stopLoops()
+	s.logs.stop()
 	return ctx.Err()
 }
 

@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 )
@@ -18,8 +20,7 @@ func (s *Server) dialUpstream(ctx context.Context, deadline time.Time) (net.Conn
 	}
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(dctx, s.cfg.Upstream.Network, s.cfg.Upstream.Address)
+	conn, err := s.cfg.Upstream.Dial(dctx)
 	if err != nil {
 		return nil, refuse("upstream_unavailable", codeConnectionFailure,
 			"could not connect to the upstream PostgreSQL server: "+dialProblem(err),
@@ -32,6 +33,37 @@ func (s *Server) dialUpstream(ctx context.Context, deadline time.Time) (net.Conn
 	return conn, nil
 }
 
+// ErrUpstreamNotLoopback is the dial error for a LoopbackOnly upstream whose
+// name resolved to an address that is not loopback.
+var ErrUpstreamNotLoopback = errors.New("upstream address is not loopback")
+
+// Dial connects to the upstream. With LoopbackOnly, the dialer's Control
+// hook checks each address a TCP dial is about to connect to, after name
+// resolution and before connect(2): a name such as localhost that resolved
+// to loopback when the configuration was checked but resolves elsewhere now
+// (a changed hosts file, DNS rebinding) is refused, not dialed. Checking the
+// name once at start and dialing it by name later would not hold.
+func (u Upstream) Dial(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	if u.LoopbackOnly {
+		d.Control = requireLoopback
+	}
+	return d.DialContext(ctx, u.Network, u.Address)
+}
+
+// requireLoopback is a net.Dialer Control hook: address is the resolved
+// IP:port of a TCP dial (unix sockets are left alone).
+func requireLoopback(network, address string, _ syscall.RawConn) error {
+	if network == "unix" {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil || !ap.Addr().Unmap().IsLoopback() {
+		return fmt.Errorf("%w: %s", ErrUpstreamNotLoopback, address)
+	}
+	return nil
+}
+
 // dialProblem names a dial failure in words safe to show a client.
 func dialProblem(err error) string {
 	switch {
@@ -39,6 +71,8 @@ func dialProblem(err error) string {
 		return "connection refused"
 	case errors.Is(err, syscall.ENOENT):
 		return "socket file not found"
+	case errors.Is(err, ErrUpstreamNotLoopback):
+		return "upstream address is not loopback"
 	case errors.Is(err, syscall.EACCES):
 		return "permission denied"
 	case isTimeout(err), errors.Is(err, context.DeadlineExceeded):

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"math/big"
 	"net"
@@ -79,6 +80,23 @@ func IPs(ips ...net.IP) Option {
 // CommonName overrides the subject CN (empty removes it, as many SPIFFE
 // SVIDs have none).
 func CommonName(cn string) Option { return func(c *x509.Certificate) { c.Subject.CommonName = cn } }
+
+// CommonNames replaces the subject with one CN attribute per name, in this
+// order, each in its own RDN: "CN=alice, CN=postgres" is two names, which Go
+// reads as the last (Subject.CommonName) and OpenSSL-based postgres as the
+// first.
+func CommonNames(cns ...string) Option {
+	return func(c *x509.Certificate) {
+		c.Subject.CommonName = ""
+		c.Subject.ExtraNames = nil
+		for _, cn := range cns {
+			c.Subject.ExtraNames = append(c.Subject.ExtraNames, pkix.AttributeTypeAndValue{Type: oidCommonName, Value: cn})
+		}
+	}
+}
+
+// oidCommonName is id-at-commonName (RFC 5280 appendix A).
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 
 // ExtKeyUsages replaces the extended key usages.
 func ExtKeyUsages(u ...x509.ExtKeyUsage) Option {

@@ -121,7 +121,9 @@ func parseUpstream(spec string, allowRemote bool) (proxy.Upstream, error) {
 			}
 		}
 	}
-	return proxy.Upstream{Network: "tcp", Address: net.JoinHostPort(host, port)}, nil
+	// The check above saw what the name resolves to now; LoopbackOnly has
+	// every dial check the address it actually connects to.
+	return proxy.Upstream{Network: "tcp", Address: net.JoinHostPort(host, port), LoopbackOnly: !allowRemote}, nil
 }
 
 func parseUnixUpstream(spec, path string) (proxy.Upstream, error) {

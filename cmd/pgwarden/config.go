@@ -29,6 +29,7 @@ type routeConfig struct {
 	TLSAllowSAN         []string
 	TLSMapUser          []string
 	TLSMapFile          string
+	CancelPlaintext     string
 }
 
 // serveConfig is everything `pgwarden serve` takes. Field names map to flag
@@ -56,6 +57,10 @@ type serveConfig struct {
 	BanIPv6Prefix int
 	BanMaxTracked int
 	Admin         string
+
+	CancelRate              float64
+	CancelBurst             int
+	CancelUnknownPerFailure int
 }
 
 // routeFlags defines the per-route flags on fs, bound to rc. The same set
@@ -74,6 +79,7 @@ func routeFlags(fs *pflag.FlagSet, rc *routeConfig) {
 	fs.StringArrayVar(&rc.TLSMapUser, "tls-map-user", nil, "CN=ROLE: certificate CN may log in as ROLE (repeatable; default: role must equal CN)")
 	fs.StringVar(&rc.TLSMapFile, "tls-map-file", "", "file of 'CN ROLE' lines, like pg_ident.conf")
 	fs.StringVar(&rc.Name, "name", "", "route name used in logs and metrics")
+	fs.StringVar(&rc.CancelPlaintext, "cancel-plaintext", "", "cancel requests sent without TLS, as psql before 17 sends them: allow, deny, or auto (the default: deny on a route with --tls-client-ca, allow elsewhere)")
 }
 
 // newServeFlags builds the serve flag set bound to c.
@@ -100,6 +106,9 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.IntVar(&c.BanIPv6Prefix, "ban-ipv6-prefix", 64, "IPv6 sources are also counted and banned per prefix of this length (32-128)")
 	fs.IntVar(&c.BanMaxTracked, "ban-max-tracked", 100000, "sources whose failures are tracked at once; the oldest are forgotten first")
 	fs.StringVar(&c.Admin, "admin", "", "loopback HOST:PORT for the admin HTTP endpoint (bans, /healthz, /readyz, /metrics)")
+	fs.Float64Var(&c.CancelRate, "cancel-rate", proxy.DefaultCancelRate, "cancel requests per second one source (IPv4 address, IPv6 /64) may send; more are dropped")
+	fs.IntVar(&c.CancelBurst, "cancel-burst", proxy.DefaultCancelBurst, "cancel requests one source may send at once before --cancel-rate applies")
+	fs.IntVar(&c.CancelUnknownPerFailure, "cancel-unknown-per-failure", proxy.DefaultCancelUnknownPerFailure, "every N cancel requests with an unknown key from one source count as one failed login toward --ban-max-retry (0: never)")
 	return fs
 }
 
@@ -261,6 +270,7 @@ func (c *serveConfig) routes() []routeConfig {
 		inheritList(&r.TLSAllowCN, top.TLSAllowCN)
 		inheritList(&r.TLSAllowSAN, top.TLSAllowSAN)
 		inheritList(&r.TLSMapUser, top.TLSMapUser)
+		inherit(&r.CancelPlaintext, top.CancelPlaintext)
 		r.AllowRemoteUpstream = r.AllowRemoteUpstream || top.AllowRemoteUpstream
 		out = append(out, r)
 	}
@@ -301,6 +311,9 @@ func (c *serveConfig) validate() error {
 		if r.TLSCert == "" || r.TLSKey == "" {
 			add("%s--tls-cert and --tls-key are required: TLS is mandatory (`pgwarden certs init --dir DIR --host NAME` makes a pair)", at)
 		}
+		if _, err := parsePlaintextCancel(r.CancelPlaintext); err != nil {
+			add("%s%v", at, err)
+		}
 	}
 	if c.HandshakeTimeout <= 0 {
 		add("--handshake-timeout must be positive, e.g. 10s")
@@ -328,6 +341,12 @@ func (c *serveConfig) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		add("--log-level %q: use debug, info, warn or error", c.LogLevel)
+	}
+	if !(c.CancelRate > 0) || c.CancelBurst < 1 {
+		add("--cancel-rate must be positive and --cancel-burst at least 1 (e.g. --cancel-rate 10 --cancel-burst 50)")
+	}
+	if c.CancelUnknownPerFailure < 0 {
+		add("--cancel-unknown-per-failure must not be negative (0 never counts unknown cancel keys toward a ban)")
 	}
 	return errors.Join(errs...)
 }

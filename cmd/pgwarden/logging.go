@@ -9,9 +9,10 @@ import (
 )
 
 // newLogger builds the process logger: JSON by default, console for people.
-// zap's own sampling is off: the per-connection line must never be dropped,
-// and the one flood-prone line (accept-time rejections) is sampled where it
-// is produced, in acl.Listener.
+// zap's own sampling is off: it would drop session lines and bans as
+// readily as noise. The flood-prone lines are sampled where they are
+// produced, per source: accept-time rejections in acl.Listener, connections
+// refused before they became a session in proxy (logsample.go).
 func newLogger(format, level string) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {

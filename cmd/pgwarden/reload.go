@@ -1,9 +1,9 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,7 +21,9 @@ func (g *gateway) ready() error {
 		return errors.New("draining: shutting down")
 	}
 	for _, r := range g.routes {
-		c, err := net.DialTimeout(r.upstream.Network, r.upstream.Address, 2*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err := r.upstream.Dial(ctx)
+		cancel()
 		if err != nil {
 			return fmt.Errorf("route %s: upstream %s: %w", r.cfg.Name, r.upstream, err)
 		}

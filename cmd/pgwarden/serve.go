@@ -88,6 +88,10 @@ type gateway struct {
 	jail     *acl.Jail
 	admin    *adminServer // nil without --admin
 	draining atomic.Bool
+
+	// cancel rate-limits cancel requests; shared, so that a source has one
+	// budget whichever route it reaches.
+	cancel *proxy.CancelLimiter
 }
 
 // route is one listen → upstream service at run time.
@@ -116,6 +120,10 @@ func newGateway(cfg *serveConfig, log *zap.Logger) (*gateway, error) {
 	}
 	g.jail = jail
 	g.metrics.SetBanStore(jail)
+	if g.cancel, err = newCancelLimiter(cfg, jail); err != nil {
+		_ = jail.Close()
+		return nil, configError{err}
+	}
 	if cfg.Admin != "" {
 		g.admin, err = newAdminServer(cfg.Admin, adminDeps{Bans: jail, Ready: g.ready, Registry: g.metrics.Registry()}, log)
 		if err != nil {
@@ -218,7 +226,9 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 		AuthTimeout:      g.cfg.AuthTimeout,
 		MaxStartups:      g.cfg.MaxStartups,
 		MaxStartupsPerIP: g.cfg.MaxStartupsPerIP,
+		CancelLimiter:    g.cancel,
 	}
+	pcfg.PlaintextCancel, _ = parsePlaintextCancel(rc.CancelPlaintext) // checked by validate
 	if r.authz != nil {
 		pcfg.Authorizer = r.authz
 	}
