@@ -7,6 +7,10 @@ type Failure struct {
 	User     string
 	Database string
 	SQLState string
+	// Reason says why a failure without a SQLSTATE counts, e.g.
+	// "timeout" for a client that stopped answering after postgres was
+	// contacted; "" for a failure postgres reported.
+	Reason string
 }
 
 // CountsAsFailure reports whether an upstream SQLSTATE sent before
