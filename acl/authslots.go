@@ -255,25 +255,3 @@ func revoke(attempts []*AuthAttempt) {
 		a.cancel(fmt.Errorf("source %s: %w", a.ip, ErrBanned))
 	}
 }
-
-// AuthsInProgress reports how many authentications from ip hold a slot now
-// under its address key, and how many more it may start before a ban could
-// be reached (its retries left, the minimum over its keys). Ignored sources
-// report -1 retries left: they are not limited.
-func (j *Jail) AuthsInProgress(ip netip.Addr) (inProgress, left int) {
-	ip = normalize(ip)
-	if !ip.IsValid() || j.cfg.Ignore.Allows(ip) {
-		return 0, -1
-	}
-	host, agg := j.keys(ip)
-	now := j.cfg.Now()
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	left = j.cfg.MaxRetry
-	for _, k := range [2]netip.Prefix{host, agg} {
-		if k.IsValid() {
-			left = min(left, j.cfg.MaxRetry-j.tracker.count(k, now, j.cfg.FindTime)-j.auths.inflight[k])
-		}
-	}
-	return j.auths.inflight[host], max(left, 0)
-}
