@@ -62,7 +62,9 @@ func newAttack(t *testing.T, addr, caFile, source, user, db string) *attack {
 func (a *attack) release() { a.fireOne.Do(func() { close(a.fire) }) }
 
 // login starts login i: through TLS, the StartupMessage and SCRAM's first
-// round, then it waits for fire and sends the proof for password.
+// round, then it waits for fire and sends the proof for password. With
+// password "" it stays silent at the SCRAM prompt instead, holding its
+// postgres backend, until the gateway ends the connection.
 func (a *attack) login(i int, password string) {
 	a.wg.Add(1)
 	go func() {
@@ -83,6 +85,11 @@ func (a *attack) run(password string) error {
 	defer c.conn.Close()
 	if err := c.prompt(); err != nil {
 		a.settled.Add(1)
+		return err
+	}
+	if password == "" {
+		a.settled.Add(1)
+		_, err := c.receive()
 		return err
 	}
 	if err := c.firstRound(); err != nil {
@@ -208,4 +215,79 @@ func TestParallelProofsCannotOutrunTheBan(t *testing.T) {
 		require.NotContains(t, pg.LogSince(pgMark), "connection authorized: user="+pg.User)
 		require.NotContains(t, pg.LogSince(pgMark), pgFailureLine)
 	})
+}
+
+// TestSilentClientsCannotHoldPostgresSlots is the attack on postgres's
+// connection slots: from two allowed sources, connections for a role that
+// does not exist go silent at the SCRAM prompt, more of them than postgres
+// has slots. A legitimate login from a third source must still succeed (and
+// the superuser over the unix socket), the silent connections must be
+// ended per step and counted, and both sources must end banned.
+func TestSilentClientsCannotHoldPostgresSlots(t *testing.T) {
+	pg := pgtest.Start(t, pgtest.WithConf("max_connections", "20"))
+	certFile, keyFile, caFile := tlsFiles(t)
+	e := &banEnv{pg: pg, port: freePort(t), caFile: caFile}
+	e.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	e.gw = startBinary(t, "--listen", fmt.Sprintf("127.0.0.1:%d", e.port), "--upstream", pg.Addr(),
+		"--allow", "127.0.0.0/8", "--tls-cert", certFile, "--tls-key", keyFile,
+		"--ban-max-retry", "3", "--ban-find-time", "10m", "--ban-time", "10m",
+		// The overall deadline is far: only the step deadline can end the
+		// silent connections in this test's time.
+		"--auth-timeout", "5m", "--auth-step-timeout", "2s", "--max-upstream-startups", "4",
+		"--admin", e.admin, "--log-level", "debug", "--drain-timeout", "1s")
+	addr := fmt.Sprintf("127.0.0.1:%d", e.port)
+	attackers := []string{"127.0.0.2", "127.0.0.3"}
+	const legit, perSource = "127.0.0.4", 12 // 24 silent connections for 20 slots
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	require.NoError(t, pg.LogBarrier(ctx))
+	pgMark, tcpBefore, logMark := pg.LogSize(), pg.TCPConnectionsReceived(), len(e.gw.logLines())
+
+	var attacks []*attack
+	for _, src := range attackers {
+		a := newAttack(t, addr, caFile, src, "nosuchuser", pg.Database)
+		for i := range perSource {
+			a.login(i, "")
+		}
+		attacks = append(attacks, a)
+	}
+	for _, a := range attacks {
+		a.settle(e.gw, logMark, perSource)
+	}
+
+	// Every silent connection is at the prompt or waiting in the gateway.
+	v, err := pg.QueryValue(ctx, "SELECT 1")
+	require.NoError(t, err, "the superuser could not connect over the unix socket")
+	require.Equal(t, "1", v)
+	require.NoError(t, e.connectFrom(legit, pg.Password), "a legitimate login failed during the attack")
+
+	// Each source's silent connections that reached postgres time out per
+	// step, count as failures, and ban it; the ban ends the rest.
+	require.Eventually(t, func() bool { return len(e.bans(t)) == 2 }, time.Minute, 50*time.Millisecond,
+		"both attacking sources should end banned")
+	for i, a := range attacks {
+		codes := map[string]int{}
+		for _, err := range a.finish() {
+			require.Error(t, err)
+			codes[sqlstate(err)]++
+		}
+		require.Equal(t, map[string]int{"": 3, "28000": perSource - 3}, codes, "source %s", attackers[i])
+	}
+	require.NoError(t, pg.LogBarrier(ctx))
+	require.Equal(t, tcpBefore+2*3+1, pg.TCPConnectionsReceived(),
+		"postgres saw more than max-retry connections per attacking source")
+	require.NotContains(t, pg.LogSince(pgMark), pgFailureLine)
+	metrics := e.get(t, "/metrics", http.StatusOK)
+	require.Contains(t, metrics, `pgwarden_auth_total{result="timed_out"} 6`)
+	timeouts := 0
+	for _, l := range logsSince(e.gw, logMark) {
+		if str(l["msg"]) == "auth failure" && str(l["reason"]) == "timeout" {
+			timeouts++
+		}
+	}
+	require.Equal(t, 6, timeouts)
+	for _, src := range attackers {
+		e.requireRefusedAtAccept(t, src)
+	}
+	require.NoError(t, e.connectFrom(legit, pg.Password))
 }
