@@ -46,7 +46,7 @@ type attack struct {
 
 	fire    chan struct{} // closed: every login at the proof step sends it
 	fireOne sync.Once
-	settled atomic.Int32  // logins at the proof step, or already ended
+	settled atomic.Int32 // logins at the proof step, or already ended
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	results map[int]error
