@@ -164,19 +164,20 @@ func withCause(e *clientError, cause error) *clientError {
 // authentication relay. It returns what relayAuth returns; sess.upstream is
 // set when the dial succeeded.
 func (s *Server) authenticate(ctx context.Context, sess *session, p *startupPacket, deadline time.Time) (unregister func(), err error) {
+	defer func() {
+		// Whatever ended the authentication (a panic included) frees its
+		// slots; a revocation turns into the client's FATAL unless
+		// postgres had already answered.
+		s.endAuth(sess, AuthError, "")
+		if err != nil && sess.auth != nil && sess.auth.result == AuthBanned {
+			err = withCause(errBanned, context.Cause(sess.auth.ticket.Context()))
+		}
+	}()
 	actx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	if err := s.admitAuth(actx, sess); err != nil {
 		return nil, err
 	}
-	defer func() {
-		// Whatever ended the relay frees the slots; a revocation turns
-		// into the client's FATAL unless postgres had already answered.
-		s.endAuth(sess, AuthError, "")
-		if err != nil && sess.auth.result == AuthBanned {
-			err = withCause(errBanned, context.Cause(sess.auth.ticket.Context()))
-		}
-	}()
 
 	up, err := s.dialUpstream(ctx, deadline)
 	if err != nil {
@@ -220,10 +221,6 @@ func (s *Server) admitAuth(ctx context.Context, sess *session) error {
 			zap.String("source", sess.source))
 	})
 	if err != nil {
-		s.endAuth(sess, AuthError, "")
-		if sess.auth.result == AuthBanned {
-			return withCause(errBanned, err)
-		}
 		return withCause(errUpstreamBusy, fmt.Errorf("waiting for an upstream slot: %w", err))
 	}
 	sess.auth.release = release

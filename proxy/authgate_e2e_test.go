@@ -244,3 +244,30 @@ func TestUpstreamCapWaitEndsAtDeadline(t *testing.T) {
 	}
 	_, _ = io.Copy(io.Discard, holder)
 }
+
+// TestRevokedWhileWaitingForUpstream: a ban that comes while a connection
+// waits for an upstream slot ends it with FATAL 28000; it never reaches
+// postgres.
+func TestRevokedWhileWaitingForUpstream(t *testing.T) {
+	gate := &recordingGate{}
+	g := startGateway(t, withGate(gate), func(c *proxy.Config, _ *acl.ListenerConfig) {
+		c.UpstreamLimiter = proxy.NewUpstreamLimiter(1)
+	})
+	_, holder := g.atSASLPrompt(t)
+	defer holder.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, pg.LogBarrier(ctx))
+	before := pg.TCPConnectionsReceived()
+
+	waiter := g.sslRequest(t, g.dialRaw(t, ""))
+	_, err := waiter.Write(startupPacket(3<<16, "user", pg.User, "database", pg.Database))
+	require.NoError(t, err)
+	waitFor(t, "the waiter's ticket", func() bool { return len(gate.all()) == 2 })
+	second := gate.all()[1]
+	second.cancel(fmt.Errorf("test: %w", proxy.ErrSourceBanned))
+	require.Equal(t, "28000", readErrorResponse(t, waiter).Code)
+	waitFor(t, "the ticket to end", func() bool { return len(second.results()) == 1 })
+	require.Equal(t, []proxy.AuthResult{proxy.AuthBanned}, second.results())
+	requirePostgresSawNothing(t, before)
+}
