@@ -65,6 +65,15 @@ func receive(t *testing.T, ch <-chan beginResult) beginResult {
 	}
 }
 
+// requireNoAttempts checks that every attempt ended and freed its slots.
+func requireNoAttempts(t *testing.T, j *Jail) {
+	t.Helper()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	require.Empty(t, j.auths.attempts)
+	require.Empty(t, j.auths.inflight)
+}
+
 func slotJail(t *testing.T, maxRetry int) (*Jail, *fakeClock) {
 	clock := newFakeClock()
 	cfg := testJailConfig(clock)
@@ -133,8 +142,7 @@ func TestAuthSlotsPoolWaitsAndProceeds(t *testing.T) {
 		r.a.End() // logged in: the slot goes to the next one
 	}
 	require.False(t, j.Banned(ip(src)))
-	require.Empty(t, j.auths.inflight)
-	require.Empty(t, j.auths.attempts)
+	requireNoAttempts(t, j)
 }
 
 // TestAuthSlotsCountRecentFailures: retries left, not MaxRetry, bound the
@@ -216,8 +224,7 @@ func TestAuthSlotsManualBanRevokes(t *testing.T) {
 	b.Failed(badPassword)
 	ignored.End()
 	other.End()
-	require.Empty(t, j.auths.attempts)
-	require.Empty(t, j.auths.inflight)
+	requireNoAttempts(t, j)
 }
 
 // TestAuthSlotsAutomaticPrefixBanRevokesCovered: when the /64 is banned
@@ -234,8 +241,7 @@ func TestAuthSlotsAutomaticPrefixBanRevokesCovered(t *testing.T) {
 	require.True(t, banned)
 	require.True(t, j.Banned(ip("2001:db8::7")), "the /64 is banned")
 	// Nothing was left in progress to revoke: the slots guaranteed it.
-	require.Empty(t, j.auths.attempts)
-	require.Empty(t, j.auths.inflight)
+	requireNoAttempts(t, j)
 }
 
 // TestAuthSlotsWaitEndsWithContext: a waiter gives up when its context

@@ -117,6 +117,21 @@ func (a *attack) finish() map[int]error {
 	return a.results
 }
 
+// startAuthLimitEnv runs pgwarden in front of pg with --ban-max-retry 3, a
+// 10-minute window and ban, its admin endpoint, debug logs (the waits for
+// authentication slots are logged there) and the extra flags. It returns
+// the environment and the gateway's address.
+func startAuthLimitEnv(t *testing.T, pg *pgtest.Postgres, extra ...string) (*banEnv, string) {
+	certFile, keyFile, caFile := tlsFiles(t)
+	e := &banEnv{pg: pg, port: freePort(t), caFile: caFile}
+	e.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	e.gw = startBinary(t, append([]string{"--listen", fmt.Sprintf("127.0.0.1:%d", e.port), "--upstream", pg.Addr(),
+		"--allow", "127.0.0.0/8", "--tls-cert", certFile, "--tls-key", keyFile,
+		"--ban-max-retry", "3", "--ban-find-time", "10m", "--ban-time", "10m",
+		"--admin", e.admin, "--log-level", "debug", "--drain-timeout", "1s"}, extra...)...)
+	return e, fmt.Sprintf("127.0.0.1:%d", e.port)
+}
+
 // TestParallelProofsCannotOutrunTheBan is the attack on a ban's timing: a
 // source takes 30 connections to SCRAM's last step, then sends every proof
 // at once, and a 31st connection with the right password waits its turn.
@@ -125,14 +140,8 @@ func (a *attack) finish() map[int]error {
 // ban, and postgres must never see the connections beyond max-retry.
 func TestParallelProofsCannotOutrunTheBan(t *testing.T) {
 	pg := pgtest.Start(t)
-	certFile, keyFile, caFile := tlsFiles(t)
-	e := &banEnv{pg: pg, port: freePort(t), caFile: caFile}
-	e.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	e.gw = startBinary(t, "--listen", fmt.Sprintf("127.0.0.1:%d", e.port), "--upstream", pg.Addr(),
-		"--allow", "127.0.0.0/8", "--tls-cert", certFile, "--tls-key", keyFile,
-		"--ban-max-retry", "3", "--ban-find-time", "10m", "--ban-time", "10m",
-		"--admin", e.admin, "--log-level", "debug", "--drain-timeout", "1s")
-	addr := fmt.Sprintf("127.0.0.1:%d", e.port)
+	e, addr := startAuthLimitEnv(t, pg)
+	caFile := e.caFile
 	const attacker, pool, operatorBanned, bystander = "127.0.0.2", "127.0.0.5", "127.0.0.6", "127.0.0.4"
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -225,17 +234,11 @@ func TestParallelProofsCannotOutrunTheBan(t *testing.T) {
 // ended per step and counted, and both sources must end banned.
 func TestSilentClientsCannotHoldPostgresSlots(t *testing.T) {
 	pg := pgtest.Start(t, pgtest.WithConf("max_connections", "20"))
-	certFile, keyFile, caFile := tlsFiles(t)
-	e := &banEnv{pg: pg, port: freePort(t), caFile: caFile}
-	e.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	e.gw = startBinary(t, "--listen", fmt.Sprintf("127.0.0.1:%d", e.port), "--upstream", pg.Addr(),
-		"--allow", "127.0.0.0/8", "--tls-cert", certFile, "--tls-key", keyFile,
-		"--ban-max-retry", "3", "--ban-find-time", "10m", "--ban-time", "10m",
-		// The overall deadline is far: only the step deadline can end the
-		// silent connections in this test's time.
-		"--auth-timeout", "5m", "--auth-step-timeout", "2s", "--max-upstream-startups", "4",
-		"--admin", e.admin, "--log-level", "debug", "--drain-timeout", "1s")
-	addr := fmt.Sprintf("127.0.0.1:%d", e.port)
+	// The overall deadline is far: only the step deadline can end the
+	// silent connections in this test's time.
+	e, addr := startAuthLimitEnv(t, pg,
+		"--auth-timeout", "5m", "--auth-step-timeout", "2s", "--max-upstream-startups", "4")
+	caFile := e.caFile
 	attackers := []string{"127.0.0.2", "127.0.0.3"}
 	const legit, perSource = "127.0.0.4", 12 // 24 silent connections for 20 slots
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
