@@ -159,7 +159,8 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 			return nil, fmt.Errorf("admitting an authentication from %s: %w (%s until %s)",
 				a.ip, ErrBanned, keyString(key), b.Until.UTC().Format(time.RFC3339))
 		}
-		if !limited || j.slotFreeLocked(a, now) {
+		hostFull, aggFull := limited && j.fullLocked(a.host, now), limited && j.fullLocked(a.agg, now)
+		if !hostFull && !aggFull {
 			j.admitLocked(a, limited)
 			j.mu.Unlock()
 			if waited {
@@ -167,7 +168,17 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 			}
 			return a, nil
 		}
-		wakeHost, wakeAgg := j.auths.wakeChan(a.host), j.auths.wakeChan(a.agg)
+		// Wait only on the keys that are full: each has an attempt in
+		// progress whose end removes the channel, so channels of waiters
+		// that give up do not pile up (an address rotating inside a /64
+		// never makes one for each address).
+		var wakeHost, wakeAgg chan struct{}
+		if hostFull {
+			wakeHost = j.auths.wakeChan(a.host)
+		}
+		if aggFull {
+			wakeAgg = j.auths.wakeChan(a.agg)
+		}
 		inflight, failures := j.auths.inflight[a.host], j.tracker.count(a.host, now, j.cfg.FindTime)
 		j.mu.Unlock()
 		if !waited {
@@ -185,15 +196,10 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 	}
 }
 
-// slotFreeLocked reports whether every key of a has a retry left that no
-// attempt in progress is already using.
-func (j *Jail) slotFreeLocked(a *AuthAttempt, now time.Time) bool {
-	for _, k := range [2]netip.Prefix{a.host, a.agg} {
-		if k.IsValid() && j.tracker.count(k, now, j.cfg.FindTime)+j.auths.inflight[k] >= j.cfg.MaxRetry {
-			return false
-		}
-	}
-	return true
+// fullLocked reports whether key (if valid) has no retry left that an
+// attempt in progress is not already using.
+func (j *Jail) fullLocked(key netip.Prefix, now time.Time) bool {
+	return key.IsValid() && j.tracker.count(key, now, j.cfg.FindTime)+j.auths.inflight[key] >= j.cfg.MaxRetry
 }
 
 // admitLocked registers a as in progress, holding a slot when limited.

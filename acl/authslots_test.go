@@ -3,6 +3,7 @@ package acl
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -248,14 +249,29 @@ func TestAuthSlotsAutomaticPrefixBanRevokesCovered(t *testing.T) {
 // ends, with the context's cause.
 func TestAuthSlotsWaitEndsWithContext(t *testing.T) {
 	t.Parallel()
-	j, _ := slotJail(t, 1)
+	j, _ := slotJail(t, 2)
 	a := begin(t, j, "192.0.2.40")
-	defer a.End()
+	b := begin(t, j, "192.0.2.40")
+	c := begin(t, j, "2001:db8::1")
+	d := begin(t, j, "2001:db8::2")
 	ctx, cancel := context.WithCancelCause(context.Background())
-	w := beginAsync(j, ctx, "192.0.2.40")
 	why := errors.New("deadline")
+	waiters := []<-chan beginResult{beginAsync(j, ctx, "192.0.2.40")}
+	for i := range 20 { // rotating inside the full /64
+		waiters = append(waiters, beginAsync(j, ctx, fmt.Sprintf("2001:db8::%x", 0x100+i)))
+	}
 	cancel(why)
-	require.ErrorIs(t, receive(t, w).err, why)
+	for _, w := range waiters {
+		require.ErrorIs(t, receive(t, w).err, why)
+	}
+	// Waiters that gave up leave nothing behind once the slots free.
+	for _, x := range []*AuthAttempt{a, b, c, d} {
+		x.End()
+	}
+	requireNoAttempts(t, j)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	require.Empty(t, j.auths.wake)
 }
 
 // TestAuthSlotsClosedJail: after Close, attempts are admitted untracked and
