@@ -30,5 +30,9 @@
 // repeat offenders get BanTime × TimeFactor^(n-1) capped at MaxTime, plus a
 // few percent of random jitter; bans and ban history persist in a bbolt file
 // so a restart neither frees attackers nor forgets repeat offenders.
-// Sessions already past accept are not the jail's concern.
+// The jail also admits authentications (Jail.BeginAuth): a source may have
+// at most as many in progress as it has retries left before a ban, so
+// guesses sent in parallel cannot outrun the ban, and a ban revokes the
+// source's authentications still in progress. Sessions that already
+// authenticated are not the jail's concern.
 package acl

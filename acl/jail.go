@@ -43,6 +43,7 @@ type Jail struct {
 	lens6   []int // and among IPv6 ones
 	history map[netip.Prefix]historyRecord
 	closed  bool
+	auths   authSlots // authentications in progress (authslots.go)
 
 	// active is len(bans), readable without the lock: the common case of
 	// no bans at all costs Banned one atomic load.
@@ -69,6 +70,7 @@ func NewJail(cfg JailConfig) (*Jail, error) {
 		tracker: newTracker(cfg.MaxTracked, cfg.MaxRetry),
 		bans:    map[netip.Prefix]banRecord{},
 		history: map[netip.Prefix]historyRecord{},
+		auths:   newAuthSlots(),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -116,14 +118,24 @@ func (j *Jail) exempt(ip netip.Addr, b banRecord) bool {
 // Failed records one authentication failure from ip and bans the source
 // when it reaches MaxRetry within FindTime. It returns whether the source
 // is banned now and until when. Ignored sources are logged but never
-// counted; a source that is already banned (its connection was admitted
-// before the ban) is not counted again.
+// counted. A failure from a source that is already banned still counts:
+// its connection reached postgres before the ban, and every guess postgres
+// checked belongs in the window; reaching MaxRetry again escalates the ban.
 func (j *Jail) Failed(ip netip.Addr, f Failure) (banned bool, until time.Time) {
+	return j.failed(nil, ip, f)
+}
+
+// failed is Failed, also ending attempt a (if not nil) in the same critical
+// section as the count, so no waiting authentication can take a's slot
+// before its failure is counted.
+func (j *Jail) failed(a *AuthAttempt, ip netip.Addr, f Failure) (banned bool, until time.Time) {
 	if !ip.IsValid() {
+		a.End()
 		return false, time.Time{}
 	}
 	ip = normalize(ip)
 	if j.cfg.Ignore.Allows(ip) {
+		a.End()
 		j.logFailure(zap.InfoLevel, ip, f, zap.Bool("ignored", true))
 		return false, time.Time{}
 	}
@@ -131,16 +143,12 @@ func (j *Jail) Failed(ip netip.Addr, f Failure) (banned bool, until time.Time) {
 	now := j.cfg.Now()
 
 	j.mu.Lock()
+	j.endLocked(a)
 	if j.closed {
 		j.mu.Unlock()
 		return false, time.Time{}
 	}
-	if key, b, ok := j.activeBanLocked(ip, now); ok {
-		j.mu.Unlock()
-		j.logFailure(zap.WarnLevel, ip, f, zap.Bool("already_banned", true),
-			zap.String("ban", keyString(key)), zap.Time("until", b.Until))
-		return true, b.Until
-	}
+	prevKey, prev, wasBanned := j.activeBanLocked(ip, now)
 	hostN := j.tracker.add(host, now, j.cfg.FindTime)
 	aggN := 0
 	if agg.IsValid() {
@@ -155,23 +163,29 @@ func (j *Jail) Failed(ip netip.Addr, f Failure) (banned bool, until time.Time) {
 		key, n = host, hostN
 	}
 	var b banRecord
+	var revoked []*AuthAttempt
 	if key.IsValid() {
 		b = j.banLocked(key, now, 0, n, false)
 		j.tracker.remove(host)
 		if agg.IsValid() {
 			j.tracker.remove(agg)
 		}
+		revoked = j.revokeLocked(key, false)
 	}
 	j.mu.Unlock()
+	revoke(revoked)
 
+	fields := []zap.Field{zap.Int("failures", hostN)}
 	if agg.IsValid() {
-		j.logFailure(zap.WarnLevel, ip, f, zap.Int("failures", hostN),
-			zap.Stringer("prefix", agg), zap.Int("prefix_failures", aggN))
-	} else {
-		j.logFailure(zap.WarnLevel, ip, f, zap.Int("failures", hostN))
+		fields = append(fields, zap.Stringer("prefix", agg), zap.Int("prefix_failures", aggN))
 	}
+	if wasBanned {
+		fields = append(fields, zap.Bool("already_banned", true),
+			zap.String("ban", keyString(prevKey)), zap.Time("until", prev.Until))
+	}
+	j.logFailure(zap.WarnLevel, ip, f, fields...)
 	if !key.IsValid() {
-		return false, time.Time{}
+		return wasBanned, prev.Until
 	}
 	j.persist(key)
 	j.announceBan(key, b, failureFields(f), false)
@@ -216,6 +230,7 @@ func (j *Jail) Close() error {
 		<-j.done
 		j.mu.Lock()
 		j.closed = true
+		j.auths.wakeAll()
 		j.mu.Unlock()
 		j.storeMu.Lock()
 		defer j.storeMu.Unlock()
@@ -257,7 +272,8 @@ func (j *Jail) activeBanLocked(ip netip.Addr, now time.Time) (netip.Prefix, banR
 }
 
 // banLocked bans key from now, for d or (d == 0) the escalated length of
-// its next ban, and records the ban in its history.
+// its next ban, and records the ban in its history. The caller revokes the
+// authentications the new ban covers (revokeLocked).
 func (j *Jail) banLocked(key netip.Prefix, now time.Time, d time.Duration, failures int, manual bool) banRecord {
 	h := j.history[key]
 	h.Bans++
@@ -266,11 +282,25 @@ func (j *Jail) banLocked(key netip.Prefix, now time.Time, d time.Duration, failu
 		d = j.cfg.banDuration(h.Bans)
 	}
 	b := banRecord{Until: now.Add(d), Failures: failures, Bans: h.Bans, Manual: manual}
-	_, existed := j.bans[key]
+	old, existed := j.bans[key]
+	if !manual && existed && old.Until.After(now) {
+		// An automatic re-ban while banned (failures that postgres
+		// checked before the ban took effect) escalates but never
+		// shortens the ban in force, nor turns a manual one automatic.
+		b.Until = later(b.Until, old.Until)
+		b.Manual = old.Manual
+	}
 	j.bans[key] = b
 	j.history[key] = h
 	if !existed {
 		j.reindexLocked()
+	}
+	return b
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
 	}
 	return b
 }

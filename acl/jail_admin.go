@@ -75,7 +75,8 @@ func (j *Jail) ActiveBans() int {
 // the escalated (and jittered) length of the key's next ban. It replaces
 // any ban on the same key and counts in the key's ban history. The ignore
 // list does not apply: an operator's explicit ban wins, even over ignored
-// addresses inside a banned prefix.
+// addresses inside a banned prefix. Authentications in progress from the
+// sources it covers are revoked (see AuthAttempt.Context).
 func (j *Jail) Ban(prefixOrIP string, d time.Duration) (BanInfo, error) {
 	key, err := parseKey(prefixOrIP)
 	if err != nil {
@@ -92,7 +93,9 @@ func (j *Jail) Ban(prefixOrIP string, d time.Duration) (BanInfo, error) {
 	}
 	b := j.banLocked(key, now, d, 0, true)
 	j.tracker.remove(key)
+	revoked := j.revokeLocked(key, true)
 	j.mu.Unlock()
+	revoke(revoked)
 	j.persist(key)
 	j.announceBan(key, b, nil, true)
 	return banInfo(key, b), nil

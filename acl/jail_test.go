@@ -79,9 +79,20 @@ func TestJailBansOnMaxRetry(t *testing.T) {
 	if !j.Banned(src) || j.Banned(ip("192.0.2.11")) || j.ActiveBans() != 1 {
 		t.Fatal("want exactly 192.0.2.10 banned")
 	}
-	// A failure on a connection admitted before the ban is not re-counted.
+	// A failure that ends while the source is banned (postgres checked it)
+	// still counts: one more keeps the ban as it is...
 	if b, u := j.Failed(src, badPassword); !b || !u.Equal(until) {
 		t.Fatalf("failure while banned: %v %s", b, u)
+	}
+	// ...and MaxRetry of them escalate it: the second ban is longer.
+	clock.Advance(time.Minute)
+	for range DefaultBanMaxRetry - 1 {
+		j.Failed(src, badPassword)
+	}
+	l := j.List()
+	want := clock.Now().Add(2 * DefaultBanTime)
+	if len(l) != 1 || l[0].Bans != 2 || !l[0].Until.Equal(want) {
+		t.Fatalf("after MaxRetry failures while banned: List = %+v, want ban 2 until %s", l, want)
 	}
 }
 

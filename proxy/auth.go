@@ -14,9 +14,9 @@ import (
 // exchange message by message until postgres says ReadyForQuery. pgproto3
 // decodes both sides: as a Frontend toward postgres and a Backend toward the
 // client, each over a frameReader so neither buffers past a message. It
-// reports the outcome of the authentication to the Observer and registers
-// the session's cancel key. On success it returns the function that
-// unregisters the key.
+// reports the outcome of the authentication (endAuth) and registers the
+// session's cancel key. On success it returns the function that unregisters
+// the key.
 func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregister func(), err error) {
 	unregister = func() {}
 	defer func() {
@@ -53,6 +53,9 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			if err := be.Flush(); err != nil {
 				return unregister, s.abandoned(sess, err)
 			}
+			if err := s.awaitClient(sess); err != nil {
+				return unregister, err
+			}
 			if next, err = s.relayGSSContinue(sess, fe, be, fromClient); err != nil {
 				return unregister, err
 			}
@@ -64,6 +67,9 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			if err := be.Flush(); err != nil {
 				return unregister, s.abandoned(sess, err)
 			}
+			if err := s.awaitClient(sess); err != nil {
+				return unregister, err
+			}
 			if err := s.relayAuthResponse(sess, fe, be); err != nil {
 				return unregister, err
 			}
@@ -73,7 +79,7 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			be.Send(m)
 		case *pgproto3.AuthenticationOk:
 			authenticated = true
-			s.observe(sess, AuthSucceeded, "")
+			s.endAuth(sess, AuthSucceeded, "")
 			be.Send(m)
 		case *pgproto3.ErrorResponse:
 			// postgres ends the connection after a startup error; relay it
@@ -82,7 +88,7 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			be.Send(m)
 			_ = be.Flush()
 			if !authenticated {
-				s.observe(sess, AuthFailed, m.Code)
+				s.endAuth(sess, AuthFailed, m.Code)
 				return unregister, silent("auth_failed", nil)
 			}
 			return unregister, silent("startup_failed", nil)
@@ -133,6 +139,10 @@ func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg p
 		case errors.As(err, &tooBig):
 			return refuse("protocol_violation", codeProtocolViolation, "authentication message too long", "", err)
 		case isTimeout(err):
+			// The client let the step deadline pass with postgres's
+			// backend waiting: that holds a postgres slot, and counts
+			// like a failed login.
+			s.endAuth(sess, AuthTimedOut, "")
 			return silent("timeout", err)
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), isBenignNetErr(err):
 			return s.abandoned(sess, err)
@@ -229,23 +239,8 @@ func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgpr
 // psql does exactly that before prompting for a password, then reconnects.
 // It is not a failed login.
 func (s *Server) abandoned(sess *session, err error) error {
-	s.observe(sess, AuthAbandoned, "")
+	s.endAuth(sess, AuthAbandoned, "")
 	return silent("auth_abandoned", err)
-}
-
-func (s *Server) observe(sess *session, r AuthResult, sqlstate string) {
-	if s.cfg.Observer == nil {
-		return
-	}
-	s.cfg.Observer.ObserveAuth(AuthOutcome{
-		Remote:          sess.remote,
-		User:            sess.user,
-		Database:        sess.database,
-		ApplicationName: sess.appName,
-		Result:          r,
-		SQLState:        sqlstate,
-		Mechanism:       sess.mechanism,
-	})
 }
 
 // upstreamLost is postgres going away mid-startup.

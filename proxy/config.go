@@ -47,6 +47,15 @@ const (
 	// AuthAbandoned: the client closed after an authentication request, as
 	// psql does before prompting for a password. Not a failure.
 	AuthAbandoned
+	// AuthTimedOut: the client did not answer an authentication request
+	// within the step or overall deadline while postgres waited for it.
+	AuthTimedOut
+	// AuthBanned: the AuthGate revoked the authentication (its source was
+	// banned) and the proxy cut it short.
+	AuthBanned
+	// AuthError: the authentication ended otherwise: the upstream was
+	// unreachable or closed, or either side broke the protocol.
+	AuthError
 )
 
 // String names the result for logs and metrics.
@@ -58,6 +67,12 @@ func (r AuthResult) String() string {
 		return "failed"
 	case AuthAbandoned:
 		return "abandoned"
+	case AuthTimedOut:
+		return "timed_out"
+	case AuthBanned:
+		return "banned"
+	case AuthError:
+		return "error"
 	}
 	return fmt.Sprintf("AuthResult(%d)", int(r))
 }
@@ -76,8 +91,9 @@ type AuthOutcome struct {
 }
 
 // AuthObserver receives the outcome of every authentication the gateway
-// relays. The ban jail plugs in here without the relay knowing about it.
-// Implementations must be safe for concurrent use and must not block.
+// relays (once postgres was contacted), for metrics and logs; AuthGate
+// applies policy. Implementations must be safe for concurrent use and must
+// not block.
 type AuthObserver interface {
 	ObserveAuth(AuthOutcome)
 }
@@ -108,6 +124,13 @@ type Config struct {
 	Authorizer Authorizer
 	// Observer, if set, receives every authentication outcome.
 	Observer AuthObserver
+	// AuthGate, if set, admits every authentication before postgres is
+	// dialed and learns its outcome (per-source limits and bans).
+	AuthGate AuthGate
+	// UpstreamLimiter caps the upstream connections still authenticating,
+	// per upstream; routes may share it. nil gives this server its own,
+	// at DefaultMaxUpstreamStartups.
+	UpstreamLimiter *UpstreamLimiter
 	// Metrics, if set, receives counters; nil means none.
 	Metrics Metrics
 	// Logger receives structured logs; nil means none.
@@ -120,6 +143,9 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// AuthTimeout bounds accept → authentication finished (ReadyForQuery).
 	AuthTimeout time.Duration
+	// AuthStepTimeout bounds each wait for the client's answer to an
+	// authentication request (also capped by AuthTimeout).
+	AuthStepTimeout time.Duration
 	// DialTimeout bounds connecting to the upstream (also capped by AuthTimeout).
 	DialTimeout time.Duration
 	// MaxStartups caps connections that have not finished authentication,
@@ -174,6 +200,12 @@ func (c *Config) checkAndSetDefaults() error {
 	}
 	if c.AuthTimeout < c.HandshakeTimeout {
 		errs = append(errs, fmt.Errorf("proxy: auth timeout %s is shorter than handshake timeout %s", c.AuthTimeout, c.HandshakeTimeout))
+	}
+	if c.AuthStepTimeout <= 0 {
+		c.AuthStepTimeout = DefaultAuthStepTimeout
+	}
+	if c.UpstreamLimiter == nil {
+		c.UpstreamLimiter = NewUpstreamLimiter(DefaultMaxUpstreamStartups)
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = DefaultDialTimeout

@@ -37,6 +37,7 @@ type session struct {
 	mechanism               string
 	sqlstate                string // the ErrorResponse postgres sent, if any
 
+	auth            *authState // set once the authentication was admitted
 	upstream        net.Conn
 	relay           *loopSession // set while an event loop relays the session
 	bytesToUpstream int64
@@ -150,22 +151,14 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome strin
 	// From here the authentication deadline applies, to both sides.
 	authDeadline := sess.start.Add(s.cfg.AuthTimeout)
 	_ = sess.raw.SetDeadline(authDeadline)
-	up, err := s.dialUpstream(ctx, authDeadline)
-	if err != nil {
-		outcome, err = s.refuseClient(sess, err)
-		return outcome, nil, err
-	}
-	s.setUpstream(sess, up)
-	_ = up.SetDeadline(authDeadline)
-
-	unregister, err = s.relayAuth(sess, up, p)
+	unregister, err = s.authenticate(ctx, sess, p, authDeadline)
 	if err != nil {
 		outcome, err = s.refuseClient(sess, err)
 		return outcome, nil, err
 	}
 	// Authenticated: the relay has no deadlines.
 	_ = sess.raw.SetDeadline(time.Time{})
-	_ = up.SetDeadline(time.Time{})
+	_ = sess.upstream.SetDeadline(time.Time{})
 	return "", unregister, nil
 }
 

@@ -11,6 +11,8 @@
 //	  │ ═══ TLS handshake ═══════► │ (or direct TLS: first byte 0x16 + ALPN)  │
 //	  │ StartupMessage ──────────► │ frame-exact read, length/protocol checks │
 //	  │                            │ client-certificate authorization         │
+//	  │                            │ admission: a slot of the source (ban     │
+//	  │                            │ jail) and of the upstream (authgate.go)  │
 //	  │                            │ dial upstream (only now) ──────────────► │
 //	  │                            │ forward the startup packet verbatim ───► │
 //	  │ ◄─── Authentication* ──────┼──────────────── relayAuth (auth.go) ──── │
@@ -20,7 +22,8 @@
 //
 // Everything before ReadyForQuery runs under two absolute deadlines counted
 // from accept (handshake and authentication), so a client trickling one byte
-// at a time is dropped on time. Nothing the client sent before the TLS
+// at a time is dropped on time; each wait for the client's answer to an
+// authentication request also has its own, shorter, step deadline. Nothing the client sent before the TLS
 // handshake is ever interpreted after it (CVE-2021-23214), and no reader ever
 // buffers bytes past the current protocol frame, so the switch to the raw
 // relay loses nothing.

@@ -20,6 +20,12 @@ type Server struct {
 
 	bytesUp, bytesDown Counter
 
+	// ctx is every connection's context until authentication; a forced
+	// end of a drain cancels it, so connections waiting for an
+	// authentication slot or a dial stop too.
+	ctx       context.Context
+	cancelCtx context.CancelFunc
+
 	mu           sync.Mutex
 	shuttingDown bool
 	listeners    map[net.Listener]struct{}
@@ -40,7 +46,10 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.checkAndSetDefaults(); err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
+		ctx:          ctx,
+		cancelCtx:    cancel,
 		cfg:          cfg,
 		log:          cfg.Logger,
 		logs:         newLogSampler(cfg.LogSampling, cfg.Logger, cfg.Name),
@@ -96,7 +105,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		go func() {
 			defer s.handlers.Done()
-			s.handle(context.Background(), conn)
+			s.handle(s.ctx, conn)
 		}()
 	}
 }
@@ -123,11 +132,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.handlers.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.cancelCtx()
 		s.stopLoops()
 		s.logs.stop()
 		return nil
 	case <-ctx.Done():
 	}
+	s.cancelCtx()
 	s.mu.Lock()
 	n := len(s.sessions)
 	for sess := range s.sessions {

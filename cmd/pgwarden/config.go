@@ -47,6 +47,9 @@ type serveConfig struct {
 	LogFormat        string
 	LogLevel         string
 
+	AuthStepTimeout     time.Duration
+	MaxUpstreamStartups int
+
 	BanMaxRetry   int
 	BanFindTime   time.Duration
 	BanTime       time.Duration
@@ -94,6 +97,8 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long sessions may finish")
 	fs.IntVar(&c.MaxStartups, "max-startups", proxy.DefaultMaxStartups, "connections not yet authenticated, all sources together")
 	fs.IntVar(&c.MaxStartupsPerIP, "max-startups-per-source", proxy.DefaultMaxStartupsPerIP, "connections not yet authenticated, per source IP")
+	fs.DurationVar(&c.AuthStepTimeout, "auth-step-timeout", proxy.DefaultAuthStepTimeout, "how long the client may take to answer each authentication request; running out counts as a failed login")
+	fs.IntVar(&c.MaxUpstreamStartups, "max-upstream-startups", proxy.DefaultMaxUpstreamStartups, "connections to one upstream still authenticating, all sources together; keep it below postgres's max_connections minus superuser_reserved_connections and your sessions")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or console")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.IntVar(&c.BanMaxRetry, "ban-max-retry", 5, "failed logins from one source within --ban-find-time that ban it (fail2ban maxretry)")
@@ -326,6 +331,12 @@ func (c *serveConfig) validate() error {
 	}
 	if c.MaxStartups <= 0 || c.MaxStartupsPerIP <= 0 {
 		add("--max-startups and --max-startups-per-source must be at least 1")
+	}
+	if c.AuthStepTimeout <= 0 {
+		add("--auth-step-timeout must be positive, e.g. 10s")
+	}
+	if c.MaxUpstreamStartups <= 0 {
+		add("--max-upstream-startups must be at least 1 (e.g. 32 for postgres's default max_connections 100)")
 	}
 	if c.Admin != "" {
 		if _, err := validateAdminAddr(c.Admin); err != nil {

@@ -35,6 +35,8 @@ func TestParseServeArgsErrors(t *testing.T) {
 		{"bad log format", append(base, "--log-format", "xml"), `--log-format "xml": use json or console`},
 		{"bad log level", append(base, "--log-level", "loud"), `--log-level "loud"`},
 		{"auth shorter than handshake", append(base, "--auth-timeout", "1s"), "--auth-timeout (1s) must be at least --handshake-timeout (10s)"},
+		{"zero step timeout", append(base, "--auth-step-timeout", "0s"), "--auth-step-timeout must be positive"},
+		{"zero upstream startups", append(base, "--max-upstream-startups", "0"), "--max-upstream-startups must be at least 1"},
 		{"unknown flag", append(base, "--bogus"), "unknown flag: --bogus"},
 		{"bad duration", append(base, "--drain-timeout", "soon"), "drain-timeout"},
 		{"stray argument", append(base, "extra"), `unexpected argument "extra"`},

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -44,22 +46,54 @@ func newJail(c *serveConfig, log *zap.Logger, onBan func(ip netip.Addr, until ti
 	return j, nil
 }
 
-// authObserver is where the relay's view of each authentication meets the
-// jail and the metrics. Only credential failures reported by postgres count
-// toward a ban (28P01, 28000 before AuthenticationOk); a client that left at
-// the password prompt, a refusal of pgwarden's own, or an error that is not
-// about credentials (53300, 57P03) never does. An OAUTHBEARER failure is not
-// counted either: PostgreSQL 18's OAuth discovery step ends every first
-// connection with 28000 by design, and bearer tokens are not guessable.
-type authObserver struct {
-	jail    *acl.Jail
-	metrics *promMetrics
+// authGate is where the relay meets the jail: the jail admits each
+// authentication (per-source limits, bans) and the gate applies the ban
+// policy to its outcome. Only credential failures reported by postgres
+// count toward a ban (28P01, 28000 before AuthenticationOk), and clients
+// that stop answering while postgres waits (they hold a postgres slot); a
+// client that left at the password prompt, a refusal of pgwarden's own, or
+// an error that is not about credentials (53300, 57P03) never does. An
+// OAUTHBEARER failure is not counted either: PostgreSQL 18's OAuth
+// discovery step ends every first connection with 28000 by design, and
+// bearer tokens are not guessable.
+type authGate struct{ jail *acl.Jail }
+
+// BeginAuth implements proxy.AuthGate.
+func (g authGate) BeginAuth(ctx context.Context, remote netip.Addr) (proxy.AuthTicket, error) {
+	a, err := g.jail.BeginAuth(ctx, remote)
+	if errors.Is(err, acl.ErrBanned) {
+		return nil, fmt.Errorf("%w: %w", proxy.ErrSourceBanned, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return authTicket{a}, nil
 }
 
-func (o authObserver) ObserveAuth(a proxy.AuthOutcome) {
-	o.metrics.ObserveAuth(a)
-	if a.Result != proxy.AuthFailed || !acl.CountsAsFailure(a.SQLState) || a.Mechanism == "OAUTHBEARER" {
+// authTicket is an acl.AuthAttempt seen as a proxy.AuthTicket.
+type authTicket struct{ a *acl.AuthAttempt }
+
+func (t authTicket) Context() context.Context { return t.a.Context() }
+
+func (t authTicket) Done(o proxy.AuthOutcome) {
+	if !countsTowardBan(o) {
+		t.a.End()
 		return
 	}
-	o.jail.Failed(a.Remote, acl.Failure{User: a.User, Database: a.Database, SQLState: a.SQLState})
+	f := acl.Failure{User: o.User, Database: o.Database, SQLState: o.SQLState}
+	if o.Result == proxy.AuthTimedOut {
+		f.Reason = "timeout"
+	}
+	t.a.Failed(f)
+}
+
+// countsTowardBan is the ban policy described at authGate.
+func countsTowardBan(o proxy.AuthOutcome) bool {
+	switch o.Result {
+	case proxy.AuthTimedOut:
+		return true
+	case proxy.AuthFailed:
+		return acl.CountsAsFailure(o.SQLState) && o.Mechanism != "OAUTHBEARER"
+	}
+	return false
 }

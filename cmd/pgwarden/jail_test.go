@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"net/netip"
 	"testing"
 
@@ -10,17 +12,23 @@ import (
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
-// TestAuthObserverCountsOnlyCredentialFailures drives the observer with
-// every kind of outcome the relay reports: only 28P01 and 28000 failures
-// (outside OAuth discovery) may ban.
-func TestAuthObserverCountsOnlyCredentialFailures(t *testing.T) {
+// TestAuthGateCountsOnlyCredentialFailures drives the gate with every kind
+// of outcome the relay reports: only 28P01 and 28000 failures (outside
+// OAuth discovery) and clients that stopped answering may ban.
+func TestAuthGateCountsOnlyCredentialFailures(t *testing.T) {
 	cfg, err := parseServeArgs([]string{"--ban-max-retry", "1"})
 	require.NoError(t, err)
-	m := newPromMetrics()
-	jail, err := newJail(cfg, zap.NewNop(), m.OnBan)
+	jail, err := newJail(cfg, zap.NewNop(), newPromMetrics().OnBan)
 	require.NoError(t, err)
 	defer jail.Close()
-	obs := authObserver{jail: jail, metrics: m}
+	gate := authGate{jail: jail}
+	ctx := context.Background()
+	report := func(o proxy.AuthOutcome) {
+		t.Helper()
+		ticket, err := gate.BeginAuth(ctx, o.Remote)
+		require.NoError(t, err, "%+v", o)
+		ticket.Done(o)
+	}
 
 	ip := func(s string) netip.Addr { return netip.MustParseAddr(s) }
 	notCounted := []proxy.AuthOutcome{
@@ -30,17 +38,24 @@ func TestAuthObserverCountsOnlyCredentialFailures(t *testing.T) {
 		{Remote: ip("192.0.2.4"), Result: proxy.AuthFailed, SQLState: "57P03"},
 		{Remote: ip("192.0.2.5"), Result: proxy.AuthFailed, SQLState: "08P01"},
 		{Remote: ip("192.0.2.6"), Result: proxy.AuthFailed, SQLState: "28000", Mechanism: "OAUTHBEARER"},
+		{Remote: ip("192.0.2.7"), Result: proxy.AuthBanned},
+		{Remote: ip("192.0.2.8"), Result: proxy.AuthError},
 	}
 	for _, o := range notCounted {
-		obs.ObserveAuth(o)
+		// Twice: with --ban-max-retry 1 the slot must have been freed.
+		report(o)
+		report(o)
 		require.False(t, jail.Banned(o.Remote), "%+v banned", o)
 	}
-	for _, code := range []string{"28P01", "28000"} {
-		o := proxy.AuthOutcome{Remote: ip("198.51.100.1"), Result: proxy.AuthFailed, SQLState: code, User: "u"}
-		if code == "28000" {
-			o.Remote = ip("198.51.100.2")
-		}
-		obs.ObserveAuth(o)
-		require.True(t, jail.Banned(o.Remote), "%s did not ban with --ban-max-retry 1", code)
+	counted := []proxy.AuthOutcome{
+		{Remote: ip("198.51.100.1"), Result: proxy.AuthFailed, SQLState: "28P01", User: "u"},
+		{Remote: ip("198.51.100.2"), Result: proxy.AuthFailed, SQLState: "28000", User: "u"},
+		{Remote: ip("198.51.100.3"), Result: proxy.AuthTimedOut, User: "u"},
+	}
+	for _, o := range counted {
+		report(o)
+		require.True(t, jail.Banned(o.Remote), "%+v did not ban with --ban-max-retry 1", o)
+		_, err := gate.BeginAuth(ctx, o.Remote)
+		require.True(t, errors.Is(err, proxy.ErrSourceBanned), "banned source admitted: %v", err)
 	}
 }

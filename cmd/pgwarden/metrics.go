@@ -19,7 +19,7 @@ import (
 //	pgwarden_connections_total{route,outcome}          counter   connections the proxy handled, by outcome ("ok", "tls_required", "auth_failed", ...)
 //	pgwarden_connection_duration_seconds{route}        histogram accept → close, every handled connection
 //	pgwarden_rejections_total{reason}                  counter   connections refused by policy, see rejectionOutcomes
-//	pgwarden_auth_total{result}                        counter   relayed authentications: "succeeded", "failed", "abandoned"
+//	pgwarden_auth_total{result}                        counter   relayed authentications: "succeeded", "failed", "abandoned", "timed_out", "banned", "error"
 //	pgwarden_auth_failures_total{sqlstate}             counter   failed authentications by postgres' SQLSTATE (28P01, 28000, ...)
 //	pgwarden_bans_active                               gauge     unexpired bans in the jail, read at scrape time
 //	pgwarden_bans_total                                counter   bans imposed, automatic and manual
@@ -57,6 +57,10 @@ var rejectionOutcomes = map[string]bool{
 	"bad_startup":        true, // malformed StartupMessage
 	"bad_protocol":       true, // unsupported protocol version
 	"protocol_violation": true, // e.g. a second SSLRequest
+	// Admission before postgres is dialed (proxy/authgate.go).
+	"banned":                     true, // banned after accept: refused, or cut short before AuthenticationOk
+	"auth_throttled":             true, // no authentication slot of the source freed before the deadline
+	"too_many_upstream_startups": true, // over --max-upstream-startups until the deadline
 }
 
 // Handshakes are accept → TLS done: a LAN round trip plus crypto is a few
@@ -114,7 +118,7 @@ func newPromMetrics() *promMetrics {
 		}, []string{"reason"}),
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricAuth,
-			Help: "Relayed authentications by result (succeeded, failed, abandoned).",
+			Help: "Relayed authentications by result (succeeded, failed, abandoned, timed_out, banned, error).",
 		}, []string{"result"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricAuthFailures,
@@ -157,7 +161,8 @@ func newPromMetrics() *promMetrics {
 	for _, r := range []string{acl.RejectNotAllowed.String(), acl.RejectBanned.String()} {
 		m.rejections.WithLabelValues(r)
 	}
-	for _, r := range []proxy.AuthResult{proxy.AuthSucceeded, proxy.AuthFailed, proxy.AuthAbandoned} {
+	for _, r := range []proxy.AuthResult{proxy.AuthSucceeded, proxy.AuthFailed, proxy.AuthAbandoned,
+		proxy.AuthTimedOut, proxy.AuthBanned, proxy.AuthError} {
 		m.auth.WithLabelValues(r.String())
 	}
 	m.cancels.WithLabelValues("forwarded")

@@ -84,6 +84,7 @@ type gateway struct {
 	log      *zap.Logger
 	routes   []*route
 	cancels  *proxy.CancelRegistry
+	upstream *proxy.UpstreamLimiter // shared: routes to one postgres share its cap
 	metrics  *promMetrics
 	jail     *acl.Jail
 	admin    *adminServer // nil without --admin
@@ -113,7 +114,8 @@ func newGateway(cfg *serveConfig, log *zap.Logger) (*gateway, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, configError{err}
 	}
-	g := &gateway{cfg: cfg, log: log, cancels: proxy.NewCancelRegistry(), metrics: newPromMetrics()}
+	g := &gateway{cfg: cfg, log: log, cancels: proxy.NewCancelRegistry(), metrics: newPromMetrics(),
+		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups)}
 	jail, err := newJail(cfg, log, g.metrics.OnBan)
 	if err != nil {
 		return nil, err
@@ -221,9 +223,12 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 		Logger:           g.log,
 		Cancels:          g.cancels,
 		Metrics:          g.metrics,
-		Observer:         authObserver{jail: g.jail, metrics: g.metrics},
+		Observer:         g.metrics,
+		AuthGate:         authGate{jail: g.jail},
+		UpstreamLimiter:  g.upstream,
 		HandshakeTimeout: g.cfg.HandshakeTimeout,
 		AuthTimeout:      g.cfg.AuthTimeout,
+		AuthStepTimeout:  g.cfg.AuthStepTimeout,
 		MaxStartups:      g.cfg.MaxStartups,
 		MaxStartupsPerIP: g.cfg.MaxStartupsPerIP,
 		CancelLimiter:    g.cancel,
