@@ -106,7 +106,7 @@ func (f *Forwarder) sendCancel(ctx context.Context, cr *pgproto3.CancelRequest, 
 	if ta, ok := t.local.(*net.TCPAddr); ok {
 		local = &net.TCPAddr{IP: ta.IP, Zone: ta.Zone}
 	}
-	raw, err := f.cfg.dialer(local).DialContext(ctx, f.cfg.Network, t.remote.String())
+	raw, err := f.cfg.dial(ctx, f.cfg.Network, t.remote.String(), local)
 	if err != nil {
 		return fmt.Errorf("dialing %s: %w", t.remote, err)
 	}

@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"context"
 	"errors"
 	"net"
 	"time"
@@ -45,8 +46,9 @@ type Config struct {
 	MaxConns int
 	// Logger defaults to zap.NewNop().
 	Logger *zap.Logger
-	// dialer is a test seam; nil means a net.Dialer.
-	dialer func(local net.Addr) *net.Dialer
+	// dial is a test seam (DNS round robin, several source addresses);
+	// nil means a net.Dialer from local (nil: the system's choice).
+	dial func(ctx context.Context, network, address string, local net.Addr) (net.Conn, error)
 }
 
 // checkAndSetDefaults rejects a Config that cannot work and fills in the
@@ -86,9 +88,10 @@ func (c *Config) checkAndSetDefaults() error {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
-	if c.dialer == nil {
-		c.dialer = func(local net.Addr) *net.Dialer {
-			return &net.Dialer{LocalAddr: local, KeepAlive: 30 * time.Second}
+	if c.dial == nil {
+		c.dial = func(ctx context.Context, network, address string, local net.Addr) (net.Conn, error) {
+			d := &net.Dialer{LocalAddr: local, KeepAlive: 30 * time.Second}
+			return d.DialContext(ctx, network, address)
 		}
 	}
 	return nil

@@ -115,7 +115,7 @@ func gatewayFatal(to string, err error) *fatalError {
 // dialGateway connects to the gateway and completes TLS. It returns the
 // path taken, for cancel requests, and the handshake's details.
 func (f *Forwarder) dialGateway(ctx context.Context) (*tls.Conn, cancelTarget, *clienttls.HandshakeInfo, error) {
-	raw, err := f.cfg.dialer(nil).DialContext(ctx, f.cfg.Network, f.cfg.To)
+	raw, err := f.cfg.dial(ctx, f.cfg.Network, f.cfg.To, nil)
 	if err != nil {
 		return nil, cancelTarget{}, nil, clienttls.ClassifyDialError(err, f.cfg.To, f.cfg.DialTimeout)
 	}
