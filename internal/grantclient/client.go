@@ -208,5 +208,3 @@ func sanitize(s string) string {
 	}
 	return s
 }
-
-func asAPIError(err error, target **APIError) bool { return errors.As(err, target) }

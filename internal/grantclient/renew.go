@@ -2,6 +2,7 @@ package grantclient
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"go.uber.org/zap"
@@ -41,7 +42,7 @@ func (c *Client) Keep(ctx context.Context, g *Grant, log *zap.Logger, onRenew fu
 			backoff = min(max(2*backoff, retryMin), retryMax)
 			wait = backoff
 			var ae *APIError
-			if asAPIError(err, &ae) && ae.RetryAfter > wait {
+			if errors.As(err, &ae) && ae.RetryAfter > wait {
 				wait = min(ae.RetryAfter, retryMax)
 			}
 			lvl := zap.WarnLevel
@@ -65,7 +66,7 @@ func (c *Client) Keep(ctx context.Context, g *Grant, log *zap.Logger, onRenew fu
 func renewDelay(until, now time.Time) time.Duration {
 	left := until.Sub(now)
 	lead := max(left/3, renewMinLead)
-	if lead > left {
+	if lead >= left {
 		lead = left * 2 / 3 // a grant shorter than the lead: renew at a third of it
 	}
 	return max(left-lead, retryMin)
