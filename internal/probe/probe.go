@@ -234,7 +234,11 @@ func msSince(t time.Time) float64 {
 }
 
 func fmtMS(ms float64) string {
-	return strconv.FormatFloat(ms, 'f', 1, 64) + " ms"
+	prec := 1
+	if ms < 1 {
+		prec = 2
+	}
+	return strconv.FormatFloat(ms, 'f', prec, 64) + " ms"
 }
 
 // tlsVersionName prints a TLS version the way people write it.

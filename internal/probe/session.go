@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,7 +61,8 @@ func (p *prober) login(ctx context.Context, tc *tls.Conn) (*pgconn.PgConn, error
 		return nil, fmt.Errorf("building the connection settings (check the PG* environment variables): %w", err)
 	}
 	used := false
-	pc.Host, pc.User, pc.Database, pc.Password = p.host, p.cfg.User, p.cfg.Database, p.cfg.Password
+	port, _ := strconv.ParseUint(p.port, 10, 16)
+	pc.Host, pc.Port, pc.User, pc.Database, pc.Password = p.host, uint16(port), p.cfg.User, p.cfg.Database, p.cfg.Password
 	pc.TLSConfig, pc.Fallbacks, pc.SSLNegotiation = nil, nil, ""
 	pc.RuntimeParams = map[string]string{"application_name": applicationName}
 	pc.LookupFunc = func(_ context.Context, host string) ([]string, error) { return []string{host}, nil }
@@ -111,7 +113,9 @@ func (p *prober) loginFailed(err error, info *clienttls.HandshakeInfo) {
 		return
 	}
 	if alert, ok := clienttls.AlertCode(err); ok && clienttls.IsClientCertAlert(alert, info.CertSent != nil) {
-		p.failErr(clienttls.ClientCertRefused(err, info), clienttls.LayerClientCertificate)
+		var oe *net.OpError // the alert itself, without pgconn's wrapping
+		_ = errors.As(err, &oe)
+		p.failErr(clienttls.ClientCertRefused(oe, info), clienttls.LayerClientCertificate)
 		return
 	}
 	p.clientCertAccepted(info)

@@ -105,8 +105,11 @@ func (p *prober) reportCertificate(cs *tls.ConnectionState) bool {
 	c.NameOK, c.ChainOK = &nameOK, &chainOK
 
 	roots := "the system roots"
-	if p.cfg.RootCAFile != "" {
+	switch {
+	case p.cfg.RootCAFile != "":
 		roots = p.cfg.RootCAFile
+	case p.tls.RootCAs != nil:
+		roots = "the given CA certificates"
 	}
 	facts := fmt.Sprintf("subject %s, issuer %s, names %s, %s", c.Subject, c.Issuer, strings.Join(c.SANs, ", "), daysText(days))
 	var verdicts []string
@@ -130,13 +133,19 @@ func (p *prober) reportCertificate(cs *tls.ConnectionState) bool {
 }
 
 func daysText(days int) string {
+	plural := func(n int) string {
+		if n == 1 {
+			return "1 day"
+		}
+		return fmt.Sprintf("%d days", n)
+	}
 	switch {
 	case days < 0:
-		return fmt.Sprintf("expired %d days ago", -days)
+		return "expired " + plural(-days) + " ago"
 	case days < 14:
-		return fmt.Sprintf("%d days left (renew it soon)", days)
+		return plural(days) + " left (renew it soon)"
 	}
-	return fmt.Sprintf("%d days left", days)
+	return plural(days) + " left"
 }
 
 func sentName(info *clienttls.HandshakeInfo) string {
