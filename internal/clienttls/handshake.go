@@ -135,7 +135,7 @@ func classifyHandshake(err error, c *Config, info *HandshakeInfo, bytesRead int6
 	}
 	switch {
 	case c.DirectTLS && bytesRead == 0 && IsReset(err):
-		return layerErr(LayerTCP, err, "%s", ResetAtAccept)
+		return layerErr(LayerTCP, err, "connected, then %s", ResetAtAccept)
 	case IsTimeout(err) || errors.Is(err, context.DeadlineExceeded):
 		return layerErr(LayerTLS, nil, "the TLS handshake did not finish in time")
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || IsReset(err):

@@ -23,7 +23,7 @@ const maxPreTLSErrorLen = 30000
 // anything: that is how pgwarden (and most firewalls that "reject with
 // tcp-reset") refuse a source, so the user should look at allowlists and
 // bans rather than at TLS or passwords.
-const ResetAtAccept = "connected, then reset before any byte came back: a reset right after connect is what an allowlist or a ban looks like " +
+const ResetAtAccept = "reset before any byte came back: a reset right after connect is what an allowlist or a ban looks like " +
 	"(pgwarden closes sources outside its --allow list, or banned, this way; see `pgwarden bans list` on the gateway)"
 
 // ServerError is an ErrorResponse a server sent before TLS, instead of
@@ -107,7 +107,7 @@ func readPreTLSError(conn net.Conn) (*ServerError, error) {
 func firstReadError(err error, doing string) error {
 	switch {
 	case IsReset(err):
-		return layerErr(LayerTCP, err, "%s", ResetAtAccept)
+		return layerErr(LayerTCP, err, "connected, then %s", ResetAtAccept)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return layerErr(LayerNegotiate, nil, "the server closed the connection without answering the SSLRequest")
 	case IsTimeout(err):

@@ -218,8 +218,7 @@ func (p *prober) negotiate(conn net.Conn) bool {
 	}
 	if err != nil {
 		if clienttls.LayerOf(err) == clienttls.LayerTCP {
-			p.res.TCP.Layer.Detail = fmt.Sprintf("connected to %s, then: ", p.res.TCP.Address) + strings.TrimPrefix(err.Error(), "tcp: ")
-			p.res.TCP.Status = StatusFail
+			p.resetAtAccept()
 			return false
 		}
 		p.failErr(err, clienttls.LayerNegotiate)
@@ -227,6 +226,13 @@ func (p *prober) negotiate(conn net.Conn) bool {
 	}
 	p.ok(clienttls.LayerNegotiate, "'S': the server offers TLS, and sent nothing after its answer")
 	return true
+}
+
+// resetAtAccept turns the tcp verdict into a failure: the connection was
+// accepted and then reset before any byte came back.
+func (p *prober) resetAtAccept() {
+	p.res.TCP.Status = StatusFail
+	p.res.TCP.Detail = fmt.Sprintf("connected to %s, then %s", p.res.TCP.Address, clienttls.ResetAtAccept)
 }
 
 func msSince(t time.Time) float64 {

@@ -30,7 +30,7 @@ func (p *prober) handshake(ctx context.Context, conn net.Conn) (*tls.Conn, *clie
 	if err != nil {
 		switch clienttls.LayerOf(err) {
 		case clienttls.LayerTCP: // direct TLS, reset before any byte
-			p.res.TCP.Status, p.res.TCP.Detail = StatusFail, fmt.Sprintf("connected to %s, then: %s", p.res.TCP.Address, strings.TrimPrefix(err.Error(), "tcp: "))
+			p.resetAtAccept()
 			return nil, info, false
 		case clienttls.LayerClientCertificate:
 			// Refused in the handshake (TLS 1.2): the server's side of it
@@ -141,7 +141,7 @@ func daysText(days int) string {
 	}
 	switch {
 	case days < 0:
-		return "expired " + plural(-days) + " ago"
+		return "expired"
 	case days < 14:
 		return plural(days) + " left (renew it soon)"
 	}

@@ -1,0 +1,473 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/fakepg"
+	"github.com/pgwarden/pgwarden/proxy/pgtest"
+)
+
+// The client-side commands (connect, probe) driven as a user would: the
+// built binary, a real postgres behind a real `pgwarden serve`, and psql.
+
+// clientPKI is a CA with the gateway's server pair and a client pair for
+// role alice, written to files.
+type clientPKI struct {
+	ca                    *certstest.CA
+	dir                   string
+	caFile                string
+	serverCert, serverKey string
+	aliceCert, aliceKey   string
+}
+
+func newClientPKI(t *testing.T) *clientPKI {
+	t.Helper()
+	dir := t.TempDir()
+	ca := certstest.NewCA(t)
+	f := ca.WriteFiles(t, dir, "localhost", "127.0.0.1")
+	certPEM, keyPEM := ca.Client(t, "alice")
+	return &clientPKI{
+		ca: ca, dir: dir, caFile: f.CA, serverCert: f.Cert, serverKey: f.Key,
+		aliceCert: certstest.WriteFile(t, filepath.Join(dir, "alice.crt"), certPEM),
+		aliceKey:  certstest.WriteFile(t, filepath.Join(dir, "alice.key"), keyPEM),
+	}
+}
+
+// startServe runs `pgwarden serve` in front of pg, admitting sources in
+// allow, and returns its address.
+func startServe(t *testing.T, pg *pgtest.Postgres, pki *clientPKI, allow string, extra ...string) (string, *runningGateway) {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	args := append([]string{"--listen", addr, "--upstream", pg.Addr(), "--allow", allow,
+		"--tls-cert", pki.serverCert, "--tls-key", pki.serverKey, "--drain-timeout", "2s"}, extra...)
+	return addr, startBinary(t, args...)
+}
+
+// connectProc is a running `pgwarden connect` and its JSON log lines.
+type connectProc struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs []map[string]any
+	done chan error
+}
+
+// startConnect runs `pgwarden connect args... --log-format json` and waits
+// until it listens.
+func startConnect(t *testing.T, args ...string) *connectProc {
+	t.Helper()
+	cmd := exec.Command(pgwardenBinary(t), append(append([]string{"connect"}, args...), "--log-format", "json")...)
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	p := &connectProc{cmd: cmd, done: make(chan error, 1)}
+	listening := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			var line map[string]any
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				line = map[string]any{"raw": sc.Text()}
+			}
+			p.mu.Lock()
+			p.logs = append(p.logs, line)
+			p.mu.Unlock()
+			if line["msg"] == "pgwarden connect listening" {
+				once.Do(func() { close(listening) })
+			}
+		}
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	select {
+	case <-listening:
+	case err := <-p.done:
+		t.Fatalf("pgwarden connect exited before listening: %v\n%v", err, p.logLines())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("pgwarden connect did not start\n%v", p.logLines())
+	}
+	return p
+}
+
+func (p *connectProc) logLines() []map[string]any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]map[string]any(nil), p.logs...)
+}
+
+func (p *connectProc) hasLog(msg string) bool {
+	for _, l := range p.logLines() {
+		if l["msg"] == msg {
+			return true
+		}
+	}
+	return false
+}
+
+// psqlEnv is the environment for psql: none of the caller's PG* settings.
+func psqlEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PG") {
+			env = append(env, kv)
+		}
+	}
+	return append(append(env, "PGCONNECT_TIMEOUT=20"), extra...)
+}
+
+// psql runs psql with a conninfo and a command; it returns stdout, stderr
+// and the exit status.
+func psql(t *testing.T, password, conninfo, sql string) (string, string, int) {
+	t.Helper()
+	bin, ok := pgtest.HavePsql()
+	if !ok {
+		t.Skip("no psql")
+	}
+	cmd := exec.Command(bin, conninfo, "-XAtc", sql)
+	cmd.Env = psqlEnv("PGPASSWORD=" + password)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	return strings.TrimSpace(out.String()), errb.String(), code
+}
+
+func localConninfo(port int, pg *pgtest.Postgres, sslmode string) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=%s", port, pg.User, pg.Database, sslmode)
+}
+
+func TestConnectEndToEnd(t *testing.T) {
+	pg := pgtest.Start(t)
+	pki := newClientPKI(t)
+	gw, serve := startServe(t, pg, pki, "127.0.0.1/32")
+	mtls, _ := startServe(t, pg, pki, "127.0.0.1/32", "--tls-client-ca", pki.caFile)
+
+	t.Run("psql sslmode disable and prefer", func(t *testing.T) {
+		port := freePort(t)
+		startConnect(t, "--to", gw, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--server-name", "localhost", "--sslrootcert", pki.caFile)
+		for _, mode := range []string{"disable", "prefer"} {
+			out, stderr, code := psql(t, pg.Password, localConninfo(port, pg, mode)+" application_name=via-connect-"+mode, "select 40+2")
+			require.Equal(t, 0, code, stderr)
+			require.Equal(t, "42", out)
+		}
+		// The gateway saw both sessions arrive over TLS.
+		require.Eventually(t, func() bool {
+			n := 0
+			for _, l := range serve.logLines() {
+				if l["msg"] == "connection closed" && strings.HasPrefix(fmt.Sprint(l["application_name"]), "via-connect-") && l["tls_version"] != nil && l["tls_version"] != "" {
+					n++
+				}
+			}
+			return n == 2
+		}, 10*time.Second, 50*time.Millisecond)
+	})
+
+	t.Run("client certificate to an mTLS route", func(t *testing.T) {
+		port := freePort(t)
+		startConnect(t, "--to", mtls, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--sslrootcert", pki.caFile,
+			"--sslcert", pki.aliceCert, "--sslkey", pki.aliceKey)
+		out, stderr, code := psql(t, pg.Password, localConninfo(port, pg, "disable"), "select current_user")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, pg.User, out)
+
+		// Without a certificate the gateway's refusal reaches the client.
+		port2 := freePort(t)
+		startConnect(t, "--to", mtls, "--listen", fmt.Sprintf("127.0.0.1:%d", port2), "--sslrootcert", pki.caFile)
+		_, stderr, code = psql(t, pg.Password, localConninfo(port2, pg, "disable"), "select 1")
+		require.Equal(t, 2, code)
+		require.Contains(t, stderr, "client certificate required")
+	})
+
+	t.Run("verify-full failures tell the client why", func(t *testing.T) {
+		other := certstest.NewCA(t)
+		otherCA := certstest.WriteFile(t, filepath.Join(t.TempDir(), "other.crt"), other.CertPEM())
+		for _, tc := range []struct {
+			name string
+			args []string
+			want []string
+		}{
+			{"wrong name", []string{"--server-name", "db.example.com", "--sslrootcert", pki.caFile},
+				[]string{"certificate:", `not valid for "db.example.com"`, "localhost"}},
+			{"unrelated CA", []string{"--sslrootcert", otherCA}, []string{"certificate:", "does not chain to a trusted CA", "--sslrootcert"}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				port := freePort(t)
+				startConnect(t, append([]string{"--to", gw, "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, tc.args...)...)
+				_, stderr, code := psql(t, pg.Password, localConninfo(port, pg, "disable"), "select 1")
+				t.Logf("psql: %s", stderr)
+				require.Equal(t, 2, code, stderr)
+				require.Contains(t, stderr, "FATAL")
+				for _, w := range tc.want {
+					require.Contains(t, stderr, w)
+				}
+			})
+		}
+	})
+
+	t.Run("Ctrl-C cancels pg_sleep through both hops", func(t *testing.T) {
+		bin, ok := pgtest.HavePsql()
+		if !ok {
+			t.Skip("no psql")
+		}
+		port := freePort(t)
+		c := startConnect(t, "--to", gw, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--sslrootcert", pki.caFile)
+		cmd := exec.Command(bin, localConninfo(port, pg, "disable")+" application_name=sleeper", "-XAtc", "select pg_sleep(120)")
+		cmd.Env = psqlEnv("PGPASSWORD=" + pg.Password)
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		require.NoError(t, cmd.Start())
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		require.Eventually(t, func() bool {
+			v, err := pg.QueryValue(ctx, "select count(*) from pg_stat_activity where application_name = 'sleeper' and state = 'active' and query like 'select pg_sleep%'")
+			return err == nil && v == "1"
+		}, 30*time.Second, 50*time.Millisecond)
+		// psql's SIGINT handler sends a plaintext CancelRequest to connect,
+		// which carries it over TLS to the gateway, which forwards it.
+		require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+		select {
+		case err := <-exited:
+			var ee *exec.ExitError
+			require.ErrorAs(t, err, &ee)
+			require.Equal(t, 1, ee.ExitCode(), errb.String())
+		case <-time.After(60 * time.Second):
+			t.Fatal("psql did not return after SIGINT")
+		}
+		require.Contains(t, errb.String(), "canceling statement due to user request")
+		require.Eventually(t, func() bool { return c.hasLog("cancel request forwarded") }, 10*time.Second, 50*time.Millisecond)
+	})
+
+	t.Run("unix socket listener", func(t *testing.T) {
+		dir, err := os.MkdirTemp("", "pgwc") // short: sun_path is 107 bytes
+		require.NoError(t, err)
+		defer os.RemoveAll(dir)
+		startConnect(t, "--to", gw, "--listen", dir+":6543", "--sslrootcert", pki.caFile)
+		fi, err := os.Stat(filepath.Join(dir, ".s.PGSQL.6543"))
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+		out, stderr, code := psql(t, pg.Password, fmt.Sprintf("host=%s port=6543 user=%s dbname=%s", dir, pg.User, pg.Database), "select 'over a socket'")
+		require.Equal(t, 0, code, stderr)
+		require.Equal(t, "over a socket", out)
+	})
+
+	t.Run("gateway down gets a FATAL naming the layer", func(t *testing.T) {
+		port := freePort(t)
+		startConnect(t, "--to", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--sslrootcert", pki.caFile)
+		_, stderr, code := psql(t, pg.Password, localConninfo(port, pg, "prefer"), "select 1")
+		t.Logf("psql: %s", stderr)
+		require.Equal(t, 2, code)
+		require.Contains(t, stderr, "FATAL:  pgwarden connect: cannot reach the gateway")
+		require.Contains(t, stderr, "tcp: connection to")
+		require.Contains(t, stderr, "refused")
+		require.Contains(t, stderr, "pgwarden probe")
+	})
+
+	t.Run("a gateway sending S plus extra bytes is refused", func(t *testing.T) {
+		fake := fakepg.Start(t, fakepg.Config{Negotiation: fakepg.AnswerSAndExtra})
+		port := freePort(t)
+		startConnect(t, "--to", fake.Addr(), "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--sslrootcert", pki.caFile)
+		_, stderr, code := psql(t, pg.Password, localConninfo(port, pg, "disable"), "select 1")
+		require.Equal(t, 2, code)
+		require.Contains(t, stderr, "negotiate: received unencrypted data after SSL response")
+		require.Empty(t, fake.Sessions())
+	})
+
+	t.Run("SIGTERM drains", func(t *testing.T) {
+		port := freePort(t)
+		c := startConnect(t, "--to", gw, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--sslrootcert", pki.caFile, "--drain-timeout", "2s")
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable", port, pg.User, pg.Password, pg.Database))
+		require.NoError(t, err)
+		defer conn.Close(ctx)
+		require.NoError(t, c.cmd.Process.Signal(syscall.SIGTERM))
+		require.Eventually(t, func() bool {
+			nc, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+			if err == nil {
+				nc.Close()
+			}
+			return err != nil
+		}, 10*time.Second, 20*time.Millisecond)
+		res, err := conn.Exec(ctx, "select 'still here'").ReadAll()
+		require.NoError(t, err)
+		require.Equal(t, "still here", string(res[0].Rows[0][0]))
+		select {
+		case err := <-c.done:
+			require.NoError(t, err, "exit status")
+		case <-time.After(20 * time.Second):
+			t.Fatal("pgwarden connect did not exit after the drain timeout")
+		}
+		_, err = conn.Exec(ctx, "select 1").ReadAll()
+		require.Error(t, err, "the session outlived the drain")
+	})
+}
+
+func TestConnectUsageErrorsExit2(t *testing.T) {
+	bin := pgwardenBinary(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "--to is required"},
+		{[]string{"--to", "db.example.com"}, "--to db.example.com: want HOST:PORT"},
+		{[]string{"--to", "db:5432", "--listen", "0.0.0.0:5432"}, "--allow-remote-listen"},
+		{[]string{"--to", "db:5432", "--sslcert", "x.crt"}, "--sslcert and --sslkey go together"},
+		{[]string{"--to", "db:5432", "--github"}, "--github needs --grant-url"},
+		{[]string{"--to", "db:5432", "--grant-url", "https://db:8443"}, "--grant-url needs a token"},
+		{[]string{"--to", "db:5432", "--grant-url", "https://db:8443", "--github", "--token-env", "X"}, "exclude each other"},
+		{[]string{"--to", "db:5432", "--sslrootcert", "/nonexistent.crt"}, "--sslrootcert /nonexistent.crt"},
+		{[]string{"--to", "db:5432", "--sslcert", "/nonexistent.crt", "--sslkey", "/nonexistent.key"}, "--sslcert /nonexistent.crt"},
+		{[]string{"--to", "db:5432", "extra"}, "unexpected argument"},
+	} {
+		out, err := exec.Command(bin, append([]string{"connect"}, tc.args...)...).CombinedOutput()
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, "%v: %s", tc.args, out)
+		require.Equal(t, 2, ee.ExitCode(), "%v: %s", tc.args, out)
+		require.Contains(t, string(out), tc.want, tc.args)
+	}
+}
+
+// runProbe runs `pgwarden probe args...` and returns stdout and the exit
+// status.
+func runProbeBinary(t *testing.T, env []string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(pgwardenBinary(t), append([]string{"probe"}, args...)...)
+	cmd.Env = append(psqlEnv(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(t, err, errb.String())
+	}
+	t.Logf("pgwarden probe %s → %d\n%s%s", strings.Join(args, " "), code, out.String(), errb.String())
+	return out.String(), code
+}
+
+// probeLine returns the line of layer in probe's text output.
+func probeLine(t *testing.T, out, layer string) string {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == layer {
+			return l
+		}
+	}
+	t.Fatalf("no %s line in\n%s", layer, out)
+	return ""
+}
+
+func TestProbeEndToEnd(t *testing.T) {
+	pg := pgtest.Start(t)
+	pki := newClientPKI(t)
+	gw, _ := startServe(t, pg, pki, "127.0.0.1/32")
+	mtls, _ := startServe(t, pg, pki, "127.0.0.1/32", "--tls-client-ca", pki.caFile)
+	resets, _ := startServe(t, pg, pki, "127.0.0.2/32") // the probe comes from 127.0.0.1
+	ca := []string{"--sslrootcert", pki.caFile}
+	password := []string{"PROBE_PW=" + pg.Password, "WRONG_PW=not-" + pg.Password}
+	closed := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	notTLS := fakepg.Start(t, fakepg.Config{Negotiation: fakepg.AnswerSThenGarbage})
+	expiredPEM, expiredKey := pki.ca.ServerWith(t, []string{"localhost"}, certstest.Expired())
+	expired := fakepg.Start(t, fakepg.Config{TLS: &tls.Config{Certificates: []tls.Certificate{certstest.KeyPair(t, expiredPEM, expiredKey)}}})
+	queryFails := fakepg.Start(t, fakepg.Config{TLS: &tls.Config{Certificates: []tls.Certificate{pki.ca.ServerCertificate(t, "127.0.0.1")}}, QueryError: "57P01"})
+
+	tests := []struct {
+		name   string
+		args   []string
+		status int
+		layer  string // the failing layer, or the layer to look at
+		want   string
+	}{
+		{"all ok through the gateway", append([]string{gw, "--user", pg.User, "--database", pg.Database, "--password-env", "PROBE_PW"}, ca...), 0, "query", "SELECT 1 answered in"},
+		{"resolve: unresolvable name", []string{"nonexistent.invalid:5432", "--timeout", "5s"}, 10, "resolve", "no such host"},
+		{"tcp: closed port", []string{closed}, 11, "tcp", "refused"},
+		{"tcp: reset by the allowlist", append([]string{resets}, ca...), 11, "tcp", "a reset right after connect is what an allowlist or a ban looks like"},
+		{"negotiate: plaintext-only postgres", []string{pg.Addr()}, 12, "negotiate", "answered 'N'"},
+		{"tls: S then not TLS", []string{notTLS.Addr()}, 13, "tls", "did not speak TLS"},
+		{"certificate: wrong name", append([]string{gw, "--server-name", "db.example.com"}, ca...), 14, "certificate", `not valid for "db.example.com"`},
+		{"certificate: expired", append([]string{expired.Addr(), "--server-name", "localhost"}, ca...), 14, "certificate", "expired"},
+		{"certificate: unknown CA", []string{gw}, 14, "certificate", "--sslrootcert"},
+		{"client-certificate: mTLS route without one", append([]string{mtls, "--user", pg.User, "--password-env", "PROBE_PW"}, ca...), 15, "client-certificate", "client certificate required"},
+		{"client-certificate: accepted", append([]string{mtls, "--user", pg.User, "--database", pg.Database, "--password-env", "PROBE_PW", "--sslcert", pki.aliceCert, "--sslkey", pki.aliceKey}, ca...), 0, "client-certificate", "sent CN=alice: accepted"},
+		{"auth: wrong password", append([]string{gw, "--user", pg.User, "--database", pg.Database, "--password-env", "WRONG_PW"}, ca...), 16, "auth", "28P01"},
+		{"auth: no password given", append([]string{gw, "--user", pg.User, "--database", pg.Database}, ca...), 16, "auth", "--password-env"},
+		{"query: SELECT 1 fails", append([]string{queryFails.Addr(), "--user", "alice"}, ca...), 17, "query", "57P01"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out, status := runProbeBinary(t, password, tc.args...)
+			require.Equal(t, tc.status, status, out)
+			line := probeLine(t, out, tc.layer)
+			if tc.status != 0 {
+				require.Contains(t, line, " FAIL ")
+			}
+			require.Contains(t, line, tc.want)
+			require.Equal(t, 8, strings.Count(out, "\n"), "one line per layer")
+		})
+	}
+
+	t.Run("json", func(t *testing.T) {
+		for _, tc := range []struct {
+			args   []string
+			status int
+		}{
+			{append([]string{gw, "--json", "--user", pg.User, "--database", pg.Database, "--password-env", "PROBE_PW"}, ca...), 0},
+			{[]string{pg.Addr(), "--json"}, 12},
+		} {
+			out, status := runProbeBinary(t, password, tc.args...)
+			require.Equal(t, tc.status, status)
+			var got map[string]map[string]any
+			require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+			require.Len(t, got, 8)
+			for _, layer := range []string{"resolve", "tcp", "negotiate", "tls", "certificate", "client-certificate", "auth", "query"} {
+				require.Contains(t, []any{"ok", "FAIL", "skip"}, got[layer]["status"], layer)
+				require.NotEmpty(t, got[layer]["detail"], layer)
+			}
+			if tc.status == 0 {
+				require.Equal(t, "ok", got["query"]["status"])
+				require.Equal(t, "TLS 1.3", got["tls"]["version"])
+				require.Equal(t, "postgresql", got["tls"]["alpn"])
+			} else {
+				require.Equal(t, "FAIL", got["negotiate"]["status"])
+				require.Equal(t, "N", got["negotiate"]["reply"])
+				require.Equal(t, "skip", got["tls"]["status"])
+			}
+		}
+	})
+
+	t.Run("usage errors exit 2", func(t *testing.T) {
+		for _, args := range [][]string{
+			nil, {"db.example.com"}, {"a:1", "b:2"}, {"db:5432", "--database", "x"}, {"db:5432", "--user", "u", "--password-env", "UNSET_PW"},
+			{"db:5432", "--sslcert", "x"}, {"db:5432", "--sslrootcert", "/nonexistent"},
+		} {
+			_, status := runProbeBinary(t, nil, args...)
+			require.Equal(t, 2, status, args)
+		}
+	})
+}
