@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -145,14 +146,19 @@ func psql(t *testing.T, password, conninfo, sql string) (string, string, int) {
 	cmd.Env = psqlEnv("PGPASSWORD=" + password)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else {
-		require.NoError(t, err)
-	}
+	code := exitStatus(t, cmd.Run(), errb.String())
 	return strings.TrimSpace(out.String()), errb.String(), code
+}
+
+// exitStatus is a finished command's exit status; any other error fails t.
+func exitStatus(t *testing.T, err error, stderr string) int {
+	t.Helper()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	require.NoError(t, err, stderr)
+	return 0
 }
 
 func localConninfo(port int, pg *pgtest.Postgres, sslmode string) string {
@@ -360,13 +366,7 @@ func runProbeBinary(t *testing.T, env []string, args ...string) (string, int) {
 	cmd.Env = append(psqlEnv(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else {
-		require.NoError(t, err, errb.String())
-	}
+	code := exitStatus(t, cmd.Run(), errb.String())
 	t.Logf("pgwarden probe %s → %d\n%s%s", strings.Join(args, " "), code, out.String(), errb.String())
 	return out.String(), code
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -43,10 +42,7 @@ type connectConfig struct {
 	To                string
 	Listen            []string
 	AllowRemoteListen bool
-	SSLRootCert       string
-	SSLCert, SSLKey   string
-	ServerName        string
-	DirectTLS         bool
+	TLS               tlsClientFlags
 	GrantURL          string
 	TTL               string
 	GitHub            bool
@@ -67,11 +63,7 @@ func newConnectFlags(c *connectConfig) *pflag.FlagSet {
 	fs.StringVar(&c.To, "to", "", "the gateway, HOST:PORT (required)")
 	fs.StringArrayVar(&c.Listen, "listen", nil, "127.0.0.1:PORT, [::1]:PORT, or a unix socket directory DIR[:PORT] (DIR/.s.PGSQL.PORT); repeatable (default "+forward.DefaultListen+")")
 	fs.BoolVar(&c.AllowRemoteListen, "allow-remote-listen", false, "permit a non-loopback --listen address (anyone reaching it gets into the database with this host's TLS identity)")
-	fs.StringVar(&c.SSLRootCert, "sslrootcert", "", "CA certificates (PEM) that verify the gateway (default: the system roots)")
-	fs.StringVar(&c.SSLCert, "sslcert", "", "client certificate chain (PEM) to present; re-read when the file changes")
-	fs.StringVar(&c.SSLKey, "sslkey", "", "its private key (PEM)")
-	fs.StringVar(&c.ServerName, "server-name", "", "name the gateway's certificate must carry (default: HOST of --to)")
-	fs.BoolVar(&c.DirectTLS, "direct-tls", false, "start TLS at once with ALPN postgresql (PostgreSQL 17 sslnegotiation=direct) instead of an SSLRequest")
+	c.TLS.register(fs, "the gateway", "HOST of --to", "; re-read when the file changes")
 	fs.StringVar(&c.GrantURL, "grant-url", "", "https://HOST[:PORT] of the gateway's grant endpoint: ask for a grant for this source first, and renew it while running")
 	fs.StringVar(&c.TTL, "ttl", "", "grant length to ask for, e.g. 20m (default: the server's)")
 	fs.BoolVar(&c.GitHub, "github", false, "take the OIDC token from GitHub Actions (needs permissions: id-token: write)")
@@ -98,35 +90,21 @@ func runConnectEnv(args []string, stdout, stderr io.Writer, getenv func(string) 
 			fmt.Fprint(stdout, connectUsage+fs.FlagUsages())
 			return exitOK
 		}
-		return connectFail(stderr, fmt.Errorf("%w (pgwarden connect --help lists the flags)", err))
+		return clientUsageFail(stderr, "connect", fmt.Errorf("%w (pgwarden connect --help lists the flags)", err))
 	}
 	if fs.NArg() > 0 {
-		return connectFail(stderr, fmt.Errorf("unexpected argument %q: connect takes only flags", fs.Arg(0)))
-	}
-	listens, err := c.validate()
-	if err != nil {
-		return connectFail(stderr, err)
+		return clientUsageFail(stderr, "connect", fmt.Errorf("unexpected argument %q: connect takes only flags", fs.Arg(0)))
 	}
 	log, err := newLogger(c.LogFormat, c.LogLevel)
 	if err != nil {
-		return connectFail(stderr, err)
+		return clientUsageFail(stderr, "connect", err)
 	}
 	defer func() { _ = log.Sync() }()
-
+	listens, verr := c.validate()
 	host, _, _ := net.SplitHostPort(c.To)
-	tlsCfg := clienttls.Config{ServerName: c.ServerName, DirectTLS: c.DirectTLS}
-	if tlsCfg.ServerName == "" {
-		tlsCfg.ServerName = host
-	}
-	if tlsCfg.RootCAs, err = loadRootCAs(c.SSLRootCert); err != nil {
-		return connectFail(stderr, err)
-	}
-	var loader *certs.Loader
-	if c.SSLCert != "" {
-		if loader, err = loadClientCert(c.SSLCert, c.SSLKey, log); err != nil {
-			return connectFail(stderr, err)
-		}
-		tlsCfg.ClientCertificate = clientCertificate(loader)
+	tlsCfg, loader, terr := c.TLS.config(host, log)
+	if err := errors.Join(verr, terr); err != nil {
+		return clientUsageFail(stderr, "connect", err)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -149,7 +127,7 @@ func runConnectEnv(args []string, stdout, stderr io.Writer, getenv func(string) 
 		MaxConns: c.MaxConnections, Logger: log,
 	})
 	if err != nil {
-		return connectFail(stderr, err)
+		return clientUsageFail(stderr, "connect", err)
 	}
 	var lns []net.Listener
 	for _, la := range listens {
@@ -238,9 +216,6 @@ func (c *connectConfig) validate() ([]forward.ListenAddr, error) {
 			continue
 		}
 		listens = append(listens, la)
-	}
-	if (c.SSLCert == "") != (c.SSLKey == "") {
-		errs = append(errs, errors.New("--sslcert and --sslkey go together: give both or neither"))
 	}
 	if c.GrantURL == "" {
 		for _, f := range []struct {
@@ -332,6 +307,57 @@ func gatewayFamily(ctx context.Context, to string) (string, error) {
 	return "tcp6", nil
 }
 
+// tlsClientFlags are the TLS flags connect and probe share, named after
+// libpq's connection parameters.
+type tlsClientFlags struct {
+	SSLRootCert     string
+	SSLCert, SSLKey string
+	ServerName      string
+	DirectTLS       bool
+}
+
+// register defines the flags; peer names what is verified, defaultName
+// where the checked name comes from, certNote says more about --sslcert.
+func (f *tlsClientFlags) register(fs *pflag.FlagSet, peer, defaultName, certNote string) {
+	fs.StringVar(&f.SSLRootCert, "sslrootcert", "", "CA certificates (PEM) that verify "+peer+" (default: the system roots)")
+	fs.StringVar(&f.SSLCert, "sslcert", "", "client certificate chain (PEM) to present when asked"+certNote)
+	fs.StringVar(&f.SSLKey, "sslkey", "", "its private key (PEM)")
+	fs.StringVar(&f.ServerName, "server-name", "", "name the certificate of "+peer+" must carry (default: "+defaultName+")")
+	fs.BoolVar(&f.DirectTLS, "direct-tls", false, "start TLS at once with ALPN postgresql (PostgreSQL 17 sslnegotiation=direct) instead of an SSLRequest")
+}
+
+// config loads the files the flags name into a clienttls.Config; host is
+// the name verified without --server-name. The loader (nil without
+// --sslcert) can watch the certificate files. Every problem is returned.
+func (f *tlsClientFlags) config(host string, log *zap.Logger) (clienttls.Config, *certs.Loader, error) {
+	cfg := clienttls.Config{ServerName: f.ServerName, DirectTLS: f.DirectTLS}
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	var errs []error
+	var err error
+	if cfg.RootCAs, err = loadRootCAs(f.SSLRootCert); err != nil {
+		errs = append(errs, err)
+	}
+	var loader *certs.Loader
+	switch {
+	case (f.SSLCert == "") != (f.SSLKey == ""):
+		errs = append(errs, errors.New("--sslcert and --sslkey go together: give both or neither"))
+	case f.SSLCert != "":
+		if loader, err = certs.NewLoader(f.SSLCert, f.SSLKey, log); err != nil {
+			// The Loader, written for serve, names serve's flags.
+			errs = append(errs, errors.New(clientFlagNames.Replace(err.Error())))
+		} else {
+			cfg.ClientCertificate = loader.Current
+		}
+	}
+	return cfg, loader, errors.Join(errs...)
+}
+
+// clientFlagNames renames the certs package's server flag names in its
+// messages to the client's.
+var clientFlagNames = strings.NewReplacer("--tls-cert", "--sslcert", "--tls-key", "--sslkey")
+
 // loadRootCAs reads --sslrootcert, or returns nil (the system roots).
 func loadRootCAs(file string) (*x509.CertPool, error) {
 	if file == "" {
@@ -352,36 +378,12 @@ func loadRootCAs(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// clientFlagNames renames the certs package's server flag names in its
-// messages to the client's: the Loader, written for serve, names
-// --tls-cert and --tls-key.
-var clientFlagNames = strings.NewReplacer("--tls-cert", "--sslcert", "--tls-key", "--sslkey")
-
-// loadClientCert loads the client certificate through certs.Loader, which
-// validates the pair (key matches, within validity) and, with Watch,
-// re-reads it when the files change.
-func loadClientCert(certFile, keyFile string, log *zap.Logger) (*certs.Loader, error) {
-	l, err := certs.NewLoader(certFile, keyFile, log)
-	if err != nil {
-		return nil, errors.New(clientFlagNames.Replace(err.Error()))
-	}
-	return l, nil
-}
-
-// clientCertificate returns a loader's current pair as the TLS client
-// certificate getter, or nil without one.
-func clientCertificate(l *certs.Loader) func() *tls.Certificate {
-	if l == nil {
-		return nil
-	}
-	return l.Current
-}
-
-// connectFail prints a usage or configuration problem, one line each, and
-// returns exit status 2.
-func connectFail(stderr io.Writer, err error) int {
+// clientUsageFail prints a usage or configuration problem of connect or
+// probe, one line each, and returns exit status 2 (never one of probe's
+// layer statuses 10-17).
+func clientUsageFail(stderr io.Writer, cmd string, err error) int {
 	for _, line := range strings.Split(err.Error(), "\n") {
-		fmt.Fprintf(stderr, "pgwarden connect: %s\n", line)
+		fmt.Fprintf(stderr, "pgwarden %s: %s\n", cmd, line)
 	}
 	return exitUsage
 }

@@ -34,14 +34,11 @@ Flags:
 
 // probeConfig is everything `pgwarden probe` takes.
 type probeConfig struct {
-	SSLRootCert     string
-	SSLCert, SSLKey string
-	ServerName      string
-	DirectTLS       bool
-	User, Database  string
-	PasswordEnv     string
-	JSON            bool
-	Timeout         time.Duration
+	TLS            tlsClientFlags
+	User, Database string
+	PasswordEnv    string
+	JSON           bool
+	Timeout        time.Duration
 }
 
 func newProbeFlags(c *probeConfig) *pflag.FlagSet {
@@ -49,11 +46,7 @@ func newProbeFlags(c *probeConfig) *pflag.FlagSet {
 	fs.SortFlags = false
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	fs.StringVar(&c.SSLRootCert, "sslrootcert", "", "CA certificates (PEM) that verify the server (default: the system roots)")
-	fs.StringVar(&c.SSLCert, "sslcert", "", "client certificate chain (PEM) to present if asked")
-	fs.StringVar(&c.SSLKey, "sslkey", "", "its private key (PEM)")
-	fs.StringVar(&c.ServerName, "server-name", "", "name the server's certificate must carry (default: HOST)")
-	fs.BoolVar(&c.DirectTLS, "direct-tls", false, "start TLS at once with ALPN postgresql instead of an SSLRequest")
+	c.TLS.register(fs, "the server", "HOST", "")
 	fs.StringVar(&c.User, "user", "", "log in as this role and run SELECT 1 (auth and query layers)")
 	fs.StringVar(&c.Database, "database", "", "database to log in to (default: the --user name)")
 	fs.StringVar(&c.PasswordEnv, "password-env", "", "name of the environment variable holding the password")
@@ -75,11 +68,11 @@ func runProbeEnv(args []string, stdout, stderr io.Writer, getenv func(string) st
 			fmt.Fprint(stdout, probeUsage+fs.FlagUsages())
 			return exitOK
 		}
-		return probeFail(stderr, fmt.Errorf("%w (pgwarden probe --help lists the flags)", err))
+		return clientUsageFail(stderr, "probe", fmt.Errorf("%w (pgwarden probe --help lists the flags)", err))
 	}
 	cfg, err := c.build(fs.Args(), getenv)
 	if err != nil {
-		return probeFail(stderr, err)
+		return clientUsageFail(stderr, "probe", err)
 	}
 	res := probe.Run(context.Background(), *cfg)
 	if c.JSON {
@@ -97,13 +90,16 @@ func runProbeEnv(args []string, stdout, stderr io.Writer, getenv func(string) st
 // build checks the arguments together and turns them into a probe.Config.
 func (c *probeConfig) build(args []string, getenv func(string) string) (*probe.Config, error) {
 	var errs []error
-	cfg := &probe.Config{Timeout: c.Timeout, RootCAFile: c.SSLRootCert, User: c.User, Database: c.Database}
+	cfg := &probe.Config{Timeout: c.Timeout, RootCAFile: c.TLS.SSLRootCert, User: c.User, Database: c.Database}
+	host := ""
 	switch len(args) {
 	case 0:
 		errs = append(errs, errors.New("which server? give HOST:PORT, e.g. pgwarden probe db.example.com:5432"))
 	case 1:
 		cfg.Address = args[0]
-		host, port, err := net.SplitHostPort(args[0])
+		var port string
+		var err error
+		host, port, err = net.SplitHostPort(args[0])
 		if err != nil || host == "" {
 			errs = append(errs, fmt.Errorf("%q: want HOST:PORT, e.g. db.example.com:5432 or [2001:db8::1]:5432", args[0]))
 			break
@@ -111,14 +107,9 @@ func (c *probeConfig) build(args []string, getenv func(string) string) (*probe.C
 		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
 			errs = append(errs, fmt.Errorf("%q: port %q is not a number from 1 to 65535", args[0], port))
 		}
-		cfg.TLS.ServerName = host
 	default:
 		errs = append(errs, fmt.Errorf("one server at a time: got %s", strings.Join(args, " ")))
 	}
-	if c.ServerName != "" {
-		cfg.TLS.ServerName = c.ServerName
-	}
-	cfg.TLS.DirectTLS = c.DirectTLS
 	if c.User == "" && c.Database != "" {
 		errs = append(errs, errors.New("--database needs --user"))
 	}
@@ -133,32 +124,13 @@ func (c *probeConfig) build(args []string, getenv func(string) string) (*probe.C
 	if c.Timeout <= 0 {
 		errs = append(errs, errors.New("--timeout must be positive"))
 	}
-	var err error
-	if cfg.TLS.RootCAs, err = loadRootCAs(c.SSLRootCert); err != nil {
+	tlsCfg, _, err := c.TLS.config(host, nil)
+	if err != nil {
 		errs = append(errs, err)
 	}
-	switch {
-	case (c.SSLCert == "") != (c.SSLKey == ""):
-		errs = append(errs, errors.New("--sslcert and --sslkey go together: give both or neither"))
-	case c.SSLCert != "":
-		l, err := loadClientCert(c.SSLCert, c.SSLKey, nil)
-		if err != nil {
-			errs = append(errs, err)
-		} else {
-			cfg.TLS.ClientCertificate = clientCertificate(l)
-		}
-	}
+	cfg.TLS = tlsCfg
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return cfg, nil
-}
-
-// probeFail prints usage problems, one per line, and returns exit status 2
-// (never one of the layer statuses 10-17).
-func probeFail(stderr io.Writer, err error) int {
-	for _, line := range strings.Split(err.Error(), "\n") {
-		fmt.Fprintf(stderr, "pgwarden probe: %s\n", line)
-	}
-	return exitUsage
 }

@@ -16,29 +16,18 @@ var noDeadline time.Time
 // naming what to change (the name connected to, --server-name, or
 // --sslrootcert).
 func DescribeVerifyError(err error, serverName string) string {
+	// crypto/x509 returns these three as values, not pointers.
 	var he x509.HostnameError
-	var hep *x509.HostnameError
-	if errors.As(err, &hep) {
-		he = *hep
-	}
 	if errors.As(err, &he) && he.Certificate != nil {
 		return fmt.Sprintf("the certificate is not valid for %q: it names %s (connect with one of those names, or set --server-name)",
 			serverName, strings.Join(CertNames(he.Certificate), ", "))
 	}
 	var ua x509.UnknownAuthorityError
-	var uap *x509.UnknownAuthorityError
-	if errors.As(err, &uap) {
-		ua = *uap
-	}
 	if errors.As(err, &ua) && ua.Cert != nil {
 		return fmt.Sprintf("the certificate (issued by %q) does not chain to a trusted CA: give the CA that signed the server's certificate with --sslrootcert",
 			ua.Cert.Issuer.String())
 	}
 	var ci x509.CertificateInvalidError
-	var cip *x509.CertificateInvalidError
-	if errors.As(err, &cip) {
-		ci = *cip
-	}
 	if errors.As(err, &ci) && ci.Cert != nil {
 		switch ci.Reason {
 		case x509.Expired:

@@ -18,7 +18,10 @@ type Forwarder struct {
 	log     *zap.Logger
 	cancels *cancelRegistry
 	slots   chan struct{}
-	nextID  atomic.Uint64
+	// refusals bounds the goroutines telling clients past MaxConns why
+	// they are refused; past it they are closed without a word.
+	refusals chan struct{}
+	nextID   atomic.Uint64
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -38,6 +41,7 @@ func New(cfg Config) (*Forwarder, error) {
 		log:       cfg.Logger,
 		cancels:   newCancelRegistry(),
 		slots:     make(chan struct{}, cfg.MaxConns),
+		refusals:  make(chan struct{}, maxRefusals),
 		listeners: map[net.Listener]struct{}{},
 		sessions:  map[*session]struct{}{},
 	}, nil
@@ -78,11 +82,29 @@ func (f *Forwarder) Serve(ln net.Listener) error {
 			// Refuse rather than queue, as cloud-sql-proxy does: the client
 			// learns at once, and nothing accumulates.
 			f.log.Warn("too many local connections; refusing one", zap.Int("max", f.cfg.MaxConns))
-			go sendFatal(c, &fatalError{code: codeTooManyConns, message: "pgwarden connect: too many connections"})
+			f.refuse(c)
 			continue
 		}
 		f.wg.Add(1)
 		go f.handle(c)
+	}
+}
+
+// maxRefusals is how many refused clients may be told why at once.
+const maxRefusals = 64
+
+// refuse tells a client past MaxConns why it is refused, in a goroutine of
+// its own so the accept loop goes on; when too many refusals are already
+// being sent, it just closes.
+func (f *Forwarder) refuse(c net.Conn) {
+	select {
+	case f.refusals <- struct{}{}:
+		go func() {
+			defer func() { <-f.refusals }()
+			sendFatal(c, &fatalError{code: codeTooManyConns, message: "pgwarden connect: too many connections"})
+		}()
+	default:
+		_ = c.Close()
 	}
 }
 

@@ -64,7 +64,7 @@ func ParseListen(spec string, allowRemote bool) (ListenAddr, error) {
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
-		return ListenAddr{}, fmt.Errorf("--listen %s: %q is not an IP address (names other than localhost are not resolved)", spec, host)
+		return ListenAddr{}, fmt.Errorf("--listen %s: %q is not an IP address (names other than localhost are not resolved; a unix socket directory must start with / or ./)", spec, host)
 	}
 	ip = ip.Unmap()
 	if !ip.IsLoopback() && !allowRemote {

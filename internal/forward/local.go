@@ -67,20 +67,12 @@ func readLocalStartup(rw io.ReadWriter) (*localStartup, error) {
 		code := binary.BigEndian.Uint32(pkt[4:8])
 		switch {
 		case code == sslRequestCode:
-			if sslRefused {
-				return nil, protocolViolation("duplicate SSLRequest")
-			}
-			sslRefused = true
-			if _, err := rw.Write([]byte{'N'}); err != nil {
-				return nil, fmt.Errorf("answering the SSLRequest: %w", err)
+			if err := refuseEncryption(rw, &sslRefused, "SSLRequest"); err != nil {
+				return nil, err
 			}
 		case code == gssEncRequestCode:
-			if gssRefused {
-				return nil, protocolViolation("duplicate GSSENCRequest")
-			}
-			gssRefused = true
-			if _, err := rw.Write([]byte{'N'}); err != nil {
-				return nil, fmt.Errorf("answering the GSSENCRequest: %w", err)
+			if err := refuseEncryption(rw, &gssRefused, "GSSENCRequest"); err != nil {
+				return nil, err
 			}
 		case code == cancelRequestCode:
 			var cr pgproto3.CancelRequest
@@ -96,6 +88,18 @@ func readLocalStartup(rw io.ReadWriter) (*localStartup, error) {
 			return nil, protocolViolation("unsupported frontend protocol %d.%d: use protocol 3", code>>16, code&0xffff)
 		}
 	}
+}
+
+// refuseEncryption answers an encryption request 'N', once per kind.
+func refuseEncryption(w io.Writer, refused *bool, name string) error {
+	if *refused {
+		return protocolViolation("duplicate %s", name)
+	}
+	*refused = true
+	if _, err := w.Write([]byte{'N'}); err != nil {
+		return fmt.Errorf("answering the %s: %w", name, err)
+	}
+	return nil
 }
 
 // readStartupPacket reads one length-prefixed startup-phase packet exactly.

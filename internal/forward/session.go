@@ -58,7 +58,7 @@ func (f *Forwarder) handle(local net.Conn) {
 		<-f.slots
 		f.wg.Done()
 	}()
-	log := f.log.With(zap.Uint64("conn_id", f.nextID.Add(1)), zap.Stringer("client", local.RemoteAddr()))
+	log := f.log.With(zap.Uint64("conn_id", f.nextID.Add(1)), zap.String("client", clientName(local)))
 	defer func() {
 		// A bug in one connection must not take the forwarder down.
 		if r := recover(); r != nil {
@@ -100,6 +100,15 @@ func (f *Forwarder) handle(local net.Conn) {
 	outcome, up, down := f.relay(s, ls.startup, target, info, log)
 	log.Info("connection closed", zap.String("outcome", outcome), zap.Int64("bytes_in", up), zap.Int64("bytes_out", down),
 		zap.Duration("duration", time.Since(start)))
+}
+
+// clientName names a local client for the log: its address, or for a unix
+// socket (whose peers have no address) the socket it came through.
+func clientName(c net.Conn) string {
+	if c.LocalAddr().Network() == "unix" {
+		return "unix:" + c.LocalAddr().String()
+	}
+	return c.RemoteAddr().String()
 }
 
 // gatewayFatal is the FATAL a local client gets when the gateway cannot be
