@@ -8,7 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -470,4 +473,76 @@ func TestProbeEndToEnd(t *testing.T) {
 			require.Equal(t, 2, status, args)
 		}
 	})
+}
+
+// TestConnectGrantURL runs connect against a grant endpoint that follows
+// the grant contract: the grant is requested before anything listens, with
+// the token from --token-env, and a refusal stops connect with its reason.
+func TestConnectGrantURL(t *testing.T) {
+	pki := newClientPKI(t)
+	var mu sync.Mutex
+	var auths, bodies []string
+	status := http.StatusCreated
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<10))
+		mu.Lock()
+		auths, bodies = append(auths, r.Header.Get("Authorization")), append(bodies, string(body))
+		st := status
+		mu.Unlock()
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/grants/self" {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(st)
+		if st != http.StatusCreated {
+			_, _ = io.WriteString(w, `{"error":"repository acme/fork may not have a grant"}`)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"id": "g-1", "source": "127.0.0.1", "until": time.Now().Add(20 * time.Minute).Format(time.RFC3339),
+			"reason": "ci", "users": []string{"app"}, "databases": []string{"app"}, "created_by": "repo:acme/app"})
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pki.ca.ServerCertificate(t, "127.0.0.1")}}
+	srv.StartTLS()
+	defer srv.Close()
+
+	connect := func(extra ...string) *exec.Cmd {
+		args := []string{"connect", "--to", "127.0.0.1:5432", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--sslrootcert", pki.caFile,
+			"--grant-url", srv.URL, "--token-env", "CI_TOKEN", "--log-format", "json"}
+		return exec.Command(pgwardenBinary(t), append(args, extra...)...)
+	}
+	cmd := connect("--ttl", "20m")
+	cmd.Env = append(psqlEnv(), "CI_TOKEN=the-jwt")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	sc := bufio.NewScanner(stderr)
+	var order []string
+	for sc.Scan() {
+		var line map[string]any
+		if json.Unmarshal(sc.Bytes(), &line) == nil {
+			order = append(order, fmt.Sprint(line["msg"]))
+			if line["msg"] == "grant obtained" {
+				require.Equal(t, "g-1", line["grant_id"])
+			}
+			if line["msg"] == "pgwarden connect listening" {
+				break
+			}
+		}
+	}
+	require.Equal(t, []string{"grant obtained", "pgwarden connect listening"}, order, "the grant comes before listening")
+	mu.Lock()
+	require.Equal(t, []string{"Bearer the-jwt"}, auths)
+	require.JSONEq(t, `{"ttl":"20m"}`, bodies[0])
+	status = http.StatusForbidden
+	mu.Unlock()
+
+	// A refused grant: connect exits 1 before listening, saying why.
+	cmd2 := connect()
+	cmd2.Env = append(psqlEnv(), "CI_TOKEN=the-jwt")
+	out, err := cmd2.CombinedOutput()
+	require.Equal(t, 1, exitStatus(t, err, string(out)), string(out))
+	require.Contains(t, string(out), "--grant-url: grant refused (403")
+	require.Contains(t, string(out), "acme/fork")
 }
