@@ -20,6 +20,9 @@ import (
 // pg_stat_activity.
 const applicationName = "pgwarden-probe"
 
+// maxMessageBody bounds one message from the server after TLS.
+const maxMessageBody = 1 << 20
+
 // session logs in over the verified TLS connection (auth), runs SELECT 1
 // (query), and settles the client-certificate layer from the server's
 // answer. pgconn does the startup and authentication (cleartext, md5,
@@ -75,6 +78,10 @@ func (p *prober) login(ctx context.Context, tc *tls.Conn) (*pgconn.PgConn, error
 	}
 	pc.AfterNetConnect, pc.ValidateConnect, pc.AfterConnect = nil, nil, nil
 	pc.ConnectTimeout = p.cfg.Timeout
+	// Nothing the probe receives is large (auth requests, parameters, one
+	// row of SELECT 1): cap a message so a server cannot make it allocate
+	// pgconn's default of about 1 GiB.
+	pc.MaxProtocolMessageBodyLen = maxMessageBody
 	pc.RequireAuth = ""
 	if p.cfg.Password == "" {
 		// Without a password, hang up when one is asked for rather than
