@@ -169,15 +169,22 @@ func (f *Forwarder) relay(s *session, startup []byte, target cancelTarget, info 
 		defer unregister()
 	}
 	if err != nil {
-		outcome = "startup_failed"
 		var fe *fatalError
 		switch {
-		case !wrote && errors.As(err, &fe):
+		case wrote:
+			// The client has the gateway's own answer (a FATAL about the
+			// password, say) and the gateway hung up: nothing of ours to add.
+			outcome = "ended_during_startup"
+			log.Debug("session ended during startup", zap.Error(err))
+		case errors.As(err, &fe):
+			outcome = "startup_failed"
 			sendFatal(local, fe)
-		case !wrote:
+			log.Warn("gateway startup failed", zap.Error(err))
+		default:
+			outcome = "startup_failed"
 			sendFatal(local, startupFatal(f.cfg.To, err, info))
+			log.Warn("gateway startup failed", zap.Error(err))
 		}
-		log.Warn("gateway startup failed", zap.Error(err))
 		_ = gw.Close()
 		_ = local.Close()
 		<-upDone
