@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -255,7 +254,7 @@ func (c *connectConfig) validate() ([]forward.ListenAddr, error) {
 // address the server saw, so the grant request and the database
 // connections must leave from the same family.
 func (c *connectConfig) requestGrant(ctx, bgCtx context.Context, bg *sync.WaitGroup, roots *x509.CertPool, getenv func(string) string, log *zap.Logger) (string, error) {
-	network, err := gatewayFamily(ctx, c.To)
+	network, err := grantclient.Family(ctx, c.To)
 	if err != nil {
 		return "", err
 	}
@@ -285,26 +284,6 @@ func (c *connectConfig) requestGrant(ctx, bgCtx context.Context, bg *sync.WaitGr
 		gc.Keep(bgCtx, g, log, nil)
 	}()
 	return network, nil
-}
-
-// gatewayFamily resolves the gateway's host and returns "tcp4" or "tcp6"
-// for its first address.
-func gatewayFamily(ctx context.Context, to string) (string, error) {
-	host, _, _ := net.SplitHostPort(to)
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		ips, err := net.DefaultResolver.LookupNetIP(rctx, "ip", host)
-		if err != nil || len(ips) == 0 {
-			return "", fmt.Errorf("resolving %s to pin the address family of the grant: %w", host, err)
-		}
-		ip = ips[0]
-	}
-	if ip.Unmap().Is4() {
-		return "tcp4", nil
-	}
-	return "tcp6", nil
 }
 
 // tlsClientFlags are the TLS flags connect and probe share, named after

@@ -279,3 +279,17 @@ func TestRenewDelay(t *testing.T) {
 	require.Equal(t, 10*time.Second, renewDelay(now.Add(30*time.Second), now))
 	require.Equal(t, time.Second, renewDelay(now.Add(-time.Minute), now), "expired: at once, but not in a loop")
 }
+
+func TestFamily(t *testing.T) {
+	for addr, want := range map[string]string{"127.0.0.1:5432": "tcp4", "[::1]:5432": "tcp6", "[::ffff:10.0.0.1]:5432": "tcp4", "localhost:5432": "tcp"} {
+		got, err := Family(context.Background(), addr)
+		require.NoError(t, err, addr)
+		if want == "tcp" { // whichever family the resolver lists first
+			require.Contains(t, []string{"tcp4", "tcp6"}, got)
+			continue
+		}
+		require.Equal(t, want, got, addr)
+	}
+	_, err := Family(context.Background(), "db.example.com")
+	require.ErrorContains(t, err, "HOST:PORT")
+}
