@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -262,7 +263,7 @@ func (c *connectConfig) requestGrant(ctx, bgCtx context.Context, bg *sync.WaitGr
 	if c.GitHub {
 		aud := c.Audience
 		if aud == "" {
-			aud = strings.TrimSuffix(c.GrantURL, "/")
+			aud = urlOrigin(c.GrantURL)
 		}
 		tokens = grantclient.GitHubToken{Audience: aud, Getenv: getenv}
 	}
@@ -284,6 +285,15 @@ func (c *connectConfig) requestGrant(ctx, bgCtx context.Context, bg *sync.WaitGr
 		gc.Keep(bgCtx, g, log, nil)
 	}()
 	return network, nil
+}
+
+// urlOrigin is scheme://host[:port] of u (u itself if it does not parse).
+func urlOrigin(u string) string {
+	p, err := url.Parse(u)
+	if err != nil || p.Host == "" {
+		return u
+	}
+	return p.Scheme + "://" + p.Host
 }
 
 // tlsClientFlags are the TLS flags connect and probe share, named after

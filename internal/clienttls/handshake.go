@@ -214,6 +214,7 @@ type countingConn struct {
 	read atomic.Int64
 }
 
+// Read counts what it reads.
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.read.Add(int64(n))

@@ -30,6 +30,7 @@ type Error struct {
 	Err   error
 }
 
+// Error is "layer: message: cause".
 func (e *Error) Error() string {
 	if e.Err != nil {
 		return e.Layer + ": " + e.Msg + ": " + e.Err.Error()
@@ -37,6 +38,7 @@ func (e *Error) Error() string {
 	return e.Layer + ": " + e.Msg
 }
 
+// Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
 
 // layerErr builds an *Error.

@@ -34,6 +34,7 @@ type ServerError struct {
 	Message string
 }
 
+// Error marks the text as unverified.
 func (e *ServerError) Error() string {
 	return fmt.Sprintf("unverified server error (sent before TLS) %s: %s", e.Code, e.Message)
 }

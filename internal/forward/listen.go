@@ -26,6 +26,7 @@ type ListenAddr struct {
 	Address string // "127.0.0.1:5432" or "/dir/.s.PGSQL.5432"
 }
 
+// String is "network:address".
 func (a ListenAddr) String() string { return a.Network + ":" + a.Address }
 
 // ParseListen parses a --listen value: IP:PORT (an IP literal or

@@ -41,6 +41,7 @@ type APIError struct {
 	RetryAfter time.Duration // from Retry-After on 429, else 0
 }
 
+// Error names the status, what it means, and the server's message.
 func (e *APIError) Error() string {
 	var what string
 	switch e.Status {
