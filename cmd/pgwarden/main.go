@@ -18,6 +18,8 @@ const usage = `pgwarden: a TLS-terminating access gateway for PostgreSQL
 
 Usage:
   pgwarden serve [--config FILE] [flags]   run the gateway (pgwarden serve --help lists the flags)
+  pgwarden connect --to HOST:PORT [flags]  local plaintext listener carrying clients to a gateway over TLS (stunnel client = yes)
+  pgwarden probe HOST:PORT [flags]         check a postgres endpoint layer by layer: why can't I connect?
   pgwarden bans list|ban|unban ...          inspect and change bans through the admin endpoint
   pgwarden certs init|issue ...             make a private CA, server and client certificates
   pgwarden version                          print the version
@@ -37,6 +39,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return runServe(args[1:], stdout, stderr)
+	case "connect":
+		return runConnect(args[1:], stdout, stderr)
+	case "probe":
+		return runProbe(args[1:], stdout, stderr)
 	case "bans":
 		return runBans(args[1:], stdout, stderr)
 	case "certs":
