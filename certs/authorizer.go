@@ -27,7 +27,8 @@ const maxRoleLen = 63
 // The checks, in order:
 //  1. a certificate was sent;
 //  2. it verifies against --tls-client-ca (intermediates from the client's
-//     chain, extended key usage clientAuth, the current time);
+//     chain, extended key usage clientAuth, the current time) and, with
+//     --tls-client-crl, is not revoked (see crlSet.check);
 //  3. if --tls-allow-cn / --tls-allow-san are given, its CN, a DNS SAN or a
 //     URI SAN (e.g. a SPIFFE ID) is listed;
 //  4. the role: if the certificate's CN or one of its URI SANs has
@@ -39,6 +40,7 @@ const maxRoleLen = 63
 // unconditionally.
 type Authorizer struct {
 	caFile, mapFile string
+	crlFile         string
 	allowCN         map[string]bool
 	allowDNS        map[string]bool // lowercased: DNS names compare case-insensitively
 	allowURI        map[string]bool
@@ -50,11 +52,12 @@ type Authorizer struct {
 	reloadMu sync.Mutex
 }
 
-// authState is what Reload replaces: the CA pool and the role map merged
-// from the flags and the map file.
+// authState is what Reload replaces: the CA pool, the role map merged
+// from the flags and the map file, and the CRLs (nil without a CRL file).
 type authState struct {
 	pool  *x509.CertPool
 	roles roleMap
+	crls  *crlSet
 }
 
 // NewAuthorizer builds an Authorizer from p, reading p.ClientCAFile and
@@ -72,6 +75,7 @@ func NewAuthorizer(p Policy, logger *zap.Logger) (*Authorizer, error) {
 			{"--tls-allow-san", len(p.AllowSAN) > 0},
 			{"--tls-map-user", len(p.MapUser) > 0},
 			{"--tls-map-file", p.MapFile != ""},
+			{"--tls-client-crl", p.ClientCRLFile != ""},
 		} {
 			if f.set {
 				errs = append(errs, fmt.Errorf("%s needs --tls-client-ca: without it no client certificate is requested", f.flag))
@@ -85,6 +89,7 @@ func NewAuthorizer(p Policy, logger *zap.Logger) (*Authorizer, error) {
 	a := &Authorizer{
 		caFile:   p.ClientCAFile,
 		mapFile:  p.MapFile,
+		crlFile:  p.ClientCRLFile,
 		allowCN:  map[string]bool{},
 		allowDNS: map[string]bool{},
 		allowURI: map[string]bool{},
@@ -157,6 +162,10 @@ func (a *Authorizer) load() (*authState, error) {
 		}
 		pool.AddCert(c)
 	}
+	crls, err := loadCRLs(a.crlFile, cas, now, a.logger)
+	if err != nil {
+		return nil, err
+	}
 	roles := a.flagRoles
 	if a.mapFile != "" {
 		fileRoles, err := readMapFile(a.mapFile)
@@ -165,12 +174,12 @@ func (a *Authorizer) load() (*authState, error) {
 		}
 		roles = mergeRoles(a.flagRoles, fileRoles)
 	}
-	return &authState{pool: pool, roles: roles}, nil
+	return &authState{pool: pool, roles: roles, crls: crls}, nil
 }
 
-// Reload re-reads --tls-client-ca and --tls-map-file. On error the previous
-// CA pool and map stay in force, the error is logged at error level and
-// returned. A nil Authorizer has nothing to reload.
+// Reload re-reads --tls-client-ca, --tls-map-file and --tls-client-crl. On
+// error the previous CA pool, map and CRL stay in force, the error is logged
+// at error level and returned. A nil Authorizer has nothing to reload.
 func (a *Authorizer) Reload() error {
 	if a == nil {
 		return nil
@@ -205,13 +214,17 @@ func (a *Authorizer) Authorize(cs *tls.ConnectionState, role string) error {
 	for _, c := range cs.PeerCertificates[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
+	chains, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         st.pool,
 		Intermediates: inter,
 		CurrentTime:   a.now(),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
+	})
+	if err != nil {
 		return &AuthError{Kind: ErrUntrustedClientCert, Public: untrustedText(err), Cause: err}
+	}
+	if err := st.crls.check(leaf, chains, a.now()); err != nil {
+		return err
 	}
 	id := identityOf(leaf)
 	if !a.identityAllowed(leaf) {

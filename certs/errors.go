@@ -18,6 +18,11 @@ var (
 	ErrIdentityNotAllowed = errors.New("certificate identity not allowed")
 	// ErrRoleNotAllowed: the identity may not log in as the requested role.
 	ErrRoleNotAllowed = errors.New("role not allowed for certificate identity")
+	// ErrRevokedClientCert: --tls-client-crl lists the certificate.
+	ErrRevokedClientCert = errors.New("client certificate revoked")
+	// ErrClientCertStatusUnknown: --tls-client-crl cannot vouch for the
+	// certificate (its CRL has expired, or its issuer has none).
+	ErrClientCertStatusUnknown = errors.New("client certificate status unknown")
 	// ErrExists: certs init/issue refused to overwrite a file.
 	ErrExists = errors.New("file already exists")
 )
@@ -62,6 +67,10 @@ func (e *AuthError) Reason() string {
 		return "identity_not_allowed"
 	case ErrRoleNotAllowed:
 		return "role_not_allowed"
+	case ErrRevokedClientCert:
+		return "revoked_client_cert"
+	case ErrClientCertStatusUnknown:
+		return "client_cert_status_unknown"
 	default:
 		return "other"
 	}

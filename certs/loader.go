@@ -48,7 +48,7 @@ func NewLoader(certFile, keyFile string, logger *zap.Logger) (*Loader, error) {
 		keyFile:  keyFile,
 		logger:   logger,
 		now:      time.Now,
-		debounce: 200 * time.Millisecond,
+		debounce: defaultDebounce,
 	}
 	pair, err := loadKeyPair(certFile, keyFile, l.now())
 	if err != nil {

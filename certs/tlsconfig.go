@@ -37,6 +37,9 @@ type Policy struct {
 	MapUser []string
 	// MapFile (--tls-map-file) holds the same as "IDENTITY ROLE" lines.
 	MapFile string
+	// ClientCRLFile (--tls-client-crl) holds a CRL (PEM) from each CA of
+	// ClientCAFile; the certificates they list are refused.
+	ClientCRLFile string
 }
 
 // aeadSuites are the TLS 1.2 suites we allow: ECDHE for forward secrecy and

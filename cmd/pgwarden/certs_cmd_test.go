@@ -27,7 +27,7 @@ func TestRunCerts(t *testing.T) {
 		wantFiles  []string // relative to DIR/READY
 	}{
 		{name: "no subcommand", args: nil, wantCode: exitUsage, wantStderr: []string{"pgwarden certs init"}},
-		{name: "unknown subcommand", args: []string{"renew"}, wantCode: exitUsage, wantStderr: []string{`unknown command "renew"`}},
+		{name: "unknown subcommand", args: []string{"rotate"}, wantCode: exitUsage, wantStderr: []string{`unknown command "rotate"`}},
 		{name: "help", args: []string{"help"}, wantCode: exitOK, wantStdout: []string{"certs issue", "--client NAME"}},
 		{name: "init help", args: []string{"init", "--help"}, wantCode: exitOK, wantStdout: []string{"Usage: pgwarden certs init", "--host"}},
 		{
