@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -263,8 +262,10 @@ func (s *adminServer) ban(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("content type %q: send application/json", ct))
 		return
 	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, adminMaxBodyBytes))
+	dec.DisallowUnknownFields()
 	var req banRequest
-	if err := decodeStrict(http.MaxBytesReader(w, r.Body, adminMaxBodyBytes), &req); err != nil {
+	if err := dec.Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("decoding the request body: %v", err))
 		return
 	}
@@ -287,52 +288,6 @@ func (s *adminServer) ban(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/bans/"+url.PathEscape(info.IP))
 	writeJSON(w, http.StatusCreated, toBanJSON(info))
-}
-
-// decodeStrict decodes a body that must be exactly one JSON object with
-// known keys, each at most once. encoding/json alone keeps the last of
-// duplicate keys (matched case-insensitively: "ip" and "IP" are the same
-// field) and stops reading after the first value, so {"ip":"a","ip":"b"} or
-// an object followed by more data would be taken as some reading of an
-// ambiguous request; anything but one clear object is refused instead.
-func decodeStrict(r io.Reader, v any) error {
-	body, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if tok, err := dec.Token(); err != nil {
-		return err
-	} else if tok != json.Delim('{') {
-		return errors.New("expected one JSON object")
-	}
-	var keys []string
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		key, _ := tok.(string) // json.Decoder only yields string keys here
-		for _, k := range keys {
-			if strings.EqualFold(k, key) {
-				return fmt.Errorf("duplicate key %q", key)
-			}
-		}
-		keys = append(keys, key)
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return err
-		}
-	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("unexpected data after the JSON object")
-	}
-	strict := json.NewDecoder(bytes.NewReader(body))
-	strict.DisallowUnknownFields()
-	return strict.Decode(v)
 }
 
 func (s *adminServer) unban(w http.ResponseWriter, r *http.Request) {
