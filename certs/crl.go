@@ -149,7 +149,7 @@ func (a *Authorizer) Watch(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		a.runCRLExpiryChecks(ctx)
+		daily(ctx, func() { a.state.Load().crls.warnIfExpiring(a.now(), DefaultExpiryWarning, a.logger) })
 	}()
 	err := fileWatch{
 		what:     "certificate revocation list",
@@ -161,18 +161,4 @@ func (a *Authorizer) Watch(ctx context.Context) error {
 	cancel()
 	<-done
 	return err
-}
-
-// runCRLExpiryChecks repeats the NextUpdate warning daily until ctx is done.
-func (a *Authorizer) runCRLExpiryChecks(ctx context.Context) {
-	t := time.NewTicker(expiryCheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.state.Load().crls.warnIfExpiring(a.now(), DefaultExpiryWarning, a.logger)
-		}
-	}
 }

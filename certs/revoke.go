@@ -247,12 +247,7 @@ func signCRL(ca *x509.Certificate, key crypto.Signer, prev *x509.RevocationList,
 func parseCRLs(flag, file string, data []byte) ([]*x509.RevocationList, error) {
 	var crls []*x509.RevocationList
 	sawCert := false
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
+	for _, block := range pemBlocks(data) {
 		switch block.Type {
 		case "X509 CRL":
 			crl, err := x509.ParseRevocationList(block.Bytes)

@@ -68,9 +68,6 @@ func runCertsInit(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseCertsFlags(fs, args, 0, stdout, stderr); done {
 		return code
 	}
-	if *dir == "" {
-		return certsFail(stderr, errors.New("--dir is required"), exitUsage)
-	}
 	if *clientOnly {
 		if len(*hosts) > 0 {
 			return certsFail(stderr, errors.New("--host does not go with --client-ca-only: a client CA makes no server certificate"), exitUsage)
@@ -103,9 +100,6 @@ func runCertsIssue(args []string, stdout, stderr io.Writer) int {
 	force := fs.Bool("force", false, "replace an existing DIR/NAME.crt and DIR/NAME.key")
 	if code, done := parseCertsFlags(fs, args, 0, stdout, stderr); done {
 		return code
-	}
-	if *dir == "" {
-		return certsFail(stderr, errors.New("--dir is required"), exitUsage)
 	}
 	d, err := certs.ParseTTL(*ttl)
 	if err != nil {
@@ -164,9 +158,6 @@ func runCertsRenew(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseCertsFlags(fs, args, 0, stdout, stderr); done {
 		return code
 	}
-	if *dir == "" {
-		return certsFail(stderr, errors.New("--dir is required"), exitUsage)
-	}
 	r, err := certs.RenewServer(*dir, *hosts)
 	if err != nil {
 		return certsFail(stderr, err, certsExitCode(err))
@@ -192,9 +183,6 @@ func runCertsRevoke(args []string, stdout, stderr io.Writer) int {
 	next := fs.String("next-update", "30d", "how long the written CRL is valid; the gateway refuses the CA's certificates once it has expired")
 	if code, done := parseCertsFlags(fs, args, 1, stdout, stderr); done {
 		return code
-	}
-	if *dir == "" {
-		return certsFail(stderr, errors.New("--dir is required"), exitUsage)
 	}
 	if fs.NArg() != 1 {
 		return certsFail(stderr, errors.New("NAME or SERIAL is required: the client name given to certs issue, or the certificate's serial number"), exitUsage)
@@ -244,9 +232,6 @@ func runCertsCRL(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseCertsFlags(fs, args, 0, stdout, stderr); done {
 		return code
 	}
-	if *dir == "" {
-		return certsFail(stderr, errors.New("--dir is required"), exitUsage)
-	}
 	validity, err := certs.ParseDuration("--next-update", *next)
 	if err != nil {
 		return certsFail(stderr, err, exitUsage)
@@ -267,7 +252,8 @@ func printCRL(w io.Writer, c certs.CRLInfo) {
 func dateOf(t time.Time) string { return t.UTC().Format(time.DateOnly) }
 
 // parseCertsFlags parses args into fs; done reports that the command should
-// return code now (help, a flag error, or more than maxArgs arguments).
+// return code now (help, a flag error, more than maxArgs arguments, or no
+// --dir).
 func parseCertsFlags(fs *pflag.FlagSet, args []string, maxArgs int, stdout, stderr io.Writer) (code int, done bool) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {} // help is printed below, once, to stdout
@@ -286,6 +272,10 @@ func parseCertsFlags(fs *pflag.FlagSet, args []string, maxArgs int, stdout, stde
 			return certsFail(stderr, fmt.Errorf("unexpected argument %q: %s takes only flags", fs.Arg(0), fs.Name()), exitUsage), true
 		}
 		return certsFail(stderr, fmt.Errorf("unexpected argument %q: %s takes one NAME or SERIAL", fs.Arg(maxArgs), fs.Name()), exitUsage), true
+	}
+	// Every certs command works on a directory.
+	if f := fs.Lookup("dir"); f != nil && f.Value.String() == "" {
+		return certsFail(stderr, errors.New("--dir is required"), exitUsage), true
 	}
 	return 0, false
 }
