@@ -28,7 +28,8 @@ const maxRoleLen = 63
 // The checks, in order:
 //  1. a certificate was sent;
 //  2. it verifies against --tls-client-ca (intermediates from the client's
-//     chain, extended key usage clientAuth, the current time);
+//     chain, extended key usage clientAuth, the current time) and, with
+//     --tls-client-crl, is not revoked (see crlSet.check);
 //  3. its subject has at most one CN: Go's Subject.CommonName is the last
 //     CN of the subject and postgres's clientcert=verify-full (OpenSSL's
 //     X509_NAME_get_text_by_NID) takes the first, so "CN=alice, CN=postgres"
@@ -45,6 +46,7 @@ const maxRoleLen = 63
 // unconditionally.
 type Authorizer struct {
 	caFile, mapFile string
+	crlFile         string
 	allowCN         map[string]bool
 	allowDNS        map[string]bool // lowercased: DNS names compare case-insensitively
 	allowURI        map[string]bool
@@ -56,11 +58,12 @@ type Authorizer struct {
 	reloadMu sync.Mutex
 }
 
-// authState is what Reload replaces: the CA pool and the role map merged
-// from the flags and the map file.
+// authState is what Reload replaces: the CA pool, the role map merged
+// from the flags and the map file, and the CRLs (nil without a CRL file).
 type authState struct {
 	pool  *x509.CertPool
 	roles roleMap
+	crls  *crlSet
 }
 
 // NewAuthorizer builds an Authorizer from p, reading p.ClientCAFile and
@@ -78,6 +81,7 @@ func NewAuthorizer(p Policy, logger *zap.Logger) (*Authorizer, error) {
 			{"--tls-allow-san", len(p.AllowSAN) > 0},
 			{"--tls-map-user", len(p.MapUser) > 0},
 			{"--tls-map-file", p.MapFile != ""},
+			{"--tls-client-crl", p.ClientCRLFile != ""},
 		} {
 			if f.set {
 				errs = append(errs, fmt.Errorf("%s needs --tls-client-ca: without it no client certificate is requested", f.flag))
@@ -91,6 +95,7 @@ func NewAuthorizer(p Policy, logger *zap.Logger) (*Authorizer, error) {
 	a := &Authorizer{
 		caFile:   p.ClientCAFile,
 		mapFile:  p.MapFile,
+		crlFile:  p.ClientCRLFile,
 		allowCN:  map[string]bool{},
 		allowDNS: map[string]bool{},
 		allowURI: map[string]bool{},
@@ -163,6 +168,10 @@ func (a *Authorizer) load() (*authState, error) {
 		}
 		pool.AddCert(c)
 	}
+	crls, err := loadCRLs(a.crlFile, cas, now, a.logger)
+	if err != nil {
+		return nil, err
+	}
 	roles := a.flagRoles
 	if a.mapFile != "" {
 		fileRoles, err := readMapFile(a.mapFile)
@@ -171,12 +180,12 @@ func (a *Authorizer) load() (*authState, error) {
 		}
 		roles = mergeRoles(a.flagRoles, fileRoles)
 	}
-	return &authState{pool: pool, roles: roles}, nil
+	return &authState{pool: pool, roles: roles, crls: crls}, nil
 }
 
-// Reload re-reads --tls-client-ca and --tls-map-file. On error the previous
-// CA pool and map stay in force, the error is logged at error level and
-// returned. A nil Authorizer has nothing to reload.
+// Reload re-reads --tls-client-ca, --tls-map-file and --tls-client-crl. On
+// error the previous CA pool, map and CRL stay in force, the error is logged
+// at error level and returned. A nil Authorizer has nothing to reload.
 func (a *Authorizer) Reload() error {
 	if a == nil {
 		return nil
@@ -237,13 +246,17 @@ func (a *Authorizer) verifyPeer(cs *tls.ConnectionState) (*x509.Certificate, *au
 	for _, c := range cs.PeerCertificates[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
+	chains, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         st.pool,
 		Intermediates: inter,
 		CurrentTime:   a.now(),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, nil, &AuthError{Kind: ErrUntrustedClientCert, Public: untrustedText(err), Cause: err}
+	}
+	if err := st.crls.check(leaf, chains, a.now()); err != nil {
+		return nil, nil, err
 	}
 	if n := commonNameCount(leaf); n > 1 {
 		return nil, nil, &AuthError{

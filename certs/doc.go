@@ -3,7 +3,10 @@
 // Where certificates come from: an operator's files (--tls-cert, --tls-key),
 // for example from cert-manager or certbot, or `pgwarden certs init`, which
 // writes a private CA and a server certificate (InitCA) and issues client
-// certificates from it (IssueClient).
+// certificates from it (IssueClient). RenewServer replaces the server
+// certificate from the same CA; InitClientCA makes a CA that signs client
+// certificates only (the one to hand to CI); Revoke and RefreshCRL maintain
+// its revocation list, which the Authorizer checks (--tls-client-crl).
 //
 // Reload: a Loader holds the current pair behind an atomic pointer. Reload
 // (SIGHUP) and Watch (file changes, watched by directory so rename and

@@ -21,6 +21,11 @@ var (
 	ErrSeveralCommonNames = errors.New("client certificate has several common names")
 	// ErrRoleNotAllowed: the identity may not log in as the requested role.
 	ErrRoleNotAllowed = errors.New("role not allowed for certificate identity")
+	// ErrRevokedClientCert: --tls-client-crl lists the certificate.
+	ErrRevokedClientCert = errors.New("client certificate revoked")
+	// ErrClientCertStatusUnknown: --tls-client-crl cannot vouch for the
+	// certificate (its CRL has expired, or its issuer has none).
+	ErrClientCertStatusUnknown = errors.New("client certificate status unknown")
 	// ErrExists: certs init/issue refused to overwrite a file.
 	ErrExists = errors.New("file already exists")
 )
@@ -67,6 +72,10 @@ func (e *AuthError) Reason() string {
 		return "role_not_allowed"
 	case ErrSeveralCommonNames:
 		return "several_common_names"
+	case ErrRevokedClientCert:
+		return "revoked_client_cert"
+	case ErrClientCertStatusUnknown:
+		return "client_cert_status_unknown"
 	default:
 		return "other"
 	}

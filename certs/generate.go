@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -50,6 +51,11 @@ type ClientFiles struct {
 	// ServerName is the first name in DIR/server.crt, for the usage hint; ""
 	// if that file is absent or unreadable.
 	ServerName string
+	// ClientCA: DIR holds a client-only CA (InitClientCA), so clients verify
+	// the server with another CA than CACert.
+	ClientCA bool
+	// Serial is the certificate's serial number, as revocation names it.
+	Serial *big.Int
 }
 
 // InitCA creates dir (0700) if needed and writes a new private CA and a
@@ -78,46 +84,11 @@ func InitCA(dir string, hosts []string, force bool) (Files, error) {
 	}
 
 	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return Files{}, fmt.Errorf("generating CA key: %w", err)
-	}
-	caSerial, err := randomSerial()
+	caCert, caKey, err := newCA("pgwarden CA", nil, now)
 	if err != nil {
 		return Files{}, err
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: caSerial,
-		// A random suffix keeps two deployments' CAs distinct by subject,
-		// so a client trusting both never confuses their issuers.
-		Subject:               pkix.Name{Organization: []string{"pgwarden"}, CommonName: "pgwarden CA " + hex.EncodeToString(caSerial.Bytes()[:4])},
-		NotBefore:             now.Add(-backdate),
-		NotAfter:              now.Add(CAValidity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		// Leaves only: nobody should hang an intermediate off this CA.
-		MaxPathLen:     0,
-		MaxPathLenZero: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	if err != nil {
-		return Files{}, fmt.Errorf("signing CA certificate: %w", err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return Files{}, fmt.Errorf("parsing CA certificate: %w", err)
-	}
-
-	serverTmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: names[0]},
-		DNSNames:    dnsNames,
-		IPAddresses: ips,
-		NotBefore:   now.Add(-backdate),
-		NotAfter:    now.Add(ServerValidity),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
+	serverTmpl := serverTemplate(names, dnsNames, ips, now, now.Add(ServerValidity))
 	serverCertPEM, serverKeyPEM, err := issueLeaf(serverTmpl, caCert, caKey)
 	if err != nil {
 		return Files{}, fmt.Errorf("issuing server certificate: %w", err)
@@ -127,7 +98,7 @@ func InitCA(dir string, hosts []string, force bool) (Files, error) {
 		return Files{}, err
 	}
 	err = writeFiles(force, []fileContent{
-		{f.CACert, certPEM(caDER), 0o644},
+		{f.CACert, certPEM(caCert.Raw), 0o644},
 		{f.CAKey, caKeyPEM, 0o600},
 		{f.ServerCert, serverCertPEM, 0o644},
 		{f.ServerKey, serverKeyPEM, 0o600},
@@ -135,8 +106,77 @@ func InitCA(dir string, hosts []string, force bool) (Files, error) {
 	if err != nil {
 		return Files{}, err
 	}
-	f.CANotAfter, f.ServerNotAfter = caTmpl.NotAfter, serverTmpl.NotAfter
+	f.CANotAfter, f.ServerNotAfter = caCert.NotAfter, serverTmpl.NotAfter
 	return f, nil
+}
+
+// newCA makes a self-signed P-256 CA valid for CAValidity from now, named
+// name plus a random suffix. extKeyUsage, if not empty, limits what the CA
+// may sign: RFC 5280 leaves EKU on a CA undefined, but Go's verifier and
+// OpenSSL (its check_purpose for a CA in the chain) both refuse a leaf
+// whose purpose the CA's EKU lacks, so a client CA with clientAuth only
+// cannot vouch for a server even if someone trusts it as a server CA.
+func newCA(name string, extKeyUsage []x509.ExtKeyUsage, now time.Time) (*x509.Certificate, crypto.Signer, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generating CA key: %w", err)
+	}
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		// A random suffix keeps two deployments' CAs distinct by subject,
+		// so a client trusting both never confuses their issuers.
+		Subject:               pkix.Name{Organization: []string{"pgwarden"}, CommonName: name + " " + hex.EncodeToString(serial.Bytes()[:4])},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(CAValidity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           extKeyUsage,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		// Leaves only: nobody should hang an intermediate off this CA.
+		MaxPathLen:     0,
+		MaxPathLenZero: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing CA certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing CA certificate: %w", err)
+	}
+	return cert, key, nil
+}
+
+// serverTemplate is a serverAuth leaf for names (the first is the CN).
+func serverTemplate(names, dnsNames []string, ips []net.IP, now, notAfter time.Time) *x509.Certificate {
+	return &x509.Certificate{
+		Subject:     pkix.Name{CommonName: names[0]},
+		DNSNames:    dnsNames,
+		IPAddresses: ips,
+		NotBefore:   now.Add(-backdate),
+		NotAfter:    notAfter,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+}
+
+// caSigns reports whether ca may sign leaves for usage: a CA without
+// extended key usages signs anything (the combined CA of certs init), one
+// with them only what they list (the client CA of certs init-client-ca).
+func caSigns(ca *x509.Certificate, usage x509.ExtKeyUsage) bool {
+	if len(ca.ExtKeyUsage) == 0 {
+		return true
+	}
+	for _, u := range ca.ExtKeyUsage {
+		if u == usage || u == x509.ExtKeyUsageAny {
+			return true
+		}
+	}
+	return false
 }
 
 // IssueClient issues a client certificate with CN=name from the CA in dir,
@@ -160,6 +200,9 @@ func IssueClient(dir, name string, ttl time.Duration, force bool) (ClientFiles, 
 	caCert, caKey, err := loadCA(dir)
 	if err != nil {
 		return ClientFiles{}, err
+	}
+	if !caSigns(caCert, x509.ExtKeyUsageClientAuth) {
+		return ClientFiles{}, fmt.Errorf("--dir %s: this CA may not sign client certificates (its extended key usage excludes clientAuth)", cf.CACert)
 	}
 	now := time.Now()
 	notAfter := now.Add(ttl)
@@ -185,15 +228,23 @@ func IssueClient(dir, name string, ttl time.Duration, force bool) (ClientFiles, 
 	if err := writeFiles(force, []fileContent{{cf.Cert, certPEM, 0o644}, {cf.Key, keyPEM, 0o600}}); err != nil {
 		return ClientFiles{}, err
 	}
+	// Recorded after the files exist, so the record never names a
+	// certificate nobody received; a failure here leaves a certificate that
+	// can still be revoked by serial, so say so rather than fail silently.
+	if err := recordIssued(dir, issuedRecord{Serial: tmpl.SerialNumber.Text(16), Name: name, NotAfter: notAfter, Issued: now}); err != nil {
+		return ClientFiles{}, fmt.Errorf("%w (the certificate was written; revoke it by serial %s if needed)", err, tmpl.SerialNumber.Text(16))
+	}
 	cf.NotAfter = notAfter
 	cf.ServerName = serverName(dir)
+	cf.ClientCA = !caSigns(caCert, x509.ExtKeyUsageServerAuth)
+	cf.Serial = tmpl.SerialNumber
 	return cf, nil
 }
 
 // loadCA reads DIR/ca.crt and DIR/ca.key and checks that they belong together.
 func loadCA(dir string) (*x509.Certificate, crypto.Signer, error) {
 	certFile, keyFile := filepath.Join(dir, CACertName), filepath.Join(dir, CAKeyName)
-	hint := " (run `pgwarden certs init --dir " + dir + " --host NAME` first)"
+	hint := " (run `pgwarden certs init --dir " + dir + " --host NAME` or `pgwarden certs init-client-ca --dir " + dir + "` first)"
 	data, err := readFile("--dir", certFile)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {

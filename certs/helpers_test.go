@@ -49,6 +49,7 @@ type recordCountingConn struct {
 	pending []byte // bytes of a header or body not yet complete
 	need    int    // body bytes still to skip
 	c       counts
+	lengths []int // each record's length field, in order
 }
 
 func (r *recordCountingConn) Write(p []byte) (int, error) {
@@ -67,6 +68,7 @@ func (r *recordCountingConn) Write(p []byte) (int, error) {
 		if len(r.pending) == 5 {
 			r.c.records++
 			r.need = int(r.pending[3])<<8 | int(r.pending[4])
+			r.lengths = append(r.lengths, r.need)
 			r.pending = r.pending[:0]
 		}
 	}

@@ -48,7 +48,7 @@ func NewLoader(certFile, keyFile string, logger *zap.Logger) (*Loader, error) {
 		keyFile:  keyFile,
 		logger:   logger,
 		now:      time.Now,
-		debounce: 200 * time.Millisecond,
+		debounce: defaultDebounce,
 	}
 	pair, err := loadKeyPair(certFile, keyFile, l.now())
 	if err != nil {
@@ -124,6 +124,11 @@ func (l *Loader) RunExpiryChecks(ctx context.Context, within time.Duration) {
 		within = DefaultExpiryWarning
 	}
 	l.WarnIfExpiring(within)
+	daily(ctx, func() { l.WarnIfExpiring(within) })
+}
+
+// daily calls f every expiryCheckInterval until ctx is done.
+func daily(ctx context.Context, f func()) {
 	t := time.NewTicker(expiryCheckInterval)
 	defer t.Stop()
 	for {
@@ -131,7 +136,7 @@ func (l *Loader) RunExpiryChecks(ctx context.Context, within time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			l.WarnIfExpiring(within)
+			f()
 		}
 	}
 }

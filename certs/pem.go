@@ -31,16 +31,23 @@ func readFile(flag, file string) ([]byte, error) {
 	return data, nil
 }
 
+// pemBlocks returns the PEM blocks in data, in order.
+func pemBlocks(data []byte) []*pem.Block {
+	var blocks []*pem.Block
+	for rest := data; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			return blocks
+		}
+		blocks = append(blocks, block)
+	}
+}
+
 // parseCertificates returns every CERTIFICATE block in data, in order.
 func parseCertificates(flag, file string, data []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	sawKey := false
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
+	for _, block := range pemBlocks(data) {
 		switch block.Type {
 		case "CERTIFICATE":
 			c, err := x509.ParseCertificate(block.Bytes)
@@ -64,12 +71,7 @@ func parseCertificates(flag, file string, data []byte) ([]*x509.Certificate, err
 // parsePrivateKey accepts PKCS#8, SEC1 (EC) and PKCS#1 (RSA) PEM keys.
 func parsePrivateKey(flag, file string, data []byte) (crypto.Signer, error) {
 	sawCert := false
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
+	for _, block := range pemBlocks(data) {
 		var (
 			key any
 			err error

@@ -2,8 +2,11 @@ package certs
 
 import (
 	"crypto/tls"
+	"io"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgwarden/pgwarden/certs/certstest"
 	"github.com/stretchr/testify/assert"
@@ -196,5 +199,60 @@ func TestSessionTicketCost(t *testing.T) {
 				with[0].serverWrote.records, with[0].serverWrote.bytes,
 				with[1].serverWrote.records, with[1].serverWrote.bytes, with[1].client.DidResume)
 		}
+	}
+}
+
+// TestServerConfigWritesFullRecords: one 100 kB write right after the
+// handshake leaves in records of 16 KiB of plaintext, not in the small,
+// slowly growing records of crypto/tls's dynamic record sizing (which would
+// need about a dozen records for the same data).
+func TestServerConfigWritesFullRecords(t *testing.T) {
+	t.Parallel()
+	const size = 100000
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(tls.VersionName(version), func(t *testing.T) {
+			t.Parallel()
+			cfg, ca := testServerConfig(t, Policy{})
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer ln.Close()
+			type result struct {
+				lengths []int
+				err     error
+			}
+			done := make(chan result, 1)
+			go func() {
+				raw, err := ln.Accept()
+				if err != nil {
+					done <- result{err: err}
+					return
+				}
+				defer raw.Close()
+				_ = raw.SetDeadline(time.Now().Add(10 * time.Second))
+				counting := &recordCountingConn{Conn: raw}
+				conn := tls.Server(counting, cfg)
+				if err := conn.Handshake(); err != nil {
+					done <- result{err: err}
+					return
+				}
+				before := len(counting.lengths)
+				_, err = conn.Write(make([]byte, size))
+				done <- result{lengths: counting.lengths[before:], err: err}
+			}()
+			raw, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+			require.NoError(t, err)
+			defer raw.Close()
+			require.NoError(t, raw.SetDeadline(time.Now().Add(10*time.Second)))
+			conn := tls.Client(raw, &tls.Config{RootCAs: ca.CertPool(), ServerName: "localhost", MaxVersion: version})
+			_, err = io.ReadFull(conn, make([]byte, size))
+			require.NoError(t, err)
+			res := <-done
+			require.NoError(t, res.err)
+			// 16384 bytes of plaintext per record, plus its overhead.
+			require.Len(t, res.lengths, 7, "record length fields: %v", res.lengths)
+			for _, n := range res.lengths[:6] {
+				require.Greater(t, n, 16384, "record length fields: %v", res.lengths)
+			}
+		})
 	}
 }

@@ -48,19 +48,23 @@ func ValidateClientName(name string) error {
 }
 
 // ParseTTL parses --ttl: a Go duration ("12h", "90m") or whole days ("30d").
-func ParseTTL(s string) (time.Duration, error) {
+func ParseTTL(s string) (time.Duration, error) { return ParseDuration("--ttl", s) }
+
+// ParseDuration parses a positive duration flag: a Go duration ("12h",
+// "90m") or whole days ("30d").
+func ParseDuration(flag, s string) (time.Duration, error) {
 	if d, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.Atoi(d)
 		if err != nil || n <= 0 {
-			return 0, usageErrorf("--ttl %q: want a positive duration such as 12h or 30d", s)
+			return 0, usageErrorf("%s %q: want a positive duration such as 12h or 30d", flag, s)
 		}
 		return time.Duration(n) * 24 * time.Hour, nil
 	}
-	ttl, err := time.ParseDuration(s)
-	if err != nil || ttl <= 0 {
-		return 0, usageErrorf("--ttl %q: want a positive duration such as 12h or 30d", s)
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, usageErrorf("%s %q: want a positive duration such as 12h or 30d", flag, s)
 	}
-	return ttl, nil
+	return d, nil
 }
 
 // parseHosts splits --host values into DNS names and IPs, lowercased and

@@ -15,6 +15,9 @@ import (
 // at most this many quiet periods after the first event.
 const maxDebounceFactor = 10
 
+// defaultDebounce is the quiet period after a file event before a reload.
+const defaultDebounce = 200 * time.Millisecond
+
 // Watch reloads the certificate when the files change, until ctx is done.
 //
 // It watches the files' directories, not the files: editors, certbot and
@@ -33,20 +36,42 @@ const maxDebounceFactor = 10
 // Watch returns an error only if it cannot start watching; reload failures
 // are logged by Reload and the old pair keeps serving.
 func (l *Loader) Watch(ctx context.Context) error {
+	return fileWatch{
+		what:     "certificate",
+		files:    []string{l.certFile, l.keyFile},
+		logger:   l.logger,
+		debounce: l.debounce,
+		watching: l.watching,
+		reload:   func() { _ = l.Reload() }, // logged inside; the old pair keeps serving
+	}.run(ctx)
+}
+
+// fileWatch calls reload after files change, as Loader.Watch describes.
+type fileWatch struct {
+	what     string // for messages: "<what> file changed"
+	files    []string
+	logger   *zap.Logger
+	debounce time.Duration
+	watching func() // test hook: called once the watches are in place
+	reload   func()
+}
+
+func (fw fileWatch) run(ctx context.Context) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		return fmt.Errorf("watching certificate files: %w", err)
+		return fmt.Errorf("watching %s files: %w", fw.what, err)
 	}
 	defer w.Close()
-	for _, dir := range []string{filepath.Dir(l.certFile), filepath.Dir(l.keyFile)} {
+	for _, f := range fw.files {
+		dir := filepath.Dir(f)
 		if err := w.Add(dir); err != nil {
-			return fmt.Errorf("watching certificate directory %s: %w", dir, err)
+			return fmt.Errorf("watching %s directory %s: %w", fw.what, dir, err)
 		}
 	}
-	targets := l.addTargetDirs(w, nil)
-	l.logger.Debug("watching certificate files", zap.String("cert_file", l.certFile), zap.String("key_file", l.keyFile))
-	if l.watching != nil {
-		l.watching()
+	targets := fw.addTargetDirs(w, nil)
+	fw.logger.Debug("watching "+fw.what+" files", zap.Strings("files", fw.files))
+	if fw.watching != nil {
+		fw.watching()
 	}
 
 	timer := time.NewTimer(time.Hour)
@@ -57,10 +82,10 @@ func (l *Loader) Watch(ctx context.Context) error {
 		now := time.Now()
 		if pendingSince.IsZero() {
 			pendingSince = now
-		} else if now.Sub(pendingSince) > maxDebounceFactor*l.debounce {
+		} else if now.Sub(pendingSince) > maxDebounceFactor*fw.debounce {
 			return // let the running timer fire
 		}
-		timer.Reset(l.debounce)
+		timer.Reset(fw.debounce)
 	}
 	for {
 		select {
@@ -70,10 +95,10 @@ func (l *Loader) Watch(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			if !l.relevant(ev.Name, targets) {
+			if !fw.relevant(ev.Name, targets) {
 				continue
 			}
-			l.logger.Debug("certificate file changed", zap.String("name", ev.Name), zap.Stringer("op", ev.Op))
+			fw.logger.Debug(fw.what+" file changed", zap.String("name", ev.Name), zap.Stringer("op", ev.Op))
 			schedule()
 		case err, ok := <-w.Errors:
 			if !ok {
@@ -81,24 +106,26 @@ func (l *Loader) Watch(ctx context.Context) error {
 			}
 			// Overflow and similar: we may have missed an event, so reload
 			// anyway after the quiet period.
-			l.logger.Warn("certificate watcher error", zap.Error(err))
+			fw.logger.Warn(fw.what+" watcher error", zap.Error(err))
 			schedule()
 		case <-timer.C:
 			pendingSince = time.Time{}
-			_ = l.Reload() // logged inside; the old pair keeps serving
+			fw.reload()
 			// A symlink swap may have moved the targets.
-			targets = l.addTargetDirs(w, targets)
+			targets = fw.addTargetDirs(w, targets)
 		}
 	}
 }
 
 // relevant reports whether an event on name may change the files.
-func (l *Loader) relevant(name string, targetDirs map[string]bool) bool {
+func (fw fileWatch) relevant(name string, targetDirs map[string]bool) bool {
 	base := filepath.Base(name)
-	switch {
-	case base == filepath.Base(l.certFile), base == filepath.Base(l.keyFile):
-		return true
-	case strings.HasPrefix(base, ".."): // Kubernetes atomic writer: ..data, ..data_tmp, ..2024_...
+	for _, f := range fw.files {
+		if base == filepath.Base(f) {
+			return true
+		}
+	}
+	if strings.HasPrefix(base, "..") { // Kubernetes atomic writer: ..data, ..data_tmp, ..2024_...
 		return true
 	}
 	return targetDirs[filepath.Dir(name)]
@@ -106,11 +133,11 @@ func (l *Loader) relevant(name string, targetDirs map[string]bool) bool {
 
 // addTargetDirs watches the directories the files' symlinks resolve to, if
 // they differ from the given directories, and returns the set.
-func (l *Loader) addTargetDirs(w *fsnotify.Watcher, known map[string]bool) map[string]bool {
+func (fw fileWatch) addTargetDirs(w *fsnotify.Watcher, known map[string]bool) map[string]bool {
 	if known == nil {
 		known = map[string]bool{}
 	}
-	for _, f := range []string{l.certFile, l.keyFile} {
+	for _, f := range fw.files {
 		resolved, err := filepath.EvalSymlinks(f)
 		if err != nil {
 			continue
@@ -121,7 +148,7 @@ func (l *Loader) addTargetDirs(w *fsnotify.Watcher, known map[string]bool) map[s
 			continue
 		}
 		if err := w.Add(dir); err != nil {
-			l.logger.Debug("not watching certificate target directory", zap.String("dir", dir), zap.Error(err))
+			fw.logger.Debug("not watching "+fw.what+" target directory", zap.String("dir", dir), zap.Error(err))
 			continue
 		}
 		known[dir] = true

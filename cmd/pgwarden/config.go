@@ -30,6 +30,7 @@ type routeConfig struct {
 	TLSMapUser          []string
 	TLSMapFile          string
 	CancelPlaintext     string
+	TLSClientCRL        string
 }
 
 // serveConfig is everything `pgwarden serve` takes. Field names map to flag
@@ -81,6 +82,7 @@ func routeFlags(fs *pflag.FlagSet, rc *routeConfig) {
 	fs.StringArrayVar(&rc.TLSAllowSAN, "tls-allow-san", nil, "client certificate DNS or URI SAN allowed to connect (repeatable)")
 	fs.StringArrayVar(&rc.TLSMapUser, "tls-map-user", nil, "CN=ROLE: certificate CN may log in as ROLE (repeatable; default: role must equal CN)")
 	fs.StringVar(&rc.TLSMapFile, "tls-map-file", "", "file of 'CN ROLE' lines, like pg_ident.conf")
+	fs.StringVar(&rc.TLSClientCRL, "tls-client-crl", "", "certificate revocation list (PEM) of each --tls-client-ca CA: listed client certificates are refused")
 	fs.StringVar(&rc.Name, "name", "", "route name used in logs and metrics")
 	fs.StringVar(&rc.CancelPlaintext, "cancel-plaintext", "", "cancel requests sent without TLS, as psql before 17 sends them: allow, deny, or auto (the default: deny on a route with --tls-client-ca, allow elsewhere)")
 }
@@ -270,6 +272,7 @@ func (c *serveConfig) routes() []routeConfig {
 		inherit(&r.TLSKey, top.TLSKey)
 		inherit(&r.TLSClientCA, top.TLSClientCA)
 		inherit(&r.TLSMapFile, top.TLSMapFile)
+		inherit(&r.TLSClientCRL, top.TLSClientCRL)
 		inherit(&r.TLSMinVersion, top.TLSMinVersion)
 		inheritList(&r.Allow, top.Allow)
 		inheritList(&r.TLSAllowCN, top.TLSAllowCN)

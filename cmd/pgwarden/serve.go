@@ -200,6 +200,7 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 		MapUser:      rc.TLSMapUser,
 		MapFile:      rc.TLSMapFile,
 	}
+	policy.ClientCRLFile = rc.TLSClientCRL
 	if policy.MinVersion, err = certs.ParseMinVersion(minVersion); err != nil {
 		errs = append(errs, wrap(err))
 	}
@@ -300,6 +301,13 @@ func (g *gateway) run(ctx context.Context) error {
 			defer wg.Done()
 			if err := r.loader.Watch(watchCtx); err != nil && !errors.Is(err, context.Canceled) {
 				g.log.Warn("watching certificate files failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
+			}
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.authz.Watch(watchCtx); err != nil {
+				g.log.Warn("watching the certificate revocation list failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
 			}
 		}()
 		for _, ln := range r.listeners {
