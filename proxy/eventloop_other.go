@@ -25,7 +25,3 @@ func (s *Server) relayInLoop(*session, net.Conn) bool { return false }
 func (s *Server) stopLoops() {}
 
 func (sess *session) closeRelay() {}
-
-// queuePeakBytes is the most an event loop's queue has held: there are
-// none here.
-func queuePeakBytes() int64 { return 0 }

@@ -139,8 +139,6 @@ var outBufs = sync.Pool{New: func() any { b := make([]byte, 0, outBufSize); retu
 // tests read it to check the bound above under attack.
 var queuePeak atomic.Int64
 
-func queuePeakBytes() int64 { return queuePeak.Load() }
-
 // outBuf holds bytes the kernel has not yet taken for one socket. It is
 // empty, and holds no memory, whenever the socket keeps up, which is the
 // usual case; a pooled buffer is borrowed only while a peer reads slower
