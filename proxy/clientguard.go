@@ -16,30 +16,29 @@ import (
 // inside tls.Read, records it answers with on its own. In TLS 1.3 that is
 // the reply to a KeyUpdate that requests one (RFC 8446 §4.6.3: the receiver
 // "MUST send a KeyUpdate of its own"; crypto/tls conn.go handleKeyUpdate),
-// and in any version a fatal alert before the read fails. Renegotiation is
-// refused with a fatal alert (certs.ServerConfig), and session tickets are
-// off, so nothing else is written during a read.
+// and in any version an alert before the read fails (a bad record, a TLS
+// 1.2 renegotiation attempt), which ends the session. Nothing else is
+// written during a read.
 //
 // crypto/tls bounds none of this by itself. It ends a connection after 16
 // consecutive records that carry no application data (maxUselessRecords,
 // KeyUpdates included), but a single byte of data resets that count, so a
 // client that sends fifteen KeyUpdates requesting an update, then a
 // one-byte record, and so on, gets a 26-byte reply record for about every
-// 26 bytes it sends, for ever.
-// Were the client never to read, those replies would pile up in the
-// gateway (the event loop's queue) or hold the reader (the goroutine
-// relay). The replies are counted here and limited: tlsReplyBurst at once,
-// tlsReplyRate a second after that. A real client needs a KeyUpdate once
-// per 2^24 or more records (RFC 8446 §5.5 and its implementations' key
-// limits), so a client over the limit is not a client: the session ends
-// with errTLSAbuse (outcome "tls_abuse").
+// 26 bytes it sends, for ever. Were the client never to read, those replies
+// would pile up in the gateway (the event loop's queue) or hold the reader
+// (the goroutine relay). The replies are counted here and limited:
+// tlsReplyBurst at once, tlsReplyRate a second after that. A real client
+// needs a KeyUpdate once per 2^24 or more records (RFC 8446 §5.5 and its
+// implementations' key limits), so a client over the limit is not a
+// client: the session ends with errTLSAbuse (outcome "tls_abuse").
 //
 // The count needs nothing from crypto/tls's internals: whatever it writes
 // while the relay is inside tls.Read (and, in the goroutine relay, while the
 // reading goroutine holds the client's turn, see clientGuard.turn) it wrote
-// on its own. A KeyUpdate that requests no update costs a key derivation and
-// writes nothing, like an ignored empty record; crypto/tls's 16-in-a-row
-// limit is enough for those.
+// on its own. A KeyUpdate that requests no update writes nothing and costs
+// about what a small data record costs (a key derivation), so only
+// crypto/tls's own 16-in-a-row limit applies to those.
 const (
 	tlsReplyRate  = 16 // records a second, sustained
 	tlsReplyBurst = 16

@@ -120,7 +120,7 @@ var errWouldBlock net.Error = wouldBlock{}
 //   - toward postgres, one tls.Read: at most one record's plaintext, 16 KiB;
 //   - toward the client, either one relayed read from postgres
 //     (relayBufSize, 32 KiB) encrypted by tls.Write, which adds at most
-//     about 1 KiB of record overhead (a record per 1 KiB or more, 22 to 29
+//     about 1 KiB of record overhead (a record per 1 KiB or more, 21 to 29
 //     bytes each with the AEAD suites we allow), or what crypto/tls writes
 //     on its own during one tls.Read: at most 16 KeyUpdate replies of 26
 //     bytes (it allows 16 records without data in a row) and one alert.
