@@ -39,10 +39,19 @@ type loopFixture struct {
 }
 
 // loop returns the loop relaying the session.
-func (f *loopFixture) loop() *eventLoop {
-	f.srv.mu.Lock()
-	defer f.srv.mu.Unlock()
-	return f.sess.relay.loop
+func (f *loopFixture) loop() *eventLoop { return f.relay().loop }
+
+// relay returns the session in its loop, once it has been handed over
+// (relayInLoop runs on a goroutine of its own).
+func (f *loopFixture) relay() *loopSession {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		f.srv.mu.Lock()
+		ls := f.sess.relay
+		f.srv.mu.Unlock()
+		if ls != nil || time.Now().After(deadline) {
+			return ls
+		}
+	}
 }
 
 // loopOptions vary startLoopSession.
@@ -260,10 +269,9 @@ func TestLoopStopsReadingClientWithQueuedOutput(t *testing.T) {
 	// client stops being read only while postgres is slow, and then postgres
 	// is watched for writability; the loop changes the two interests one
 	// after the other, so the stop must be seen several times in a row.
-	f.srv.mu.Lock()
-	ls := f.sess.relay
-	f.srv.mu.Unlock()
-	epfd := f.loop().epfd
+	ls := f.relay()
+	require.NotNil(t, ls, "the session was not handed to a loop")
+	epfd := ls.loop.epfd
 	seen := 0
 	waitForLoop(t, "the loop to stop reading a client with queued output", func() bool {
 		in := epollInterest(t, epfd)

@@ -115,8 +115,9 @@ var errWouldBlock net.Error = wouldBlock{}
 // outBufSize is the capacity of a pooled pending-output buffer, and
 // outBufMax the most one queue may hold: the buffer is never grown.
 //
-// Why 64 KiB is ample. The loop reads a side only while the queue toward
-// it is empty, so a queue receives one burst and then only drains:
+// Why 64 KiB is ample. The loop reads neither side while the client's queue
+// holds anything, nor the client while postgres's does, so a queue takes
+// the output of one tls.Read or tls.Write at most before it drains:
 //   - toward postgres, one tls.Read: at most one record's plaintext, 16 KiB;
 //   - toward the client, either one relayed read from postgres
 //     (relayBufSize, 32 KiB) encrypted by tls.Write, which adds at most
