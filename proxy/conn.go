@@ -96,7 +96,7 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome string, err er
 	if !s.relayInLoop(sess, sess.upstream) {
 		s.pipe(sess, sess.upstream)
 	}
-	return "ok", sess.relayErr
+	return relayOutcome(sess.relayErr), sess.relayErr
 }
 
 // onFreshStack runs f on a new goroutine and waits for it. A panic there
@@ -220,7 +220,7 @@ func (s *Server) finish(sess *session, outcome string, err error) {
 	switch {
 	case outcome == "internal_error":
 		s.log.Error("connection closed", fields...)
-	case outcome == "upstream_unavailable":
+	case outcome == "upstream_unavailable" || outcome == "tls_abuse":
 		s.log.Warn("connection closed", fields...)
 	default:
 		s.log.Info("connection closed", fields...)

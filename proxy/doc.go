@@ -32,7 +32,10 @@
 // (level-triggered epoll, one per two cores), which reads once per readiness
 // event and never blocks, with crypto/tls running over a non-blocking
 // adapter (loopconn_linux.go); the session's goroutine only waits to log its
-// end. Elsewhere relay.go's two goroutines per session do it.
+// end. Elsewhere relay.go's two goroutines per session do it. Either way
+// what a client can make the gateway hold is bounded: queues are capped and a
+// client is not read while its output is blocked, and what crypto/tls writes
+// on its own (key update replies) is limited (clientguard.go).
 //
 // Errors reach the client only as postgres ErrorResponses built in errors.go
 // from a fixed set of public texts; causes go to the log.

@@ -507,13 +507,19 @@ func (ls *loopSession) onClient(ev uint32) error {
 	if ev&unix.EPOLLERR != 0 {
 		return sockErr(ls.cfd)
 	}
+	drained := false
 	if ev&unix.EPOLLOUT != 0 {
 		if err := ls.client.out.flush(ls.cfd); err != nil {
 			return err
 		}
+		// The client was not read while its queue was not empty; crypto/tls
+		// may hold its records, decrypted or whole, that no socket event
+		// will announce.
+		drained = ls.client.out.empty()
 	}
-	if ev == 0 || ev&(unix.EPOLLIN|unix.EPOLLHUP) != 0 && ls.cEvents&unix.EPOLLIN != 0 {
-		if ev != 0 {
+	readable := ev == 0 || ev&(unix.EPOLLIN|unix.EPOLLHUP) != 0 && ls.cEvents&unix.EPOLLIN != 0
+	if readable || drained {
+		if readable && ev != 0 {
 			ls.client.allowRead()
 		}
 		if err := ls.readClient(); err != nil {
@@ -528,11 +534,24 @@ func (ls *loopSession) onClient(ev uint32) error {
 
 // readClient decrypts what the client sent and passes it to postgres. It
 // stops when crypto/tls needs another read(2) (the loop comes back on the
-// next readiness event) or when postgres stops taking data.
+// next readiness event), when postgres stops taking data, or when anything
+// waits to go to the client: reading the client can make crypto/tls write
+// to it (a KeyUpdate reply, an alert), so a client that does not take its
+// output is not read (see outBufMax).
 func (ls *loopSession) readClient() error {
 	buf := ls.loop.buf
-	for ls.toUp.empty() && !ls.clientDone {
+	guard := &ls.client.guard
+	for ls.toUp.empty() && ls.client.out.empty() && !ls.clientDone {
+		// Whatever crypto/tls writes during this Read is its own
+		// (clientguard.go): the loop's tls.Writes happen elsewhere.
+		guard.ownWrites = true
 		n, err := ls.tls.Read(buf)
+		guard.ownWrites = false
+		if guard.err != nil {
+			// A refused reply or alert; crypto/tls itself would only
+			// report it at the next tls.Write.
+			return guard.err
+		}
 		if n > 0 {
 			ls.sess.bytesToUpstream += int64(n)
 			ls.srv.bytesUp.Add(float64(n))
@@ -586,7 +605,9 @@ func (ls *loopSession) onUpstream(ev uint32) error {
 			return err
 		}
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLHUP) != 0 && ls.uEvents&unix.EPOLLIN != 0 {
+	// Read postgres only while the client's queue is empty, even if this
+	// event was armed before something was queued in the same batch.
+	if ev&(unix.EPOLLIN|unix.EPOLLHUP) != 0 && ls.uEvents&unix.EPOLLIN != 0 && ls.client.out.empty() {
 		return ls.readUpstream()
 	}
 	if ev&unix.EPOLLHUP != 0 {
@@ -631,11 +652,12 @@ func (ls *loopSession) finished() bool {
 }
 
 // updateInterest sets what each socket is watched for: read a side only
-// while the other side keeps up (back-pressure), watch for writability only
-// while output is queued.
+// while the other side keeps up (back-pressure), and the client only while
+// its own queue is empty too (readClient says why); watch for writability
+// only while output is queued.
 func (ls *loopSession) updateInterest(epfd int) error {
 	var c, u uint32
-	if !ls.clientDone && ls.toUp.empty() {
+	if !ls.clientDone && ls.toUp.empty() && ls.client.out.empty() {
 		c |= unix.EPOLLIN
 	}
 	if !ls.client.out.empty() {

@@ -1,27 +1,37 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"runtime"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/pgwarden/pgwarden/certs/certstest"
 )
 
 // loopFixture is one session inside an event loop, with the test holding
 // the client's TLS end and postgres's end (a socketpair whose buffers are
-// tiny, so back-pressure comes at once).
+// tiny, so back-pressure comes at once). The client's traffic secrets and
+// records are kept, so a TLS13Forger can take its place.
 type loopFixture struct {
 	client   *tls.Conn
+	tap      *TLSTap
+	keyLog   *TLSKeyLog
 	upstream net.Conn // the "postgres" end
 	done     chan struct{}
 	srv      *Server
@@ -29,26 +39,69 @@ type loopFixture struct {
 }
 
 // loop returns the loop relaying the session.
-func (f *loopFixture) loop() *eventLoop {
-	f.srv.mu.Lock()
-	defer f.srv.mu.Unlock()
-	return f.sess.relay.loop
+func (f *loopFixture) loop() *eventLoop { return f.relay().loop }
+
+// relay returns the session in its loop, once it has been handed over
+// (relayInLoop runs on a goroutine of its own).
+func (f *loopFixture) relay() *loopSession {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		f.srv.mu.Lock()
+		ls := f.sess.relay
+		f.srv.mu.Unlock()
+		if ls != nil || time.Now().After(deadline) {
+			return ls
+		}
+	}
 }
 
-func startLoopSession(t *testing.T) *loopFixture {
+// loopOptions vary startLoopSession.
+type loopOptions struct {
+	// smallClientBuffers makes the client's TCP buffers small, both ends,
+	// so that a client that does not read fills them at once.
+	smallClientBuffers bool
+	// noReplyLimit lifts the limit on crypto/tls's own replies, to test
+	// what bounds the queue without it.
+	noReplyLimit bool
+}
+
+func startLoopSession(t *testing.T) *loopFixture { return startLoopSessionWith(t, loopOptions{}) }
+
+func startLoopSessionWith(t *testing.T, opts loopOptions) *loopFixture {
 	t.Helper()
 	ca := certstest.NewCA(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Small buffers are set before the connection exists (on the listener,
+	// which the accepted socket inherits, and before connect): shrinking
+	// them afterwards leaves TCP with a window larger than the buffer, and
+	// it drops and backs off for seconds.
+	var control func(network, address string, c syscall.RawConn) error
+	if opts.smallClientBuffers {
+		control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				for _, opt := range []int{unix.SO_RCVBUF, unix.SO_SNDBUF} {
+					if serr == nil {
+						serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, 64<<10)
+					}
+				}
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	ln, err := (&net.ListenConfig{Control: control}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
-	rawClient, err := net.Dial("tcp", ln.Addr().String())
+	rawClient, err := (&net.Dialer{Control: control}).Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
 	rawServer, err := ln.Accept()
 	require.NoError(t, err)
 
 	lc := newLoopConn(rawServer)
+	if opts.noReplyLimit {
+		lc.guard.replies = rate.NewLimiter(rate.Inf, 0)
+	}
 	srvTLS := tls.Server(lc, &tls.Config{Certificates: []tls.Certificate{ca.ServerCertificate(t, "localhost")}})
-	client := tls.Client(rawClient, &tls.Config{ServerName: "localhost", RootCAs: ca.CertPool()})
+	tap, keyLog := &TLSTap{Conn: rawClient}, &TLSKeyLog{}
+	client := tls.Client(tap, &tls.Config{ServerName: "localhost", RootCAs: ca.CertPool(), KeyLogWriter: keyLog})
 	errc := make(chan error, 1)
 	go func() { errc <- srvTLS.Handshake() }()
 	require.NoError(t, client.Handshake())
@@ -63,7 +116,7 @@ func startLoopSession(t *testing.T) *loopFixture {
 	s := &Server{log: zap.NewNop(), bytesUp: nopCounter{}, bytesDown: nopCounter{}, sessions: map[*session]struct{}{}}
 	t.Cleanup(s.stopLoops)
 	sess := &session{raw: rawServer, tls: srvTLS, clientIO: lc}
-	f := &loopFixture{client: client, upstream: theirs, done: make(chan struct{}), srv: s, sess: sess}
+	f := &loopFixture{client: client, tap: tap, keyLog: keyLog, upstream: theirs, done: make(chan struct{}), srv: s, sess: sess}
 	go func() {
 		defer close(f.done)
 		if !s.relayInLoop(sess, ours) {
@@ -177,4 +230,132 @@ func TestSessionsSpreadOverLoops(t *testing.T) {
 	for _, l := range []*eventLoop{a.loop(), b.loop()} {
 		require.Equal(t, 1, l.load())
 	}
+}
+
+// TestLoopStopsReadingClientWithQueuedOutput floods the loop with TLS 1.3
+// KeyUpdates that request an update, each making crypto/tls write a reply,
+// from a client that does not read, with the reply limit lifted: what must
+// bound the gateway's memory then is that a client with output queued is
+// not read. The loop must come to a stop (output queued, neither socket
+// read), the queue stay within outBufMax, and, once the client reads, every
+// KeyUpdate be answered, every data byte reach postgres, and the session go
+// on.
+func TestLoopStopsReadingClientWithQueuedOutput(t *testing.T) {
+	f := startLoopSessionWith(t, loopOptions{smallClientBuffers: true, noReplyLimit: true})
+	forger, err := NewTLS13Forger(f.client, f.tap, f.keyLog)
+	require.NoError(t, err)
+	queuePeak.Store(0)
+
+	// Eight KeyUpdates, then one byte of data: crypto/tls ends a connection
+	// after 16 records in a row without data. 6000 rounds are 1.4 MB, far
+	// more than the client's and the gateway's buffers and the queue hold.
+	const rounds, perRound = 6000, 8
+	gotData := make(chan error, 1)
+	go func() {
+		buf := make([]byte, rounds)
+		_, err := io.ReadFull(f.upstream, buf)
+		if err == nil && !bytes.Equal(buf, bytes.Repeat([]byte("x"), rounds)) {
+			err = errors.New("postgres got other bytes than the client sent")
+		}
+		gotData <- err
+	}()
+	flooded := make(chan error, 1)
+	go func() { flooded <- floodKeyUpdates(forger, rounds, perRound) }()
+
+	// The loop's epoll interest, as the kernel holds it, shows when it has
+	// stopped: the client watched only for writability (output queued, not
+	// read), postgres not watched at all (nothing to send it, and nothing
+	// to read while the client's queue is not empty). Without the rule the
+	// client stops being read only while postgres is slow, and then postgres
+	// is watched for writability; the loop changes the two interests one
+	// after the other, so the stop must be seen several times in a row.
+	ls := f.relay()
+	require.NotNil(t, ls, "the session was not handed to a loop")
+	epfd := ls.loop.epfd
+	seen := 0
+	waitForLoop(t, "the loop to stop reading a client with queued output", func() bool {
+		in := epollInterest(t, epfd)
+		c, u := in[ls.cfd]&(unix.EPOLLIN|unix.EPOLLOUT), in[ls.ufd]&(unix.EPOLLIN|unix.EPOLLOUT)
+		if c == unix.EPOLLOUT && u == 0 {
+			seen++
+		} else {
+			seen = 0
+		}
+		return seen == 3
+	}, flooded)
+	require.Positive(t, queuePeak.Load(), "nothing was queued for the client: the test did not test the queue")
+
+	require.NoError(t, forger.SetDeadline(time.Now().Add(60*time.Second)))
+	require.NoError(t, forger.AwaitKeyUpdates(rounds*perRound), "every KeyUpdate must be answered once the client reads")
+	require.NoError(t, <-flooded)
+	require.NoError(t, <-gotData)
+	require.LessOrEqual(t, queuePeak.Load(), int64(outBufMax))
+
+	// The session goes on.
+	_, err = f.upstream.Write([]byte("pong"))
+	require.NoError(t, err)
+	got := make([]byte, 4)
+	_, err = io.ReadFull(forger, got)
+	require.NoError(t, err)
+	require.Equal(t, "pong", string(got))
+	select {
+	case <-f.done:
+		t.Fatalf("session ended: %v", f.sess.relayErr)
+	default:
+	}
+}
+
+// floodKeyUpdates sends rounds of perRound KeyUpdates requesting an update
+// and one byte of data ("x"), without reading.
+func floodKeyUpdates(f *TLS13Forger, rounds, perRound int) error {
+	for r := range rounds {
+		for range perRound {
+			if err := f.KeyUpdate(true); err != nil {
+				return err
+			}
+		}
+		f.AppData([]byte("x"))
+		if r%64 == 63 || r == rounds-1 {
+			if err := f.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// waitForLoop polls cond like the e2e tests' waitFor, and fails at once if
+// the flood ends with an error (the session was ended).
+func waitForLoop(t *testing.T, what string, cond func() bool, flooded chan error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		select {
+		case err := <-flooded:
+			require.NoError(t, err, "waiting for %s", what)
+			flooded <- nil
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// epollInterest reads the events each descriptor is registered for in the
+// epoll instance epfd, from /proc/self/fdinfo (Linux 3.8+), in one read.
+func epollInterest(t *testing.T, epfd int) map[int]uint32 {
+	t.Helper()
+	info, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", epfd))
+	require.NoError(t, err)
+	in := make(map[int]uint32)
+	for _, line := range strings.Split(string(info), "\n") {
+		var fd int
+		var events uint32
+		if n, _ := fmt.Sscanf(line, "tfd: %d events: %x", &fd, &events); n == 2 {
+			in[fd] = events
+		}
+	}
+	return in
 }

@@ -10,3 +10,14 @@ func RelayLoopSessions() int {
 	}
 	return n
 }
+
+// RelayQueueMax is the most an event loop's queue toward one socket may
+// hold.
+const RelayQueueMax = outBufMax
+
+// RelayQueuePeak is the most any event loop's queue has held since
+// ResetRelayQueuePeak.
+func RelayQueuePeak() int64 { return queuePeak.Load() }
+
+// ResetRelayQueuePeak starts a new RelayQueuePeak measurement.
+func ResetRelayQueuePeak() { queuePeak.Store(0) }

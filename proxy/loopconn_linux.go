@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -13,7 +15,8 @@ import (
 
 // loopConn is the client's connection as crypto/tls sees it. Until the
 // session is authenticated it passes everything through to the accepted
-// conn, blocking, under the pre-authentication deadlines. Once the session is
+// conn, blocking, under the pre-authentication deadlines; the goroutine
+// relay goes on using it that way, through its guard. Once the session is
 // handed to an event loop (handOff), it reads and writes the socket itself,
 // without blocking:
 //
@@ -24,13 +27,16 @@ import (
 //   - Write never blocks and never fails for a full socket buffer: what the
 //     kernel does not take waits in out until the loop sees the socket
 //     writable again. crypto/tls makes every write error permanent, so this
-//     is the only correct way to give it a non-blocking socket.
+//     is the only correct way to give it a non-blocking socket. The loop
+//     keeps out small (it reads neither side while out holds anything) and
+//     out refuses to grow past outBufMax.
 //   - Deadlines and Close are no-ops: the loop owns the descriptor.
 type loopConn struct {
 	net.Conn
 	fd      int // -1 until handOff
 	mayRead bool
 	out     outBuf
+	guard   clientGuard
 }
 
 func newLoopConn(c net.Conn) *loopConn { return &loopConn{Conn: c, fd: -1} }
@@ -45,7 +51,7 @@ func (c *loopConn) allowRead() { c.mayRead = true }
 
 func (c *loopConn) Read(p []byte) (int, error) {
 	if c.fd < 0 {
-		return c.Conn.Read(p)
+		return c.guard.read(c.Conn, p)
 	}
 	if !c.mayRead {
 		return 0, errWouldBlock
@@ -56,10 +62,13 @@ func (c *loopConn) Read(p []byte) (int, error) {
 
 func (c *loopConn) Write(p []byte) (int, error) {
 	if c.fd < 0 {
-		return c.Conn.Write(p)
+		return c.guard.write(c.Conn, p)
+	}
+	if err := c.guard.checkWrite(); err != nil {
+		return 0, err
 	}
 	if err := c.out.write(c.fd, p); err != nil {
-		return 0, err
+		return 0, c.guard.fail(err)
 	}
 	return len(p), nil
 }
@@ -103,11 +112,33 @@ func (wouldBlock) Temporary() bool { return true }
 
 var errWouldBlock net.Error = wouldBlock{}
 
-// outBufSize is the capacity of a pooled pending-output buffer: one relayed
-// read (relayBufSize) plus TLS record overhead fits without growing.
-const outBufSize = 64 << 10
+// outBufSize is the capacity of a pooled pending-output buffer, and
+// outBufMax the most one queue may hold: the buffer is never grown.
+//
+// Why 64 KiB is ample. The loop reads neither side while the client's queue
+// holds anything, nor the client while postgres's does, so a queue takes
+// the output of one tls.Read or tls.Write at most before it drains:
+//   - toward postgres, one tls.Read: at most one record's plaintext, 16 KiB;
+//   - toward the client, either one relayed read from postgres
+//     (relayBufSize, 32 KiB) encrypted by tls.Write, which adds at most
+//     about 1 KiB of record overhead (a record per 1 KiB or more, 21 to 29
+//     bytes each with the AEAD suites we allow), or what crypto/tls writes
+//     on its own during one tls.Read: at most 16 KeyUpdate replies of 26
+//     bytes (it allows 16 records without data in a row) and one alert.
+//
+// So a queue holds at most about 34 KiB. Anything that would take it past
+// outBufMax is a broken assumption, and ends the session (errQueueFull)
+// rather than grow it.
+const (
+	outBufSize = 64 << 10
+	outBufMax  = outBufSize
+)
 
 var outBufs = sync.Pool{New: func() any { b := make([]byte, 0, outBufSize); return &b }}
+
+// queuePeak is the most any queue has held since the process started:
+// tests read it to check the bound above under attack.
+var queuePeak atomic.Int64
 
 // outBuf holds bytes the kernel has not yet taken for one socket. It is
 // empty, and holds no memory, whenever the socket keeps up, which is the
@@ -122,6 +153,7 @@ func (o *outBuf) empty() bool { return o.buf == nil }
 
 // write sends p to fd, or queues what the socket does not take now. Once
 // something is queued, later bytes queue behind it: order is preserved.
+// It refuses, queueing nothing, what would take the queue past outBufMax.
 func (o *outBuf) write(fd int, p []byte) error {
 	if o.buf == nil {
 		n, err := writeSome(fd, p)
@@ -132,11 +164,27 @@ func (o *outBuf) write(fd int, p []byte) error {
 		if len(p) == 0 {
 			return nil
 		}
+		if len(p) > outBufMax {
+			return fmt.Errorf("queueing %d bytes: %w", len(p), errQueueFull)
+		}
 		o.buf = outBufs.Get().(*[]byte)
 		o.off = 0
 	}
+	queued := len(*o.buf) - o.off
+	if queued+len(p) > outBufMax {
+		return fmt.Errorf("queueing %d bytes behind %d: %w", len(p), queued, errQueueFull)
+	}
+	if o.off > 0 && len(*o.buf)+len(p) > cap(*o.buf) {
+		// Reuse the part already sent rather than grow.
+		*o.buf = (*o.buf)[:copy(*o.buf, (*o.buf)[o.off:])]
+		o.off = 0
+	}
 	*o.buf = append(*o.buf, p...)
-	return nil
+	for q := int64(queued + len(p)); ; {
+		if peak := queuePeak.Load(); q <= peak || queuePeak.CompareAndSwap(peak, q) {
+			return nil
+		}
+	}
 }
 
 // flush sends as much of the queue as fd takes now.

@@ -14,7 +14,9 @@ import (
 // TestOutBufKeepsOrderUnderBackPressure writes random chunks into a
 // non-blocking socket with a small buffer, queueing what it does not take,
 // while the reader drains it in bursts; every byte must arrive, in order,
-// and the queue must hold memory only while something is queued.
+// the queue must never hold more than outBufMax (a chunk that would take it
+// past is refused whole), and it must hold memory only while something is
+// queued.
 func TestOutBufKeepsOrderUnderBackPressure(t *testing.T) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
@@ -37,16 +39,22 @@ func TestOutBufKeepsOrderUnderBackPressure(t *testing.T) {
 			max -= n
 		}
 	}
-	queued := 0
+	queued, refused := 0, 0
 	for range 800 {
 		chunk := make([]byte, 1+rng.IntN(20000))
 		for j := range chunk {
 			chunk[j] = byte(rng.Uint32())
 		}
-		sent.Write(chunk)
-		require.NoError(t, out.write(w, chunk))
+		if err := out.write(w, chunk); err != nil {
+			require.ErrorIs(t, err, errQueueFull)
+			refused++
+		} else {
+			sent.Write(chunk)
+		}
 		if !out.empty() {
 			queued++
+			require.LessOrEqual(t, len(*out.buf)-out.off, outBufMax)
+			require.Equal(t, outBufSize, cap(*out.buf), "the queue's buffer grew")
 		}
 		drain(rng.IntN(30000))
 		require.NoError(t, out.flush(w))
@@ -57,6 +65,7 @@ func TestOutBufKeepsOrderUnderBackPressure(t *testing.T) {
 	}
 	drain(1 << 30)
 	require.Positive(t, queued, "the socket never pushed back: the test did not test queueing")
+	require.Positive(t, refused, "the queue never reached its cap: the test did not test it")
 	require.Equal(t, sent.Len(), got.Len())
 	require.True(t, bytes.Equal(sent.Bytes(), got.Bytes()), "bytes reordered or corrupted")
 	require.Nil(t, out.buf, "an empty queue must give its buffer back")

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -28,41 +29,72 @@ var largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); ret
 // pipe copies bytes both ways until either side closes, then closes the
 // other. No message is parsed: after ReadyForQuery the gateway has nothing
 // left to decide, and relayAuth left nothing buffered.
+//
+// Both halves go through the client's guard (clientguard.go): it limits
+// what crypto/tls writes on its own while reading, and, like the event
+// loop, stops reading a client whose output is blocked.
 func (s *Server) pipe(sess *session, up net.Conn) {
 	client := sess.tls
+	guard := &clientGuard{}
+	if sess.clientIO != nil {
+		guard = &sess.clientIO.guard
+	}
 	done := make(chan struct{})
+	var upErr error
 	go func() {
 		defer close(done)
-		s.copyToUpstream(sess, up)
+		upErr = s.copyToUpstream(sess, up, guard)
 	}()
 
 	// postgres → client, on this goroutine.
-	n, err := copyHalf(client, up, s.bytesDown)
+	n, err := copyHalf(clientWriter{client, guard}, up, s.bytesDown)
 	sess.bytesToClient += n
-	if err != nil && !isBenignNetErr(err) && !isTimeout(err) {
-		sess.relayErr = err
-	}
 	// postgres has closed (or failed): the session is over. Close the client
 	// (TLS close_notify) and the upstream; that also ends the other copy.
+	// The reading goroutine may hold the turn while crypto/tls's own reply
+	// waits for a client that does not read: bound that wait as close_notify
+	// bounds its own.
+	_ = sess.raw.SetWriteDeadline(time.Now().Add(closeGrace))
+	guard.turn.Lock()
 	_ = client.Close()
+	guard.turn.Unlock()
 	_ = up.Close()
 	<-done
+	// The reader's refusal is the cause when it ended the session (this
+	// half then only saw closed conns); otherwise the first real error.
+	real := func(e error) bool { return !isBenignNetErr(e) && !isTimeout(e) }
+	switch {
+	case errors.Is(upErr, errTLSAbuse):
+		sess.relayErr = upErr
+	case real(err):
+		sess.relayErr = err
+	case real(upErr):
+		sess.relayErr = upErr
+	}
 }
 
 // copyToUpstream is the client → postgres half. A clean end from the client
 // is passed on as a half-close, which postgres treats as the end of the
-// session and answers by closing; anything else closes both sides.
-func (s *Server) copyToUpstream(sess *session, up net.Conn) {
-	n, err := copyHalf(up, sess.tls, s.bytesUp)
+// session and answers by closing; anything else closes both sides. It
+// returns the half's error.
+func (s *Server) copyToUpstream(sess *session, up net.Conn, guard *clientGuard) error {
+	n, err := copyHalf(up, clientReader{sess.tls, guard}, s.bytesUp)
 	sess.bytesToUpstream += n
 	if isBenignNetErr(err) {
 		if cw, ok := up.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			_ = up.SetReadDeadline(time.Now().Add(closeGrace))
-			return
+			return nil
 		}
 	}
 	_ = up.Close()
+	if errors.Is(err, errTLSAbuse) {
+		// No close_notify for an abusive client that does not read: it
+		// could only wait for closeGrace.
+		_ = sess.raw.Close()
+		return err
+	}
 	_ = sess.tls.Close()
+	return err
 }
 
 // copyHalf copies src to dst with the adaptive buffers described above and

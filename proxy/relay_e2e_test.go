@@ -45,8 +45,9 @@ func (w *slowWriter) Write(p []byte) (int, error) {
 
 // TestRelayBackPressureToSlowClient sends a result far larger than the
 // socket buffers to a client that does not read for a while: the gateway
-// must stop reading postgres rather than buffer without bound, and resume
-// without losing or reordering a byte.
+// must stop reading postgres rather than buffer without bound (an event
+// loop's queue stays within its cap), and resume without losing or
+// reordering a byte.
 func TestRelayBackPressureToSlowClient(t *testing.T) {
 	relayModes(t, testBackPressureToSlowClient)
 }
@@ -55,6 +56,7 @@ func testBackPressureToSlowClient(t *testing.T, g *gateway) {
 	conn := g.connect(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	proxy.ResetRelayQueuePeak()
 
 	const rows = 24000 // 24 MB: more than loopback's socket buffers hold
 	var want bytes.Buffer
@@ -68,14 +70,15 @@ func testBackPressureToSlowClient(t *testing.T, g *gateway) {
 	require.Equal(t, int64(rows), tag.RowsAffected())
 	require.Equal(t, want.Len(), w.n)
 	require.Equal(t, sha256.Sum256(want.Bytes()), [32]byte(h.Sum(nil)))
+	require.LessOrEqual(t, proxy.RelayQueuePeak(), int64(proxy.RelayQueueMax))
 	// The session is still usable afterwards.
 	require.Equal(t, "ok", queryOne(t, conn, "SELECT 'ok'"))
 }
 
 // TestRelayBackPressureToSlowPostgres holds postgres from reading a COPY
 // (its table is locked by another session) while the client keeps sending:
-// the gateway must stop reading the client, then deliver every byte once
-// postgres reads again.
+// the gateway must stop reading the client (an event loop's queue stays
+// within its cap), then deliver every byte once postgres reads again.
 func TestRelayBackPressureToSlowPostgres(t *testing.T) {
 	relayModes(t, testBackPressureToSlowPostgres)
 }
@@ -95,6 +98,7 @@ func testBackPressureToSlowPostgres(t *testing.T, g *gateway) {
 	_, err = locker.Exec(ctx, "BEGIN; LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE").ReadAll()
 	require.NoError(t, err)
 
+	proxy.ResetRelayQueuePeak()
 	var in bytes.Buffer
 	for i := 0; in.Len() < 16<<20; i++ {
 		fmt.Fprintf(&in, "%08d %s\n", i, strings.Repeat(string(rune('a'+i%26)), 100+i%900))
@@ -121,6 +125,7 @@ func testBackPressureToSlowPostgres(t *testing.T, g *gateway) {
 	r := <-done
 	require.NoError(t, r.err)
 	require.Equal(t, int64(lines), r.rows)
+	require.LessOrEqual(t, proxy.RelayQueuePeak(), int64(proxy.RelayQueueMax))
 
 	var out bytes.Buffer
 	_, err = locker.CopyTo(ctx, &out, "COPY (SELECT line FROM "+table+" ORDER BY line) TO STDOUT")
