@@ -62,6 +62,10 @@ func (c *Clock) Advance(d time.Duration) {
 // Options tunes Start.
 type Options struct {
 	Audience string // default Audience
+	// AudienceIsURL makes the audience the endpoint's own origin,
+	// https://127.0.0.1:PORT: what grants request --github asks GitHub for
+	// by default.
+	AudienceIsURL bool
 	Rules    string // YAML with a rules: key; default DefaultRules
 	// Remote serves the key set over HTTP (oidctest.Serve) instead of a file.
 	Remote bool
@@ -107,8 +111,18 @@ func Start(t testing.TB, o Options) *Env {
 		o.Logger = zap.NewNop()
 	}
 	e := &Env{Clock: &Clock{now: time.Now().Truncate(time.Second)}, CA: certstest.NewCA(t), Audience: o.Audience}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	e.Addr = ln.Addr().String()
+	e.URL = "https://" + e.Addr
+	if o.AudienceIsURL {
+		e.Audience = e.URL
+	}
 
-	vcfg := oidcauth.Config{Audience: o.Audience, Now: e.Clock.Now, Logger: o.Logger}
+	vcfg := oidcauth.Config{Audience: e.Audience, Now: e.Clock.Now, Logger: o.Logger}
 	if o.Remote {
 		e.KeyServer = oidctest.Serve(t)
 		e.Issuer = e.KeyServer.Issuer
@@ -118,7 +132,6 @@ func Start(t testing.TB, o Options) *Env {
 		vcfg.JWKS = e.Issuer.WriteJWKS(t)
 	}
 	vcfg.Issuer = e.Issuer.URL
-	var err error
 	if e.Verifier, err = oidcauth.NewVerifier(vcfg); err != nil {
 		t.Fatalf("granttest: verifier: %v", err)
 	}
@@ -170,10 +183,6 @@ func Start(t testing.TB, o Options) *Env {
 	if e.Server, err = grantapi.NewServer(scfg); err != nil {
 		t.Fatalf("granttest: server: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	served := make(chan error, 1)
 	go func() { served <- e.Server.Serve(ln) }()
 	t.Cleanup(func() {
@@ -184,8 +193,6 @@ func Start(t testing.TB, o Options) *Env {
 			t.Errorf("granttest: Serve: %v", err)
 		}
 	})
-	e.Addr = ln.Addr().String()
-	e.URL = "https://" + e.Addr
 	return e
 }
 
