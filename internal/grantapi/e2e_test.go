@@ -351,7 +351,7 @@ func TestSelfGrantUnavailable(t *testing.T) {
 		require.Equal(t, http.StatusCreated, post(t, c, e.URL, bearer(e.Token(t, "RS256")), nil).status)
 		a := post(t, c, e.URL, bearer(e.Token(t, "RS256")), nil)
 		require.Equal(t, http.StatusServiceUnavailable, a.status, a.raw)
-		require.Equal(t, "330", a.header.Get("Retry-After"), "until the remembered token expires (5m + 30s leeway)")
+		require.Equal(t, "331", a.header.Get("Retry-After"), "just past the remembered token's last valid instant (exp 5m + 30s leeway)")
 	})
 	t.Run("grant table full", func(t *testing.T) {
 		t.Parallel()

@@ -10,28 +10,12 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/pgwarden/pgwarden/internal/fakeclock"
 )
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+func newFakeClock() *fakeclock.Clock {
+	return fakeclock.New(time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC))
 }
 
 // recordingCallbacks records OnExpire and OnRevoke calls.
@@ -72,7 +56,7 @@ func (rc *recordingCallbacks) Revoked() ([]Grant, []bool) {
 // Sweep).
 type testRegistry struct {
 	*Registry
-	clock *fakeClock
+	clock *fakeclock.Clock
 	logs  *observer.ObservedLogs
 	cb    *recordingCallbacks
 }

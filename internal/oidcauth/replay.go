@@ -33,7 +33,8 @@ func NewReplayCache(max int, now func() time.Time) *ReplayCache {
 	return &ReplayCache{max: max, now: now, seen: map[string]time.Time{}}
 }
 
-// Use records jti as used until until. It returns ErrReplayed when jti is
+// Use records jti as used through until (inclusive: until is the last
+// instant its token could verify). It returns ErrReplayed when jti is
 // already remembered, and a *ReplayFullError when the cache is full of
 // entries that have not expired. Checking and recording are one step, so
 // two concurrent requests with one token cannot both pass.
@@ -41,17 +42,17 @@ func (c *ReplayCache) Use(jti string, until time.Time) error {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if u, ok := c.seen[jti]; ok && now.Before(u) {
+	if u, ok := c.seen[jti]; ok && !now.After(u) {
 		return ErrReplayed
 	}
 	if len(c.seen) >= c.max {
 		// Scan only when something can have expired: a cache full of live
 		// entries refuses in O(1).
-		if !now.Before(c.earliest) {
+		if now.After(c.earliest) {
 			c.sweepLocked(now)
 		}
 		if len(c.seen) >= c.max {
-			return &ReplayFullError{RetryAfter: c.earliest.Sub(now)}
+			return &ReplayFullError{RetryAfter: c.earliest.Sub(now) + time.Nanosecond}
 		}
 	}
 	c.seen[jti] = until
@@ -79,7 +80,7 @@ func (c *ReplayCache) Len() int {
 func (c *ReplayCache) sweepLocked(now time.Time) {
 	c.earliest = time.Time{}
 	for k, u := range c.seen {
-		if !now.Before(u) {
+		if now.After(u) {
 			delete(c.seen, k)
 			continue
 		}

@@ -25,13 +25,17 @@ func TestReplayCache(t *testing.T) {
 	err := c.Use("d", now.Add(time.Minute))
 	var full *ReplayFullError
 	require.ErrorAs(t, err, &full)
-	require.Equal(t, time.Minute, full.RetryAfter, "until the soonest entry expires")
+	require.Equal(t, time.Minute+time.Nanosecond, full.RetryAfter, "until the soonest entry expires")
 	require.ErrorIs(t, c.Use("a", now.Add(time.Minute)), ErrReplayed, "a is still remembered")
 	require.Equal(t, 3, c.Len())
 
-	// Once "a" expires its place is free, and "a" itself is new again (its
-	// token can no longer verify anyway).
+	// At its until, "a" is still remembered (its token still verifies
+	// then); just after, its place is free, and "a" itself is new again
+	// (its token can no longer verify anyway).
 	clock.Advance(time.Minute)
+	require.ErrorIs(t, c.Use("a", now.Add(time.Minute)), ErrReplayed, "until is inclusive")
+	require.ErrorAs(t, c.Use("d", clock.Now().Add(time.Minute)), &full)
+	clock.Advance(time.Nanosecond)
 	require.NoError(t, c.Use("d", clock.Now().Add(time.Minute)))
 	require.Equal(t, 3, c.Len())
 	require.ErrorAs(t, c.Use("e", clock.Now().Add(time.Minute)), &full)

@@ -20,33 +20,16 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pgwarden/pgwarden/internal/fakeclock"
 	"github.com/pgwarden/pgwarden/internal/oidcauth/oidctest"
 )
 
 const testAudience = "https://db.example.com:8443"
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Now().Truncate(time.Second)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func newFakeClock() *fakeclock.Clock { return fakeclock.New(time.Now().Truncate(time.Second)) }
 
 // staticVerifier verifies tokens of iss against its key set in a file.
-func staticVerifier(t testing.TB, clock *fakeClock) (*Verifier, *oidctest.Issuer) {
+func staticVerifier(t testing.TB, clock *fakeclock.Clock) (*Verifier, *oidctest.Issuer) {
 	t.Helper()
 	iss := oidctest.NewIssuer(t, "https://token.actions.githubusercontent.com")
 	v, err := NewVerifier(Config{Issuer: iss.URL, Audience: testAudience, JWKS: iss.WriteJWKS(t), Now: clock.Now})
@@ -238,19 +221,24 @@ func TestNewVerifierConfigErrors(t *testing.T) {
 }
 
 // remoteVerifier verifies against a served key set with a fake clock.
-func remoteVerifier(t testing.TB, srv *oidctest.Server, clock *fakeClock, jwks string) *Verifier {
+func remoteVerifier(t testing.TB, srv *oidctest.Server, clock *fakeclock.Clock, jwks string) *Verifier {
 	t.Helper()
 	v, err := NewVerifier(Config{Issuer: srv.Issuer.URL, Audience: testAudience, JWKS: jwks, Now: clock.Now})
 	require.NoError(t, err)
 	return v
 }
 
-func TestRemoteKeySetFloodOfUnknownKids(t *testing.T) {
-	t.Parallel()
+// remoteEnv is a key-set server and a verifier fetching from it.
+func remoteEnv(t testing.TB) (*oidctest.Server, *fakeclock.Clock, *Verifier, *oidctest.Issuer) {
+	t.Helper()
 	srv := oidctest.Serve(t)
 	clock := newFakeClock()
-	v := remoteVerifier(t, srv, clock, srv.URL+"/jwks")
-	iss := srv.Issuer
+	return srv, clock, remoteVerifier(t, srv, clock, srv.URL+"/jwks"), srv.Issuer
+}
+
+func TestRemoteKeySetFloodOfUnknownKids(t *testing.T) {
+	t.Parallel()
+	srv, clock, v, iss := remoteEnv(t)
 	ctx := context.Background()
 
 	_, err := v.Verify(ctx, iss.Sign(t, "RS256", "", iss.Claims(testAudience, clock.Now())))
@@ -292,10 +280,7 @@ func TestRemoteKeySetFloodOfUnknownKids(t *testing.T) {
 
 func TestRemoteKeySetNegativeCacheAndRotation(t *testing.T) {
 	t.Parallel()
-	srv := oidctest.Serve(t)
-	clock := newFakeClock()
-	v := remoteVerifier(t, srv, clock, srv.URL+"/jwks")
-	iss := srv.Issuer
+	srv, clock, v, iss := remoteEnv(t)
 	ctx := context.Background()
 	require.NoError(t, v.Prefetch(ctx))
 	require.EqualValues(t, 1, srv.JWKSRequests())
@@ -331,10 +316,7 @@ func TestRemoteKeySetNegativeCacheAndRotation(t *testing.T) {
 
 func TestRemoteKeySetIssuerDown(t *testing.T) {
 	t.Parallel()
-	srv := oidctest.Serve(t)
-	clock := newFakeClock()
-	v := remoteVerifier(t, srv, clock, srv.URL+"/jwks")
-	iss := srv.Issuer
+	srv, clock, v, iss := remoteEnv(t)
 	ctx := context.Background()
 
 	srv.Fail(true)

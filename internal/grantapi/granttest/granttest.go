@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/fakeclock"
 	"github.com/pgwarden/pgwarden/internal/grantapi"
 	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/internal/oidcauth"
@@ -39,26 +40,6 @@ rules:
     databases: [shop]
 `
 
-// Clock is a settable clock shared by every part of the endpoint.
-type Clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-// Now implements the clock.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // Options tunes Start.
 type Options struct {
 	Audience string // default Audience
@@ -66,7 +47,7 @@ type Options struct {
 	// https://127.0.0.1:PORT: what grants request --github asks GitHub for
 	// by default.
 	AudienceIsURL bool
-	Rules    string // YAML with a rules: key; default DefaultRules
+	Rules         string // YAML with a rules: key; default DefaultRules
 	// Remote serves the key set over HTTP (oidctest.Serve) instead of a file.
 	Remote bool
 	// Handler adjusts the handler config (rate, callbacks) before use.
@@ -85,7 +66,7 @@ type Env struct {
 	Audience  string
 	Addr      string // 127.0.0.1:PORT
 	CA        *certstest.CA
-	Clock     *Clock
+	Clock     *fakeclock.Clock
 	Issuer    *oidctest.Issuer
 	KeyServer *oidctest.Server // nil unless Options.Remote
 	Verifier  *oidcauth.Verifier
@@ -110,7 +91,7 @@ func Start(t testing.TB, o Options) *Env {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	e := &Env{Clock: &Clock{now: time.Now().Truncate(time.Second)}, CA: certstest.NewCA(t), Audience: o.Audience}
+	e := &Env{Clock: fakeclock.New(time.Now().Truncate(time.Second)), CA: certstest.NewCA(t), Audience: o.Audience}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
