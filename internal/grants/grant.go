@@ -1,0 +1,172 @@
+package grants
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgwarden/pgwarden/acl"
+)
+
+// Who made a grant.
+const (
+	ViaAdmin = "admin" // the admin API (pgwarden grants add)
+	ViaOIDC  = "oidc"  // a CI job's OIDC token (POST /v1/grants/self)
+)
+
+// maxNameLen is PostgreSQL's NAMEDATALEN-1: longer role and database names
+// are truncated by postgres, so a limit naming one could never be matched
+// exactly.
+const maxNameLen = 63
+
+// Grant admits Source to Route ("" = every route) until Until, optionally
+// only as Users to Databases (empty = any). Its JSON is the API's and the
+// state file's shape. Grants handed out by a Registry are read-only.
+type Grant struct {
+	ID        string       `json:"id"`
+	Source    netip.Prefix `json:"source"`
+	Route     string       `json:"route"`
+	Users     []string     `json:"users"`
+	Databases []string     `json:"databases"`
+	Until     time.Time    `json:"until"`
+	Reason    string       `json:"reason"`
+	// CreatedBy is "admin" or the OIDC token's sub.
+	CreatedBy string `json:"created_by"`
+	// Via is ViaAdmin or ViaOIDC.
+	Via string `json:"via"`
+	// Rule names what allowed the grant, for messages and audit: e.g.
+	// `oidc rule "deploy"` or "admin grant". Never the grant id.
+	Rule string `json:"rule"`
+	// Claims are the token claims the rule matched, as text.
+	Claims     map[string]string `json:"claims,omitempty"`
+	Created    time.Time         `json:"created"`
+	Extensions int               `json:"extensions"`
+
+	// used is shared by every copy of one grant (extensions included), so
+	// its first use is logged once; nil on grants not from a Registry.
+	used *atomic.Bool
+}
+
+// Active reports whether g admits connections at now.
+func (g *Grant) Active(now time.Time) bool { return now.Before(g.Until) }
+
+// clone returns a deep copy sharing only the used flag.
+func (g *Grant) clone() Grant {
+	c := *g
+	c.Users = slices.Clone(g.Users)
+	c.Databases = slices.Clone(g.Databases)
+	if g.Claims != nil {
+		c.Claims = make(map[string]string, len(g.Claims))
+		for k, v := range g.Claims {
+			c.Claims[k] = v
+		}
+	}
+	return c
+}
+
+// Permits checks the user and database of a startup message against g's
+// limits. database "" means the user's name, as postgres reads a startup
+// message without one. The error is a *NotPermittedError whose text is safe
+// to send to the unauthenticated client (it names the rule, not the
+// grant); nil g permits nothing.
+func Permits(g *Grant, user, database string) error {
+	if g == nil {
+		return &NotPermittedError{Rule: "no access grant", What: "user", Name: user}
+	}
+	if database == "" {
+		database = user
+	}
+	if len(g.Users) > 0 && !slices.Contains(g.Users, user) {
+		return &NotPermittedError{Rule: g.Rule, What: "user", Name: user}
+	}
+	if len(g.Databases) > 0 && !slices.Contains(g.Databases, database) {
+		return &NotPermittedError{Rule: g.Rule, What: "database", Name: database}
+	}
+	return nil
+}
+
+// ParseSource parses a grant's source, an IP address or a CIDR, with the
+// allowlist's strict rules (no zones, hostnames, ports, leading zeros or
+// templates) and normalises it the way peers are normalised: IPv4-mapped
+// IPv6 becomes IPv4 and host bits are cleared. A prefix of length 0 is
+// refused: that is "everyone", which belongs in --allow, not in a grant.
+func ParseSource(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if strings.Contains(s, "{{") {
+		return netip.Prefix{}, fmt.Errorf("source %q: templates are not allowed in a grant; write an IP address or CIDR", s)
+	}
+	l, err := acl.ParseList("source", []string{s})
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	ps := l.Prefixes()
+	if len(ps) != 1 {
+		return netip.Prefix{}, fmt.Errorf("source %q: want one IP address or CIDR", s)
+	}
+	if ps[0].Bits() == 0 {
+		return netip.Prefix{}, fmt.Errorf("source %q: a grant for every address is an allowlist entry; use --allow", s)
+	}
+	return ps[0], nil
+}
+
+// HostPrefix is the single-address source of ip (/32 or /128), normalised
+// like acl.PeerAddr.
+func HostPrefix(ip netip.Addr) netip.Prefix {
+	ip = ip.Unmap().WithZone("")
+	return netip.PrefixFrom(ip, ip.BitLen())
+}
+
+// newID returns a random grant id, "g-" and 16 hex digits: never an IP or
+// CIDR, so Revoke can tell the two apart.
+func newID() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generating a grant id: %w", err)
+	}
+	return "g-" + hex.EncodeToString(b[:]), nil
+}
+
+// checkNames validates a user or database limit list and returns it
+// sorted, deduplicated and never nil (so the JSON shows []).
+func checkNames(what string, names []string) ([]string, error) {
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		switch {
+		case n == "":
+			return nil, fmt.Errorf("%w: empty %s name", ErrBadRequest, what)
+		case len(n) > maxNameLen:
+			return nil, fmt.Errorf("%w: %s name %s is longer than %d bytes (postgres truncates names)", ErrBadRequest, what, quote(n), maxNameLen)
+		case strings.ContainsRune(n, 0):
+			return nil, fmt.Errorf("%w: %s name contains NUL", ErrBadRequest, what)
+		}
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// union merges two limit lists; an empty list means "any", so it wins.
+func union(a, b []string) []string {
+	if len(a) == 0 || len(b) == 0 {
+		return []string{}
+	}
+	out := append(slices.Clone(a), b...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// quote renders a client-supplied name for a message: Go-quoted, so control
+// characters and invalid UTF-8 cannot forge text, and cut to a sane length.
+func quote(s string) string {
+	const max = 100
+	if len(s) > max {
+		s = s[:max] + "..."
+	}
+	return strconv.Quote(s)
+}
