@@ -139,7 +139,14 @@ func (b *Bouncer) fetch(ctx context.Context, startup bool) (*streamResponse, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
-	q := url.Values{"startup": {fmt.Sprint(startup)}, "scopes": {"ip,range"}}
+	// dedup=false: by default the LAPI sends, per address, only its longest
+	// decision, and reports a deleted one only when it was that longest;
+	// deleting the longer of two decisions on an address is then never
+	// announced, and deleting all of them announces one. Without dedup it
+	// sends every decision and every deletion by id, which is the state
+	// kept here. (CrowdSec 1.4.6, checked against Debian's LAPI; older
+	// servers ignore the parameter.)
+	q := url.Values{"startup": {fmt.Sprint(startup)}, "scopes": {"ip,range"}, "dedup": {"false"}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.stream+"?"+q.Encode(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("building the crowdsec request: %w", err)

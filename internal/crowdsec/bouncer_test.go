@@ -83,6 +83,7 @@ func TestStartupThenDeltas(t *testing.T) {
 	for _, r := range reqs {
 		require.Equal(t, "s3cret", r.key, "the key file is trimmed")
 		require.Equal(t, "ip,range", r.scopes)
+		require.Equal(t, "false", r.dedup, "every decision, not the longest per address")
 		require.Equal(t, DefaultUserAgent, r.userAgent)
 	}
 }

@@ -3,9 +3,10 @@
 // banned by a CrowdSec decision. It speaks the documented LAPI on net/http
 // (the official Go bouncer module is not available to this project):
 //
-//	GET /v1/decisions/stream?startup=true   all active decisions (first pull,
-//	                                        and after any failed pull)
-//	GET /v1/decisions/stream?startup=false  what changed since the last pull
+//	GET /v1/decisions/stream?startup=true&dedup=false   all active decisions
+//	                                        (first pull, and after any failed pull)
+//	GET /v1/decisions/stream?startup=false&dedup=false  what changed since the
+//	                                        last pull
 //	X-Api-Key: <the bouncer key>            (cscli bouncers add NAME)
 //	→ {"new": [decision...], "deleted": [decision...]}  (either may be null)
 //	decision = {"id": 1, "origin": "crowdsec", "type": "ban", "scope": "Ip",
@@ -18,7 +19,9 @@
 //     Username) are ignored.
 //   - State is keyed by decision id: one address can carry several
 //     decisions with different ends, and a deleted decision lifts only
-//     that one (crowdsec #1244).
+//     that one (crowdsec #1244). dedup=false makes the LAPI send every
+//     decision and every deletion; by default it deduplicates per address
+//     and never announces some deletions (see fetch).
 //   - A decision ends at the time it was received plus its duration (Go
 //     duration syntax; the LAPI computes it from its own clock, so the two
 //     clocks need not agree).

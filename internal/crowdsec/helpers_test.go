@@ -31,7 +31,7 @@ type fakeLAPI struct {
 }
 
 type fakeRequest struct {
-	startup, scopes, key, userAgent string
+	startup, scopes, dedup, key, userAgent string
 }
 
 func newFakeLAPI(t testing.TB, key string) *fakeLAPI {
@@ -44,7 +44,8 @@ func newFakeLAPI(t testing.TB, key string) *fakeLAPI {
 
 func (f *fakeLAPI) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
-	f.requests = append(f.requests, fakeRequest{r.URL.Query().Get("startup"), r.URL.Query().Get("scopes"),
+	q := r.URL.Query()
+	f.requests = append(f.requests, fakeRequest{q.Get("startup"), q.Get("scopes"), q.Get("dedup"),
 		r.Header.Get("X-Api-Key"), r.Header.Get("User-Agent")})
 	status, hang := f.status, f.hang
 	var body string
