@@ -23,7 +23,7 @@ import (
 // agent) running from Debian's crowdsec package, in a temporary directory,
 // on a free loopback port, with the Central API off: it needs no network.
 type realLAPI struct {
-	dir, cscli, url, config string
+	dir, bin, cscli, url, config string
 }
 
 // findCrowdSec returns the directory holding crowdsec and cscli:
@@ -44,7 +44,31 @@ func findCrowdSec() (string, bool) {
 	return "", false
 }
 
-func startRealLAPI(t *testing.T) *realLAPI {
+// agentSetup is what running the CrowdSec agent (not only the LAPI) needs
+// from the package: its hub (for the stock parsers) and grok patterns.
+type agentSetup struct {
+	hub, patterns string
+	parsers       map[string]string // stage/name.yaml → source file
+	scenarios     []string          // source files
+}
+
+// findAgentFiles locates the package's hub and patterns next to the
+// binaries (an extracted .deb) or in the installed places.
+func findAgentFiles(bin string) (hub, patterns string, ok bool) {
+	for _, root := range []string{filepath.Join(bin, "..", ".."), "/"} {
+		hub = filepath.Join(root, "usr/share/crowdsec/hub")
+		patterns = filepath.Join(root, "etc/crowdsec/patterns")
+		if _, err := os.Stat(filepath.Join(hub, ".index.json")); err != nil {
+			continue
+		}
+		if _, err := os.Stat(patterns); err == nil {
+			return hub, patterns, true
+		}
+	}
+	return "", "", false
+}
+
+func startRealLAPI(t *testing.T, agent *agentSetup) *realLAPI {
 	t.Helper()
 	bin, ok := findCrowdSec()
 	if !ok {
@@ -55,10 +79,22 @@ func startRealLAPI(t *testing.T) *realLAPI {
 	addr := ln.Addr().String()
 	ln.Close()
 	dir := t.TempDir()
-	l := &realLAPI{dir: dir, cscli: filepath.Join(bin, "cscli"), url: "http://" + addr + "/",
+	l := &realLAPI{dir: dir, bin: bin, cscli: filepath.Join(bin, "cscli"), url: "http://" + addr + "/",
 		config: filepath.Join(dir, "config.yaml")}
 	for _, d := range []string{"data", "hub"} {
 		require.NoError(t, os.Mkdir(filepath.Join(dir, d), 0o755))
+	}
+	hubDir := filepath.Join(dir, "hub")
+	if agent != nil {
+		// The agent walks the hub index; the LAPI alone runs with an empty one.
+		hubDir = agent.hub
+		copyFile(t, agent.patterns, filepath.Join(dir, "patterns"))
+		for dst, src := range agent.parsers {
+			copyFile(t, src, filepath.Join(dir, "parsers", dst))
+		}
+		for _, src := range agent.scenarios {
+			copyFile(t, src, filepath.Join(dir, "scenarios", filepath.Base(src)))
+		}
 	}
 	files := map[string]string{
 		"hub/.index.json": "{}",
@@ -66,6 +102,14 @@ func startRealLAPI(t *testing.T) *realLAPI {
 		"profiles.yaml": `name: default_ip_remediation
 filters:
  - Alert.Remediation == true && Alert.GetScope() == "Ip"
+decisions:
+ - type: ban
+   duration: 4h
+on_success: break
+---
+name: default_range_remediation
+filters:
+ - Alert.Remediation == true && Alert.GetScope() == "Range"
 decisions:
  - type: ban
    duration: 4h
@@ -80,8 +124,11 @@ config_paths:
   config_dir: %[1]s/
   data_dir: %[1]s/data/
   simulation_path: %[1]s/simulation.yaml
-  hub_dir: %[1]s/hub/
-  index_path: %[1]s/hub/.index.json
+  hub_dir: %[3]s/
+  index_path: %[3]s/.index.json
+crowdsec_service:
+  acquisition_path: %[1]s/acquis.yaml
+  parser_routines: 1
 db_config:
   type: sqlite
   db_path: %[1]s/data/crowdsec.db
@@ -95,7 +142,8 @@ api:
     profiles_path: %[1]s/profiles.yaml
 prometheus:
   enabled: false
-`, dir, addr),
+`, dir, addr, hubDir),
+		"acquis.yaml": "",
 	}
 	for name, content := range files {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644))
@@ -146,6 +194,25 @@ func spawnLocked(t *testing.T, cmd *exec.Cmd) <-chan struct{} {
 	}()
 	require.NoError(t, <-started)
 	return exited
+}
+
+// copyFile copies a file, or a directory recursively.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	fi, err := os.Stat(src)
+	require.NoError(t, err)
+	if fi.IsDir() {
+		entries, err := os.ReadDir(src)
+		require.NoError(t, err)
+		for _, e := range entries {
+			copyFile(t, filepath.Join(src, e.Name()), filepath.Join(dst, e.Name()))
+		}
+		return
+	}
+	b, err := os.ReadFile(src)
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(filepath.Dir(dst), 0o755))
+	require.NoError(t, os.WriteFile(dst, b, 0o644))
 }
 
 // run runs cscli with the test's config and returns its stdout.
@@ -206,7 +273,7 @@ func pullUntil(t *testing.T, b *Bouncer, what string, cond func() bool) {
 // address keeps the other, deleting all lifts it, and a wrong key is
 // ErrUnauthorized.
 func TestRealLAPI(t *testing.T) {
-	l := startRealLAPI(t)
+	l := startRealLAPI(t, nil)
 	key := strings.TrimSpace(l.run(t, "bouncers", "add", "pgwarden", "-o", "raw"))
 	l.run(t, "decisions", "add", "--ip", "192.0.2.1", "--duration", "1h")
 	l.run(t, "decisions", "add", "--range", "10.0.0.0/8", "--duration", "2h")
