@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgwarden/pgwarden/internal/redistest"
@@ -200,4 +201,37 @@ func TestWatchEndsWithContext(t *testing.T) {
 	require.False(t, a.Up())
 	_, err := a.Snapshot(context.Background())
 	require.Error(t, err)
+}
+
+// TestForeignEventsSkipped: entries in the stream that this package did
+// not write (another tool, a corrupted value) are skipped, and the watch
+// keeps delivering the valid ones after them.
+func TestForeignEventsSkipped(t *testing.T) {
+	srv := redistest.Start(t)
+	a, _ := newStore(t, srv, "A")
+	b, _ := newStore(t, srv, "B")
+	rec := newRecorder()
+	watch(t, b, rec, nil)
+	ctx := ctxT(t)
+	raw := rawClient(t, srv)
+	for _, vals := range []map[string]any{
+		{"t": "ban", "k": "not-a-prefix", "v": "{}", "o": "X"},
+		{"t": "ban", "k": "10.0.0.1/8", "v": "{}", "o": "X"}, // not masked
+		{"t": "ban", "k": "192.0.2.1/32", "v": "{not json", "o": "X"},
+		{"t": "put", "k": "no-slash", "v": "{}", "o": "X"},
+		{"t": "revoke", "k": "BAD KIND/x", "o": "X"},
+		{"t": "explode", "k": "x", "o": "X"},
+		{"unrelated": "field"},
+	} {
+		require.NoError(t, raw.XAdd(ctx, &redis.XAddArgs{Stream: "{t}:events", Values: vals}).Err())
+	}
+	_, err := a.Ban(ctx, BanRequest{Key: pfx("192.0.2.2/32"), Duration: time.Minute})
+	require.NoError(t, err)
+	rec.waitFor(t, "the valid ban after the foreign entries", func(ev []Event, _ []resyncCall) bool {
+		return hasEvent(ev, EventBan, func(e Event) bool { return e.Key == pfx("192.0.2.2/32") })
+	})
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	require.Len(t, rec.events, 1, "only the valid event is delivered")
+	require.True(t, b.Up())
 }
