@@ -10,13 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgwarden/pgwarden/internal/testproc"
 )
 
 // realLAPI is a CrowdSec LAPI (crowdsec -no-cs: the API without the log
@@ -156,10 +156,10 @@ prometheus:
 	t.Cleanup(func() { logf.Close() })
 	cmd := exec.Command(filepath.Join(bin, "crowdsec"), "-c", l.config, "-no-cs")
 	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, logf, logf
-	exited := spawnLocked(t, cmd)
+	proc, err := testproc.Start(cmd)
+	require.NoError(t, err)
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		<-exited
+		proc.Kill()
 		if t.Failed() {
 			b, _ := os.ReadFile(filepath.Join(dir, "crowdsec.log"))
 			t.Logf("crowdsec log:\n%s", b)
@@ -173,27 +173,6 @@ prometheus:
 		return err == nil
 	}, 30*time.Second, 50*time.Millisecond, "the LAPI listens")
 	return l
-}
-
-// spawnLocked starts cmd from a goroutine locked to its thread, with
-// Pdeathsig, so the server dies with the test binary.
-func spawnLocked(t *testing.T, cmd *exec.Cmd) <-chan struct{} {
-	t.Helper()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	started, exited := make(chan error, 1), make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = cmd.Wait()
-		close(exited)
-	}()
-	require.NoError(t, <-started)
-	return exited
 }
 
 // copyFile copies a file, or a directory recursively.

@@ -39,6 +39,15 @@ local function event(stream, maxlen, typ, key, value, origin)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 't', typ, 'k', key, 'v', value, 'o', origin)
 end
 
+-- store sets field to value until untilms in hash h (indexed by z) and
+-- announces it with an event of type typ.
+local function store(h, z, field, untilms, value, stream, maxlen, typ, origin)
+  redis.call('HSET', h, field, value)
+  redis.call('ZADD', z, untilms, field)
+  keep_until_last(h, z)
+  event(stream, maxlen, typ, field, value, origin)
+end
+
 local function tombstone(th, tz, field, now, ttl)
   redis.call('HSET', th, field, now)
   redis.call('ZADD', tz, now + ttl, field)
@@ -107,12 +116,9 @@ if old and not manual then
 end
 local rec = cjson.encode({['until'] = untilms, failures = tonumber(ARGV[3]), bans = bans,
   manual = manual, at = now, origin = ARGV[5]})
-redis.call('HSET', KEYS[1], key, rec)
-redis.call('ZADD', KEYS[2], untilms, key)
-keep_until_last(KEYS[1], KEYS[2])
 untombstone(KEYS[4], KEYS[5], 'ban/' .. key)
 for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
-event(KEYS[6], ARGV[7], 'ban', key, rec, ARGV[5])
+store(KEYS[1], KEYS[2], key, untilms, rec, KEYS[6], ARGV[7], 'ban', ARGV[5])
 return rec
 `)
 
@@ -143,10 +149,7 @@ if bans < tonumber(ARGV[9]) then
 end
 local rec = cjson.encode({['until'] = untilms, failures = tonumber(ARGV[3]), bans = bans,
   manual = ARGV[4] == '1', at = at, origin = ARGV[5]})
-redis.call('HSET', KEYS[1], key, rec)
-redis.call('ZADD', KEYS[2], untilms, key)
-keep_until_last(KEYS[1], KEYS[2])
-event(KEYS[6], ARGV[7], 'ban', key, rec, ARGV[5])
+store(KEYS[1], KEYS[2], key, untilms, rec, KEYS[6], ARGV[7], 'ban', ARGV[5])
 return {'stored', rec}
 `)
 
@@ -198,11 +201,8 @@ if ARGV[7] == 'push' then
   status = 'stored'
 end
 if untilms <= now then return {'expired', ''} end
-redis.call('HSET', KEYS[1], field, ARGV[3])
-redis.call('ZADD', KEYS[2], untilms, field)
-keep_until_last(KEYS[1], KEYS[2])
 untombstone(KEYS[3], KEYS[4], field)
-event(KEYS[5], ARGV[5], 'put', field, ARGV[3], ARGV[4])
+store(KEYS[1], KEYS[2], field, untilms, ARGV[3], KEYS[5], ARGV[5], 'put', ARGV[4])
 return {status, old or ''}
 `)
 

@@ -53,29 +53,35 @@ func decodeSnapshot(res []any) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("snapshot script returned a time of type %T", res[0])
 	}
 	out := Snapshot{At: time.UnixMilli(now)}
-	bans, _ := res[1].([]any)
-	for i := 0; i+1 < len(bans); i += 2 {
-		k, _ := bans[i].(string)
-		v, _ := bans[i+1].(string)
+	out.Skipped += eachPair(res[1], func(k, v string) error {
 		b, err := decodeBan(k, v)
-		if err != nil {
-			out.Skipped++
-			continue
+		if err == nil {
+			out.Bans = append(out.Bans, b)
 		}
-		out.Bans = append(out.Bans, b)
-	}
-	recs, _ := res[2].([]any)
-	for i := 0; i+1 < len(recs); i += 2 {
-		k, _ := recs[i].(string)
-		v, _ := recs[i+1].(string)
+		return err
+	})
+	out.Skipped += eachPair(res[2], func(k, v string) error {
 		r, err := decodeRecord(k, v)
-		if err != nil {
-			out.Skipped++
-			continue
+		if err == nil {
+			out.Records = append(out.Records, r)
 		}
-		out.Records = append(out.Records, r)
-	}
+		return err
+	})
 	return out, nil
+}
+
+// eachPair calls fn for each field and value of an HGETALL reply and
+// returns how many fn refused.
+func eachPair(reply any, fn func(k, v string) error) (refused int) {
+	kv, _ := reply.([]any)
+	for i := 0; i+1 < len(kv); i += 2 {
+		k, _ := kv[i].(string)
+		v, _ := kv[i+1].(string)
+		if fn(k, v) != nil {
+			refused++
+		}
+	}
+	return refused
 }
 
 // PushResult says what Push did with the local state it offered.

@@ -9,13 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/testproc"
 )
 
 // ErrNoRedis is wrapped by the errors StartE and FindBinary return when no
@@ -41,13 +41,7 @@ type Server struct {
 	logPath string
 
 	mu   sync.Mutex // guards proc
-	proc *process
-}
-
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has exited
-	err  error         // cmd.Wait's result, valid after done
+	proc *testproc.Process
 }
 
 // FindBinary returns the redis-server to run (see the package doc).
@@ -159,7 +153,7 @@ func (s *Server) start(ctx context.Context) error {
 	)
 	cmd.Dir = s.dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	proc, err := spawn(cmd)
+	proc, err := testproc.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("redistest: starting %s: %w", s.Bin, err)
 	}
@@ -175,42 +169,17 @@ func (s *Server) start(ctx context.Context) error {
 			return nil
 		}
 		select {
-		case <-proc.done:
+		case <-proc.Done:
 			s.mu.Lock()
 			s.proc = nil
 			s.mu.Unlock()
-			return fmt.Errorf("redistest: redis-server exited during startup: %v", proc.err)
+			return fmt.Errorf("redistest: redis-server exited during startup: %v", proc.Err)
 		case <-ctx.Done():
 			s.kill()
 			return fmt.Errorf("redistest: redis-server not ready: %w (last attempt: %v)", ctx.Err(), lastErr)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-// spawn starts cmd from a goroutine locked to its OS thread and keeps that
-// thread until the process exits: Pdeathsig fires when the creating thread
-// dies, so this way a test binary that dies (a panic, go test -timeout)
-// takes its redis-server with it.
-func spawn(cmd *exec.Cmd) (*process, error) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	proc := &process{cmd: cmd, done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		proc.err = cmd.Wait()
-		close(proc.done)
-	}()
-	if err := <-started; err != nil {
-		return nil, err
-	}
-	return proc, nil
 }
 
 // ping sends one inline PING and expects +PONG, without a client library.
@@ -256,11 +225,9 @@ func (s *Server) kill() {
 	proc := s.proc
 	s.proc = nil
 	s.mu.Unlock()
-	if proc == nil {
-		return
+	if proc != nil {
+		proc.Kill()
 	}
-	_ = proc.cmd.Process.Signal(syscall.SIGKILL)
-	<-proc.done
 }
 
 // Restart starts the server again on the same port after Kill, empty (it
