@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

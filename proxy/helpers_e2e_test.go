@@ -24,9 +24,9 @@ import (
 
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/certs"
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 	"github.com/pgwarden/pgwarden/proxy"
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
 )
 
 // pg is the throwaway postgres all end-to-end tests in this package share.
