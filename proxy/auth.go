@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // relayAuth forwards the startup packet and relays the authentication
@@ -138,13 +140,13 @@ func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg p
 		switch {
 		case errors.As(err, &tooBig):
 			return refuse("protocol_violation", codeProtocolViolation, "authentication message too long", "", err)
-		case isTimeout(err):
+		case netconn.IsTimeout(err):
 			// The client let the step deadline pass with postgres's
 			// backend waiting: that holds a postgres slot, and counts
 			// like a failed login.
 			s.endAuth(sess, AuthTimedOut, "")
 			return silent("timeout", err)
-		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), isBenignNetErr(err):
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), netconn.IsBenign(err):
 			return s.abandoned(sess, err)
 		default:
 			return refuse("protocol_violation", codeProtocolViolation, "invalid authentication response", "", err)
@@ -221,7 +223,7 @@ func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgpr
 		case c.err == nil:
 			return nil, refuse("protocol_violation", codeProtocolViolation,
 				"unexpected message after the final GSS token", "", fmt.Errorf("client sent %T", c.msg))
-		case !isTimeout(c.err):
+		case !netconn.IsTimeout(c.err):
 			return nil, s.forwardAuthResponse(sess, fe, nil, c.err)
 		case !fromClient.atBoundary():
 			// Part of a message was read and would be lost.
@@ -245,7 +247,7 @@ func (s *Server) abandoned(sess *session, err error) error {
 
 // upstreamLost is postgres going away mid-startup.
 func upstreamLost(err error) error {
-	if isTimeout(err) {
+	if netconn.IsTimeout(err) {
 		return silent("timeout", err)
 	}
 	return refuse("upstream_unavailable", codeConnectionFailure,

@@ -160,6 +160,9 @@ type Config struct {
 	CancelLimiter *CancelLimiter
 	// PlaintextCancel says whether cancel requests may come unencrypted.
 	PlaintextCancel PlaintextCancel
+	// Relay chooses what relays authenticated sessions (relay.go); the
+	// zero value is RelayAuto.
+	Relay RelayMode
 	// LogSampling bounds the lines of connections that did not become a
 	// session (logsample.go); zero fields take the defaults.
 	LogSampling LogSampling

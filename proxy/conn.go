@@ -14,6 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/internal/logtext"
+	"github.com/pgwarden/pgwarden/internal/netconn"
+	"github.com/pgwarden/pgwarden/proxy/internal/relay"
 )
 
 // connIDs numbers connections across all servers of the process.
@@ -28,7 +30,6 @@ type session struct {
 	source string // peer address as host:port, for the log line
 
 	tls        *tls.Conn // set once the handshake succeeds
-	clientIO   *loopConn // the conn under tls, handed to an event loop after auth
 	tlsMode    string    // "sslrequest" or "direct"
 	tlsVersion string
 	tlsCipher  string
@@ -39,7 +40,7 @@ type session struct {
 
 	auth            *authState // set once the authentication was admitted
 	upstream        net.Conn
-	relay           *loopSession // set while an event loop relays the session
+	relayed         *relay.Session // set once handed to the relay
 	bytesToUpstream int64
 	bytesToClient   int64
 	relayErr        error
@@ -73,7 +74,7 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome string, err er
 	if !ok {
 		// Over the pre-authentication caps: a slow-loris or a flood.
 		// Refused like a denied source: no byte, RST.
-		resetClose(sess.raw)
+		netconn.ResetClose(sess.raw)
 		return "too_many_startups", nil
 	}
 	var unregister func()
@@ -93,9 +94,7 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome string, err er
 		return outcome, err
 	}
 	defer unregister()
-	if !s.relayInLoop(sess, sess.upstream) {
-		s.pipe(sess, sess.upstream)
-	}
+	s.relaySession(sess)
 	return relayOutcome(sess.relayErr), sess.relayErr
 }
 
@@ -237,13 +236,4 @@ func peerAddr(a net.Addr) netip.Addr {
 		return ap.Addr().Unmap().WithZone("")
 	}
 	return netip.Addr{}
-}
-
-// resetClose closes with SO_LINGER 0: the peer gets RST, we keep no
-// TIME_WAIT, and nothing is written.
-func resetClose(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	_ = c.Close()
 }

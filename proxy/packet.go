@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // Request codes of the packets a client may send first (protocol.sgml,
@@ -209,7 +211,7 @@ func parseStartupParams(body []byte) ([]startupParam, error) {
 
 // readErr classifies a failed read during the startup phase.
 func readErr(err error) error {
-	if isTimeout(err) {
+	if netconn.IsTimeout(err) {
 		return silent("timeout", err)
 	}
 	return silent("client_gone", err)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // tlsRecordHandshake is the first byte of a TLS ClientHello record. A
@@ -99,10 +101,11 @@ func (s *Server) negotiate(ctx context.Context, sess *session) (*startupPacket, 
 
 // handshake runs the TLS server handshake under the connection's deadline.
 func (s *Server) handshake(ctx context.Context, sess *session, conn net.Conn) error {
-	sess.clientIO = newLoopConn(conn)
-	tconn := tls.Server(sess.clientIO, s.cfg.TLS)
+	// The relay's conn sits under crypto/tls from the start: the session
+	// keeps its TLS state when it is handed over after authentication.
+	tconn := tls.Server(s.relay.Wrap(conn), s.cfg.TLS)
 	if err := tconn.HandshakeContext(ctx); err != nil {
-		if isTimeout(err) || errors.Is(err, context.DeadlineExceeded) {
+		if netconn.IsTimeout(err) || errors.Is(err, context.DeadlineExceeded) {
 			return silent("timeout", err)
 		}
 		return silent("tls_failed", err)

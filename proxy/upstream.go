@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"syscall"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // dialUpstream connects to postgres. It runs only after TLS and a valid
@@ -75,7 +77,7 @@ func dialProblem(err error) string {
 		return "upstream address is not loopback"
 	case errors.Is(err, syscall.EACCES):
 		return "permission denied"
-	case isTimeout(err), errors.Is(err, context.DeadlineExceeded):
+	case netconn.IsTimeout(err), errors.Is(err, context.DeadlineExceeded):
 		return "timed out"
 	default:
 		return "network error"

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -65,6 +66,8 @@ type serveConfig struct {
 	CancelRate              float64
 	CancelBurst             int
 	CancelUnknownPerFailure int
+
+	Relay string
 }
 
 // routeFlags defines the per-route flags on fs, bound to rc. The same set
@@ -116,6 +119,7 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.Float64Var(&c.CancelRate, "cancel-rate", proxy.DefaultCancelRate, "cancel requests per second one source (IPv4 address, IPv6 /64) may send; more are dropped")
 	fs.IntVar(&c.CancelBurst, "cancel-burst", proxy.DefaultCancelBurst, "cancel requests one source may send at once before --cancel-rate applies")
 	fs.IntVar(&c.CancelUnknownPerFailure, "cancel-unknown-per-failure", proxy.DefaultCancelUnknownPerFailure, "every N cancel requests with an unknown key from one source count as one failed login toward --ban-max-retry (0: never)")
+	fs.StringVar(&c.Relay, "relay", "auto", "what relays authenticated sessions: auto (event loops on Linux, goroutines elsewhere), loop, or goroutines (two per session; relies on nothing crypto/tls does not promise)")
 	return fs
 }
 
@@ -359,6 +363,9 @@ func (c *serveConfig) validate() error {
 	if !(c.CancelRate > 0) || c.CancelBurst < 1 {
 		add("--cancel-rate must be positive and --cancel-burst at least 1 (e.g. --cancel-rate 10 --cancel-burst 50)")
 	}
+	if _, err := parseRelayMode(c.Relay); err != nil {
+		errs = append(errs, err)
+	}
 	if c.CancelUnknownPerFailure < 0 {
 		add("--cancel-unknown-per-failure must not be negative (0 never counts unknown cancel keys toward a ban)")
 	}
@@ -369,3 +376,19 @@ func (c *serveConfig) validate() error {
 type usageError struct{ error }
 
 func (u usageError) Unwrap() error { return u.error }
+
+// parseRelayMode reads --relay.
+func parseRelayMode(s string) (proxy.RelayMode, error) {
+	switch s {
+	case "auto":
+		return proxy.RelayAuto, nil
+	case "goroutines":
+		return proxy.RelayGoroutines, nil
+	case "loop":
+		if runtime.GOOS != "linux" {
+			return 0, fmt.Errorf("--relay loop needs Linux (epoll); use --relay auto or --relay goroutines")
+		}
+		return proxy.RelayLoop, nil
+	}
+	return 0, fmt.Errorf("--relay %q: use auto, loop or goroutines", s)
+}

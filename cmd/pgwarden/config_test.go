@@ -42,6 +42,10 @@ func TestParseServeArgsErrors(t *testing.T) {
 		{"stray argument", append(base, "extra"), `unexpected argument "extra"`},
 		{"missing config file", append(base, "--config", "testdata/nope.yaml"), "--config testdata/nope.yaml: reading"},
 		{"unknown yaml key", append(base, "--config", "testdata/unknown-key.yaml"), `unknown key "upstrem"`},
+		{"relay goroutines", append(base, "--relay", "goroutines"), ""},
+		{"relay auto", append(base, "--relay", "auto"), ""},
+		{"relay loop", append(base, "--relay", "loop"), ""},
+		{"bad relay", append(base, "--relay", "epoll"), `--relay "epoll": use auto, loop or goroutines`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

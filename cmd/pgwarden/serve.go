@@ -235,6 +235,7 @@ func (g *gateway) buildRoute(rc routeConfig) (*route, error) {
 		CancelLimiter:    g.cancel,
 	}
 	pcfg.PlaintextCancel, _ = parsePlaintextCancel(rc.CancelPlaintext) // checked by validate
+	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay)                        // checked by validate
 	if r.authz != nil {
 		pcfg.Authorizer = r.authz
 	}

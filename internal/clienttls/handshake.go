@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"strings"
 	"sync/atomic"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // ALPN is the IANA-registered ALPN protocol id for PostgreSQL. It is offered
@@ -134,11 +136,11 @@ func classifyHandshake(err error, c *Config, info *HandshakeInfo, bytesRead int6
 		return ClientCertRefused(err, info)
 	}
 	switch {
-	case c.DirectTLS && bytesRead == 0 && IsReset(err):
+	case c.DirectTLS && bytesRead == 0 && netconn.IsReset(err):
 		return layerErr(LayerTCP, err, "connected, then %s", ResetAtAccept)
-	case IsTimeout(err) || errors.Is(err, context.DeadlineExceeded):
+	case netconn.IsTimeout(err) || errors.Is(err, context.DeadlineExceeded):
 		return layerErr(LayerTLS, nil, "the TLS handshake did not finish in time")
-	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || IsReset(err):
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || netconn.IsReset(err):
 		return layerErr(LayerTLS, err, "the server closed the connection during the TLS handshake")
 	case strings.Contains(err.Error(), "unsupported protocol version") || isAlert(err, alertProtocolVersion):
 		return layerErr(LayerTLS, err, "no common TLS version: this client speaks TLS 1.2 and 1.3 only, and the server offers something older")

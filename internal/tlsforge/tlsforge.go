@@ -1,4 +1,20 @@
-package proxy
+// Package tlsforge is a TLS 1.3 client, for tests, that requests key
+// updates.
+//
+// Go's crypto/tls client never sends a KeyUpdate, and nothing in its API
+// makes it. The tests that flood the gateway with them take over a
+// crypto/tls client connection after its handshake (and, end to end, after
+// pgconn logged in over it): the client's traffic secrets come from
+// tls.Config.KeyLogWriter (NSS key log format, CLIENT_TRAFFIC_SECRET_0 and
+// SERVER_TRAFFIC_SECRET_0), its records from a tap under it, and from there
+// this file writes and reads records itself (RFC 8446 §5.2 record
+// protection, §7.1-7.3 key schedule and KeyUpdate). It is the smallest
+// correct TLS 1.3 record layer for the three suites crypto/tls speaks.
+//
+// Why not openssl s_client's K command: it needs the postgres login typed
+// through s_client's stdin, and its interactive commands are recognised
+// in the data; this needs no binary, and reads answers too.
+package tlsforge
 
 import (
 	"bufio"
@@ -15,7 +31,6 @@ import (
 	"fmt"
 	"hash"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -23,36 +38,20 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 )
 
-// A TLS 1.3 client that requests key updates.
-//
-// Go's crypto/tls client never sends a KeyUpdate, and nothing in its API
-// makes it. The tests that flood the gateway with them take over a
-// crypto/tls client connection after its handshake (and, end to end, after
-// pgconn logged in over it): the client's traffic secrets come from
-// tls.Config.KeyLogWriter (NSS key log format, CLIENT_TRAFFIC_SECRET_0 and
-// SERVER_TRAFFIC_SECRET_0), its records from a tap under it, and from there
-// this file writes and reads records itself (RFC 8446 §5.2 record
-// protection, §7.1-7.3 key schedule and KeyUpdate). It is the smallest
-// correct TLS 1.3 record layer for the three suites crypto/tls speaks.
-//
-// Why not openssl s_client's K command: it needs the postgres login typed
-// through s_client's stdin, and its interactive commands are recognised
-// in the data; this needs no binary, and reads answers too.
-
-// TLSKeyLog collects a key log (tls.Config.KeyLogWriter).
-type TLSKeyLog struct {
+// KeyLog collects a key log (tls.Config.KeyLogWriter).
+type KeyLog struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (k *TLSKeyLog) Write(p []byte) (int, error) {
+func (k *KeyLog) Write(p []byte) (int, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.buf.Write(p)
 }
 
 // secret returns the last logged secret with label.
-func (k *TLSKeyLog) secret(label string) ([]byte, error) {
+func (k *KeyLog) secret(label string) ([]byte, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	var found []byte
@@ -73,15 +72,15 @@ func (k *TLSKeyLog) secret(label string) ([]byte, error) {
 	return found, nil
 }
 
-// TLSTap is the socket under a crypto/tls client: it keeps a copy of every
+// Tap is the socket under a crypto/tls client: it keeps a copy of every
 // byte the client wrote and read, so that its records can be counted later.
-type TLSTap struct {
+type Tap struct {
 	net.Conn
 	mu            sync.Mutex
 	written, read bytes.Buffer
 }
 
-func (t *TLSTap) Read(p []byte) (int, error) {
+func (t *Tap) Read(p []byte) (int, error) {
 	n, err := t.Conn.Read(p)
 	t.mu.Lock()
 	t.read.Write(p[:n])
@@ -89,7 +88,7 @@ func (t *TLSTap) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (t *TLSTap) Write(p []byte) (int, error) {
+func (t *Tap) Write(p []byte) (int, error) {
 	n, err := t.Conn.Write(p)
 	t.mu.Lock()
 	t.written.Write(p[:n])
@@ -250,9 +249,9 @@ func (k *trafficKeys) skipToAppData(stream []byte) ([]byte, error) {
 	}
 }
 
-// TLS13Forger speaks TLS 1.3 on a socket in place of the crypto/tls client
+// Forger speaks TLS 1.3 on a socket in place of the crypto/tls client
 // that did the handshake there; that client must not be used again.
-type TLS13Forger struct {
+type Forger struct {
 	raw      net.Conn
 	out, in  *trafficKeys
 	inbuf    []byte // server bytes not yet parsed
@@ -261,9 +260,9 @@ type TLS13Forger struct {
 	Received int // KeyUpdates the server sent
 }
 
-// NewTLS13Forger takes over client (negotiated TLS 1.3, done writing and
+// New takes over client (negotiated TLS 1.3, done writing and
 // reading) over tap, with the secrets from keyLog.
-func NewTLS13Forger(client *tls.Conn, tap *TLSTap, keyLog *TLSKeyLog) (*TLS13Forger, error) {
+func New(client *tls.Conn, tap *Tap, keyLog *KeyLog) (*Forger, error) {
 	st := client.ConnectionState()
 	if st.Version != tls.VersionTLS13 {
 		return nil, fmt.Errorf("negotiated %s, not TLS 1.3", tls.VersionName(st.Version))
@@ -276,7 +275,7 @@ func NewTLS13Forger(client *tls.Conn, tap *TLSTap, keyLog *TLSKeyLog) (*TLS13For
 	if err != nil {
 		return nil, err
 	}
-	f := &TLS13Forger{raw: tap.Conn}
+	f := &Forger{raw: tap.Conn}
 	if f.out, err = newTrafficKeys(st.CipherSuite, cs); err != nil {
 		return nil, err
 	}
@@ -297,7 +296,7 @@ func NewTLS13Forger(client *tls.Conn, tap *TLSTap, keyLog *TLSKeyLog) (*TLS13For
 
 // KeyUpdate queues a KeyUpdate (RFC 8446 §4.6.3) and moves to the next
 // sending key, as its sender must.
-func (f *TLS13Forger) KeyUpdate(requestUpdate bool) error {
+func (f *Forger) KeyUpdate(requestUpdate bool) error {
 	msg := []byte{24, 0, 0, 1, 0} // key_update, length 1, update_not_requested
 	if requestUpdate {
 		msg[4] = 1
@@ -307,7 +306,7 @@ func (f *TLS13Forger) KeyUpdate(requestUpdate bool) error {
 }
 
 // AppData queues application data, in records of at most 16 KiB.
-func (f *TLS13Forger) AppData(p []byte) {
+func (f *Forger) AppData(p []byte) {
 	for len(p) > 0 {
 		n := min(len(p), 1<<14)
 		f.batch = f.out.seal(f.batch, recAppData, p[:n])
@@ -316,7 +315,7 @@ func (f *TLS13Forger) AppData(p []byte) {
 }
 
 // Flush writes the queued records, however long the socket takes.
-func (f *TLS13Forger) Flush() error {
+func (f *Forger) Flush() error {
 	if err := f.raw.SetWriteDeadline(time.Time{}); err != nil {
 		return err
 	}
@@ -325,23 +324,8 @@ func (f *TLS13Forger) Flush() error {
 	return err
 }
 
-// FlushWithin writes the queued records, reporting whether the socket took
-// them within d. If not, what is left stays queued for Flush: a record must
-// not be cut short.
-func (f *TLS13Forger) FlushWithin(d time.Duration) (blocked bool, err error) {
-	if err := f.raw.SetWriteDeadline(time.Now().Add(d)); err != nil {
-		return false, err
-	}
-	n, err := f.raw.Write(f.batch)
-	f.batch = f.batch[:copy(f.batch, f.batch[n:])]
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return true, nil
-	}
-	return false, err
-}
-
 // Read returns the server's application data, following its KeyUpdates.
-func (f *TLS13Forger) Read(p []byte) (int, error) {
+func (f *Forger) Read(p []byte) (int, error) {
 	for len(f.appData) == 0 {
 		if err := f.readRecord(); err != nil {
 			return 0, err
@@ -354,7 +338,7 @@ func (f *TLS13Forger) Read(p []byte) (int, error) {
 
 // AwaitKeyUpdates reads until the server has sent n KeyUpdates in all,
 // keeping any application data for Read.
-func (f *TLS13Forger) AwaitKeyUpdates(n int) error {
+func (f *Forger) AwaitKeyUpdates(n int) error {
 	for f.Received < n {
 		if err := f.readRecord(); err != nil {
 			return fmt.Errorf("after %d of %d KeyUpdates: %w", f.Received, n, err)
@@ -364,7 +348,7 @@ func (f *TLS13Forger) AwaitKeyUpdates(n int) error {
 }
 
 // readRecord reads and opens one record from the server.
-func (f *TLS13Forger) readRecord() error {
+func (f *Forger) readRecord() error {
 	rec, rest, ok := nextRecord(f.inbuf)
 	for !ok {
 		buf := make([]byte, 64<<10)
@@ -401,4 +385,4 @@ func (f *TLS13Forger) readRecord() error {
 }
 
 // SetDeadline sets the socket's deadline.
-func (f *TLS13Forger) SetDeadline(t time.Time) error { return f.raw.SetDeadline(t) }
+func (f *Forger) SetDeadline(t time.Time) error { return f.raw.SetDeadline(t) }

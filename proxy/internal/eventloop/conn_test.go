@@ -1,14 +1,25 @@
-package proxy
+//go:build linux
+
+package eventloop
 
 import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"strings"
+
 	"bytes"
 	"io"
 	"math/rand/v2"
 	"testing"
 	"time"
 
+	"github.com/pgwarden/pgwarden/internal/certstest"
+
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/pgwarden/pgwarden/proxy/internal/relay"
 )
 
 // TestOutBufKeepsOrderUnderBackPressure writes random chunks into a
@@ -46,7 +57,7 @@ func TestOutBufKeepsOrderUnderBackPressure(t *testing.T) {
 			chunk[j] = byte(rng.Uint32())
 		}
 		if err := out.write(w, chunk); err != nil {
-			require.ErrorIs(t, err, errQueueFull)
+			require.ErrorIs(t, err, relay.ErrQueueFull)
 			refused++
 		} else {
 			sent.Write(chunk)
@@ -116,4 +127,64 @@ func TestLoopConnReadOncePerEvent(t *testing.T) {
 	require.NoError(t, c.Close())
 	_, err = unix.FcntlInt(uintptr(fds[1]), unix.F_GETFD, 0)
 	require.NoError(t, err, "Close closed the loop's descriptor")
+}
+
+// stutterConn hands crypto/tls at most a few bytes per Read, and between
+// two reads reports that the socket would block, as a loopConn does when
+// a record arrives in pieces. It starts once the handshake is done.
+type stutterConn struct {
+	net.Conn
+	on, blocked bool
+	blocks      int
+}
+
+func (c *stutterConn) Read(p []byte) (int, error) {
+	if !c.on {
+		return c.Conn.Read(p)
+	}
+	if c.blocked = !c.blocked; c.blocked {
+		c.blocks++
+		return 0, errWouldBlock
+	}
+	return c.Conn.Read(p[:min(len(p), 7)])
+}
+
+// TestTemporaryReadErrorIsResumable checks what the event loop relies on
+// and Go does not promise: crypto/tls keeps a partial record across a read
+// error that is a net.Error with Temporary() true, and resumes it at the
+// next Read (crypto/tls conn.go readRecordOrCCS makes every other error
+// sticky). If a Go release changes that, this test fails, and the loop
+// must not be used with it: run with --relay goroutines (README,
+// Performance) until the loop stops depending on it.
+func TestTemporaryReadErrorIsResumable(t *testing.T) {
+	ca := certstest.NewCA(t)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	sc := &stutterConn{Conn: b}
+	server := tls.Server(sc, &tls.Config{Certificates: []tls.Certificate{ca.ServerCertificate(t, "localhost")}})
+	client := tls.Client(a, &tls.Config{ServerName: "localhost", RootCAs: ca.CertPool()})
+	errc := make(chan error, 1)
+	go func() { errc <- client.Handshake() }()
+	require.NoError(t, server.Handshake())
+	require.NoError(t, <-errc)
+
+	sc.on = true
+	want := strings.Repeat("one record in pieces; ", 40)
+	go func() { _, _ = client.Write([]byte(want)) }()
+	var got []byte
+	buf := make([]byte, 4096)
+	for tries := 0; len(got) < len(want) && tries < 10000; tries++ {
+		n, err := server.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil && !errors.Is(err, errWouldBlock) {
+			t.Fatalf("crypto/tls turned a Temporary() read error into %v", err)
+		}
+	}
+	if string(got) != want {
+		t.Fatalf("crypto/tls no longer resumes a read after a Temporary() net.Error "+
+			"(got %d of %d bytes): the event-loop relay cannot run on this Go release; "+
+			"use --relay goroutines until proxy/internal/eventloop is adapted (README, Performance)", len(got), len(want))
+	}
+	require.Greater(t, sc.blocks, 1, "no read was interrupted: the test tested nothing")
 }

@@ -1,116 +1,19 @@
-package proxy
+//go:build linux
+
+package eventloop
 
 import (
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pgwarden/pgwarden/proxy/internal/relay"
 )
-
-// loopConn is the client's connection as crypto/tls sees it. Until the
-// session is authenticated it passes everything through to the accepted
-// conn, blocking, under the pre-authentication deadlines; the goroutine
-// relay goes on using it that way, through its guard. Once the session is
-// handed to an event loop (handOff), it reads and writes the socket itself,
-// without blocking:
-//
-//   - Read makes at most one read(2) per readiness event (the loop arms it
-//     with allowRead) and reports "would block" as a temporary net.Error.
-//     crypto/tls keeps a partial record across a temporary error and
-//     resumes it on the next Read, exactly as it does for a read deadline.
-//   - Write never blocks and never fails for a full socket buffer: what the
-//     kernel does not take waits in out until the loop sees the socket
-//     writable again. crypto/tls makes every write error permanent, so this
-//     is the only correct way to give it a non-blocking socket. The loop
-//     keeps out small (it reads neither side while out holds anything) and
-//     out refuses to grow past outBufMax.
-//   - Deadlines and Close are no-ops: the loop owns the descriptor.
-type loopConn struct {
-	net.Conn
-	fd      int // -1 until handOff
-	mayRead bool
-	out     outBuf
-	guard   clientGuard
-}
-
-func newLoopConn(c net.Conn) *loopConn { return &loopConn{Conn: c, fd: -1} }
-
-// handOff switches the conn to non-blocking use of fd, a descriptor of the
-// same socket that the Go runtime's poller does not know.
-func (c *loopConn) handOff(fd int) { c.fd = fd }
-
-// allowRead permits the next Read one read(2): the loop calls it when epoll
-// reports the socket readable.
-func (c *loopConn) allowRead() { c.mayRead = true }
-
-func (c *loopConn) Read(p []byte) (int, error) {
-	if c.fd < 0 {
-		return c.guard.read(c.Conn, p)
-	}
-	if !c.mayRead {
-		return 0, errWouldBlock
-	}
-	c.mayRead = false
-	return readSocket(c.fd, p)
-}
-
-func (c *loopConn) Write(p []byte) (int, error) {
-	if c.fd < 0 {
-		return c.guard.write(c.Conn, p)
-	}
-	if err := c.guard.checkWrite(); err != nil {
-		return 0, err
-	}
-	if err := c.out.write(c.fd, p); err != nil {
-		return 0, c.guard.fail(err)
-	}
-	return len(p), nil
-}
-
-func (c *loopConn) Close() error {
-	if c.fd < 0 {
-		return c.Conn.Close()
-	}
-	return nil
-}
-
-func (c *loopConn) SetDeadline(t time.Time) error {
-	if c.fd < 0 {
-		return c.Conn.SetDeadline(t)
-	}
-	return nil
-}
-
-func (c *loopConn) SetReadDeadline(t time.Time) error {
-	if c.fd < 0 {
-		return c.Conn.SetReadDeadline(t)
-	}
-	return nil
-}
-
-func (c *loopConn) SetWriteDeadline(t time.Time) error {
-	if c.fd < 0 {
-		return c.Conn.SetWriteDeadline(t)
-	}
-	return nil
-}
-
-// wouldBlock is the temporary error a loopConn returns when the socket has
-// nothing more to read for now. It must satisfy net.Error with Temporary()
-// true: that is what tells crypto/tls not to make the error sticky.
-type wouldBlock struct{}
-
-func (wouldBlock) Error() string   { return "proxy: read would block" }
-func (wouldBlock) Timeout() bool   { return true }
-func (wouldBlock) Temporary() bool { return true }
-
-var errWouldBlock net.Error = wouldBlock{}
 
 // outBufSize is the capacity of a pooled pending-output buffer, and
 // outBufMax the most one queue may hold: the buffer is never grown.
@@ -127,7 +30,7 @@ var errWouldBlock net.Error = wouldBlock{}
 //     bytes (it allows 16 records without data in a row) and one alert.
 //
 // So a queue holds at most about 34 KiB. Anything that would take it past
-// outBufMax is a broken assumption, and ends the session (errQueueFull)
+// outBufMax is a broken assumption, and ends the session (relay.ErrQueueFull)
 // rather than grow it.
 const (
 	outBufSize = 64 << 10
@@ -139,6 +42,15 @@ var outBufs = sync.Pool{New: func() any { b := make([]byte, 0, outBufSize); retu
 // queuePeak is the most any queue has held since the process started:
 // tests read it to check the bound above under attack.
 var queuePeak atomic.Int64
+
+// QueueMax is the most a loop's queue toward one socket may hold.
+const QueueMax = outBufMax
+
+// QueuePeak is the most any loop's queue has held since ResetQueuePeak.
+func QueuePeak() int64 { return queuePeak.Load() }
+
+// ResetQueuePeak starts a new QueuePeak measurement.
+func ResetQueuePeak() { queuePeak.Store(0) }
 
 // outBuf holds bytes the kernel has not yet taken for one socket. It is
 // empty, and holds no memory, whenever the socket keeps up, which is the
@@ -165,14 +77,14 @@ func (o *outBuf) write(fd int, p []byte) error {
 			return nil
 		}
 		if len(p) > outBufMax {
-			return fmt.Errorf("queueing %d bytes: %w", len(p), errQueueFull)
+			return fmt.Errorf("queueing %d bytes: %w", len(p), relay.ErrQueueFull)
 		}
 		o.buf = outBufs.Get().(*[]byte)
 		o.off = 0
 	}
 	queued := len(*o.buf) - o.off
 	if queued+len(p) > outBufMax {
-		return fmt.Errorf("queueing %d bytes behind %d: %w", len(p), queued, errQueueFull)
+		return fmt.Errorf("queueing %d bytes behind %d: %w", len(p), queued, relay.ErrQueueFull)
 	}
 	if o.off > 0 && len(*o.buf)+len(p) > cap(*o.buf) {
 		// Reuse the part already sent rather than grow.

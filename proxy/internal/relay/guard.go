@@ -1,6 +1,7 @@
-package proxy
+package relay
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -31,12 +32,12 @@ import (
 // tlsReplyBurst at once, tlsReplyRate a second after that. A real client
 // needs a KeyUpdate once per 2^24 or more records (RFC 8446 §5.5 and its
 // implementations' key limits), so a client over the limit is not a
-// client: the session ends with errTLSAbuse (outcome "tls_abuse").
+// client: the session ends with ErrTLSAbuse (outcome "tls_abuse").
 //
 // The count needs nothing from crypto/tls's internals: whatever it writes
 // while the relay is inside tls.Read (and, in the goroutine relay, while the
-// reading goroutine holds the client's turn, see clientGuard.turn) it wrote
-// on its own. A KeyUpdate that requests no update writes nothing and costs
+// reading goroutine holds the client's turn, see Guard.turn) it wrote on
+// its own. A KeyUpdate that requests no update writes nothing and costs
 // about what a small data record costs (a key derivation), so only
 // crypto/tls's own 16-in-a-row limit applies to those.
 const (
@@ -45,31 +46,18 @@ const (
 )
 
 var (
-	// errTLSAbuse ends a session whose client made crypto/tls answer
+	// ErrTLSAbuse ends a session whose client made crypto/tls answer
 	// post-handshake messages faster than any real client does.
-	errTLSAbuse = errors.New("client requested TLS key updates faster than 16 a second (post-handshake message flood)")
-	// errQueueFull ends an event-loop session whose output queue would
-	// outgrow its cap (outBufMax): the back-pressure rules keep it far
-	// below, so this is a gateway fault, never a reason to grow.
-	errQueueFull = errors.New("relay output queue full")
+	ErrTLSAbuse = errors.New("client requested TLS key updates faster than 16 a second (post-handshake message flood)")
+	// ErrQueueFull ends an event-loop session whose output queue would
+	// outgrow its cap: the back-pressure rules keep it far below, so this
+	// is a gateway fault, never a reason to grow.
+	ErrQueueFull = errors.New("relay output queue full")
 )
 
-// relayOutcome is the outcome of a session that reached the relay, for its
-// log line and metrics: "ok" unless the relay ended it for a reason of its
-// own.
-func relayOutcome(err error) string {
-	switch {
-	case errors.Is(err, errTLSAbuse):
-		return "tls_abuse"
-	case errors.Is(err, errQueueFull):
-		return "internal_error"
-	}
-	return "ok"
-}
-
-// clientGuard sits in the client's conn under crypto/tls (loopConn) and
-// tells crypto/tls's own writes from the relay's.
-type clientGuard struct {
+// Guard sits in the client's conn under crypto/tls and tells crypto/tls's
+// own writes from the relay's.
+type Guard struct {
 	// ownWrites is set while the relay is inside tls.Read and not waiting
 	// for the socket: a write now is crypto/tls's own. In the event loop
 	// only the loop goroutine touches it; in the goroutine relay it is
@@ -99,9 +87,9 @@ type clientGuard struct {
 	err error
 }
 
-// checkWrite is called for every write crypto/tls makes once the session
-// is relayed; it refuses crypto/tls's own writes over the limit.
-func (g *clientGuard) checkWrite() error {
+// CheckWrite is called for every write crypto/tls makes; it refuses
+// crypto/tls's own writes over the limit.
+func (g *Guard) CheckWrite() error {
 	if !g.ownWrites {
 		return nil
 	}
@@ -109,36 +97,54 @@ func (g *clientGuard) checkWrite() error {
 		g.replies = rate.NewLimiter(tlsReplyRate, tlsReplyBurst)
 	}
 	if !g.replies.Allow() {
-		return g.fail(errTLSAbuse)
+		return g.Fail(ErrTLSAbuse)
 	}
 	return nil
 }
 
-// fail records the first refused write and returns it.
-func (g *clientGuard) fail(err error) error {
+// Fail records the first refused write and returns it.
+func (g *Guard) Fail(err error) error {
 	if g.err == nil {
 		g.err = fmt.Errorf("writing to the client: %w", err)
 	}
 	return g.err
 }
 
+// SetReplyLimit replaces the limit on crypto/tls's own writes. Tests lift
+// it to see what else bounds a queue.
+func (g *Guard) SetReplyLimit(l *rate.Limiter) { g.replies = l }
+
+// ReadOwn is tls.Read by an event loop, which makes its tls.Writes
+// elsewhere: whatever crypto/tls writes meanwhile is its own.
+func (g *Guard) ReadOwn(c *tls.Conn, p []byte) (int, error) {
+	g.ownWrites = true
+	n, err := c.Read(p)
+	g.ownWrites = false
+	return n, err
+}
+
+// Refused is the first write the guard refused, if any. crypto/tls keeps a
+// failed reply's error to itself until the next tls.Write, so a relay
+// checks Refused after every tls.Read.
+func (g *Guard) Refused() error { return g.err }
+
 // The goroutine relay's side of the guard.
 
 // beginRead takes the turn for a tls.Read by the reading goroutine.
-func (g *clientGuard) beginRead() {
+func (g *Guard) beginRead() {
 	g.turn.Lock()
 	g.inRead, g.ownWrites = true, true
 }
 
 // endRead gives the turn back after the tls.Read.
-func (g *clientGuard) endRead() {
+func (g *Guard) endRead() {
 	g.inRead, g.ownWrites = false, false
 	g.turn.Unlock()
 }
 
-// read is the socket read under crypto/tls: inside a relayed tls.Read it
+// Read is the socket read under crypto/tls: inside a relayed tls.Read it
 // lets the writing goroutine have the turn while it waits for the client.
-func (g *clientGuard) read(c net.Conn, p []byte) (int, error) {
+func (g *Guard) Read(c net.Conn, p []byte) (int, error) {
 	if !g.inRead {
 		return c.Read(p)
 	}
@@ -150,20 +156,47 @@ func (g *clientGuard) read(c net.Conn, p []byte) (int, error) {
 	return n, err
 }
 
-// write is the socket write under crypto/tls (goroutine relay, and the
+// Write is the socket write under crypto/tls (goroutine relay, and the
 // phases before any relay).
-func (g *clientGuard) write(c net.Conn, p []byte) (int, error) {
-	if err := g.checkWrite(); err != nil {
+func (g *Guard) Write(c net.Conn, p []byte) (int, error) {
+	if err := g.CheckWrite(); err != nil {
 		return 0, err
 	}
 	return c.Write(p)
 }
 
+// Guarded is a conn under crypto/tls that carries a Guard: what Wrap
+// returns, in both relays.
+type Guarded interface {
+	net.Conn
+	Guard() *Guard
+}
+
+// guardedConn is the goroutine relay's wrapper: the accepted conn, its
+// reads and writes passed through the guard.
+type guardedConn struct {
+	net.Conn
+	guard Guard
+}
+
+func (c *guardedConn) Read(p []byte) (int, error)  { return c.guard.Read(c.Conn, p) }
+func (c *guardedConn) Write(p []byte) (int, error) { return c.guard.Write(c.Conn, p) }
+func (c *guardedConn) Guard() *Guard               { return &c.guard }
+
+// guardOf returns the guard under client, or a fresh one for a conn no
+// relay wrapped.
+func guardOf(client *tls.Conn) *Guard {
+	if g, ok := client.NetConn().(Guarded); ok {
+		return g.Guard()
+	}
+	return &Guard{}
+}
+
 // clientReader is the client → postgres half's source: tls.Read under the
 // turn, and the end of the session if crypto/tls's own writes were refused.
 type clientReader struct {
-	tls   net.Conn
-	guard *clientGuard
+	tls   *tls.Conn
+	guard *Guard
 }
 
 func (r clientReader) Read(p []byte) (int, error) {
@@ -179,8 +212,8 @@ func (r clientReader) Read(p []byte) (int, error) {
 // clientWriter is the postgres → client half's destination: tls.Write
 // under the turn.
 type clientWriter struct {
-	tls   net.Conn
-	guard *clientGuard
+	tls   *tls.Conn
+	guard *Guard
 }
 
 func (w clientWriter) Write(p []byte) (int, error) {

@@ -1,4 +1,6 @@
-package proxy
+//go:build linux
+
+package eventloop
 
 import (
 	"bytes"
@@ -22,6 +24,8 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/pgwarden/pgwarden/internal/certstest"
+	"github.com/pgwarden/pgwarden/internal/tlsforge"
+	"github.com/pgwarden/pgwarden/proxy/internal/relay"
 )
 
 // loopFixture is one session inside an event loop, with the test holding
@@ -30,27 +34,27 @@ import (
 // records are kept, so a TLS13Forger can take its place.
 type loopFixture struct {
 	client   *tls.Conn
-	tap      *TLSTap
-	keyLog   *TLSKeyLog
+	tap      *tlsforge.Tap
+	keyLog   *tlsforge.KeyLog
 	upstream net.Conn // the "postgres" end
 	done     chan struct{}
-	srv      *Server
-	sess     *session
+	rs       *relay.Session
+	ls       chan *loopSession // the session in its loop, once handed over
+	err      error             // what Run returned, once done is closed
 }
 
 // loop returns the loop relaying the session.
 func (f *loopFixture) loop() *eventLoop { return f.relay().loop }
 
 // relay returns the session in its loop, once it has been handed over
-// (relayInLoop runs on a goroutine of its own).
+// (Run runs on a goroutine of its own).
 func (f *loopFixture) relay() *loopSession {
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		f.srv.mu.Lock()
-		ls := f.sess.relay
-		f.srv.mu.Unlock()
-		if ls != nil || time.Now().After(deadline) {
-			return ls
-		}
+	select {
+	case ls := <-f.ls:
+		f.ls <- ls
+		return ls
+	case <-time.After(10 * time.Second):
+		return nil
 	}
 }
 
@@ -97,10 +101,10 @@ func startLoopSessionWith(t *testing.T, opts loopOptions) *loopFixture {
 
 	lc := newLoopConn(rawServer)
 	if opts.noReplyLimit {
-		lc.guard.replies = rate.NewLimiter(rate.Inf, 0)
+		lc.guard.SetReplyLimit(rate.NewLimiter(rate.Inf, 0))
 	}
 	srvTLS := tls.Server(lc, &tls.Config{Certificates: []tls.Certificate{ca.ServerCertificate(t, "localhost")}})
-	tap, keyLog := &TLSTap{Conn: rawClient}, &TLSKeyLog{}
+	tap, keyLog := &tlsforge.Tap{Conn: rawClient}, &tlsforge.KeyLog{}
 	client := tls.Client(tap, &tls.Config{ServerName: "localhost", RootCAs: ca.CertPool(), KeyLogWriter: keyLog})
 	errc := make(chan error, 1)
 	go func() { errc <- srvTLS.Handshake() }()
@@ -113,16 +117,19 @@ func startLoopSessionWith(t *testing.T, opts loopOptions) *loopFixture {
 	ours := fileConn(t, fds[0])
 	theirs := fileConn(t, fds[1])
 
-	s := &Server{log: zap.NewNop(), bytesUp: nopCounter{}, bytesDown: nopCounter{}, sessions: map[*session]struct{}{}}
-	t.Cleanup(s.stopLoops)
-	sess := &session{raw: rawServer, tls: srvTLS, clientIO: lc}
-	f := &loopFixture{client: client, tap: tap, keyLog: keyLog, upstream: theirs, done: make(chan struct{}), srv: s, sess: sess}
+	r, err := New(zap.NewNop())
+	require.NoError(t, err)
+	f := &loopFixture{client: client, tap: tap, keyLog: keyLog, upstream: theirs, done: make(chan struct{}), ls: make(chan *loopSession, 1)}
+	r.added = func(ls *loopSession) { f.ls <- ls }
+	t.Cleanup(r.Stop)
+	f.rs = &relay.Session{Client: srvTLS, Raw: rawServer, Upstream: ours, Up: nopCounter{}, Down: nopCounter{}}
 	go func() {
 		defer close(f.done)
-		if !s.relayInLoop(sess, ours) {
-			t.Error("session not taken by an event loop")
-		}
+		f.err = r.Run(f.rs)
 	}()
+	if f.relay() == nil {
+		t.Fatal("session not taken by an event loop")
+	}
 	t.Cleanup(func() {
 		client.Close()
 		theirs.Close()
@@ -130,6 +137,10 @@ func startLoopSessionWith(t *testing.T, opts loopOptions) *loopFixture {
 	})
 	return f
 }
+
+type nopCounter struct{}
+
+func (nopCounter) Add(float64) {}
 
 func fileConn(t *testing.T, fd int) net.Conn {
 	t.Helper()
@@ -198,18 +209,18 @@ func TestLoopHalfCloseAndEnd(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("session did not end")
 	}
-	require.NoError(t, f.sess.relayErr)
-	require.EqualValues(t, 5, f.sess.bytesToUpstream)
-	require.EqualValues(t, 3, f.sess.bytesToClient)
+	require.NoError(t, f.err)
+	require.EqualValues(t, 5, f.rs.BytesToUpstream)
+	require.EqualValues(t, 3, f.rs.BytesToClient)
 }
 
 // TestSessionsSpreadOverLoops runs with four Ps, so two loops, and checks
 // that two sessions land on different loops and both relay.
 func TestSessionsSpreadOverLoops(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
-	loopPool.mu.Lock()
-	users := loopPool.users
-	loopPool.mu.Unlock()
+	pool.mu.Lock()
+	users := pool.users
+	pool.mu.Unlock()
 	require.Zero(t, users, "a previous test left the loop pool in use")
 
 	a, b := startLoopSession(t), startLoopSession(t)
@@ -222,9 +233,9 @@ func TestSessionsSpreadOverLoops(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "ping", string(got))
 	}
-	loopPool.mu.Lock()
-	loops := len(loopPool.loops)
-	loopPool.mu.Unlock()
+	pool.mu.Lock()
+	loops := len(pool.loops)
+	pool.mu.Unlock()
 	require.Equal(t, 2, loops)
 	require.NotSame(t, a.loop(), b.loop(), "both sessions on one loop")
 	for _, l := range []*eventLoop{a.loop(), b.loop()} {
@@ -242,7 +253,7 @@ func TestSessionsSpreadOverLoops(t *testing.T) {
 // on.
 func TestLoopStopsReadingClientWithQueuedOutput(t *testing.T) {
 	f := startLoopSessionWith(t, loopOptions{smallClientBuffers: true, noReplyLimit: true})
-	forger, err := NewTLS13Forger(f.client, f.tap, f.keyLog)
+	forger, err := tlsforge.New(f.client, f.tap, f.keyLog)
 	require.NoError(t, err)
 	queuePeak.Store(0)
 
@@ -300,14 +311,14 @@ func TestLoopStopsReadingClientWithQueuedOutput(t *testing.T) {
 	require.Equal(t, "pong", string(got))
 	select {
 	case <-f.done:
-		t.Fatalf("session ended: %v", f.sess.relayErr)
+		t.Fatalf("session ended: %v", f.err)
 	default:
 	}
 }
 
 // floodKeyUpdates sends rounds of perRound KeyUpdates requesting an update
 // and one byte of data ("x"), without reading.
-func floodKeyUpdates(f *TLS13Forger, rounds, perRound int) error {
+func floodKeyUpdates(f *tlsforge.Forger, rounds, perRound int) error {
 	for r := range rounds {
 		for range perRound {
 			if err := f.KeyUpdate(true); err != nil {
