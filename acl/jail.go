@@ -25,8 +25,8 @@ import (
 // prefix is banned, which bans every address in it (privacy addresses
 // rotate within a /64, which usually is one host or one subscriber).
 //
-// Succeeded deliberately does not reset a source's count, unlike a
-// per-user lockout: if it did, an attacker holding one valid credential (or
+// A successful login deliberately does not reset a source's count, unlike
+// a per-user lockout: if it did, an attacker holding one valid credential (or
 // sharing a NAT with a legitimate client) could interleave good logins to
 // brute-force other roles forever. Failures simply age out of FindTime.
 type Jail struct {
@@ -215,11 +215,6 @@ func failureFields(f Failure) []zap.Field {
 	}
 	return fields
 }
-
-// Succeeded is called after a successful authentication from ip. It does
-// not reset the failure count, by design (see Jail); it exists so callers
-// report every outcome and the policy can change in one place.
-func (j *Jail) Succeeded(ip netip.Addr) {}
 
 // Close stops the sweeper and closes the state file. Banned keeps working
 // from memory; Failed, Ban and Unban stop recording.

@@ -91,9 +91,9 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			_ = be.Flush()
 			if !authenticated {
 				s.endAuth(sess, AuthFailed, m.Code)
-				return unregister, silent("auth_failed", nil)
+				return unregister, silent(OutcomeAuthFailed, nil)
 			}
-			return unregister, silent("startup_failed", nil)
+			return unregister, silent(OutcomeStartupFailed, nil)
 		case *pgproto3.BackendKeyData:
 			if len(m.SecretKey) >= 4 {
 				unregister = s.cfg.Cancels.register(m.ProcessID, m.SecretKey, s.cfg.Upstream)
@@ -104,15 +104,15 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 		case *pgproto3.ReadyForQuery:
 			be.Send(m)
 			if err := be.Flush(); err != nil {
-				return unregister, silent("client_gone", err)
+				return unregister, silent(OutcomeClientGone, err)
 			}
 			if !authenticated {
-				return unregister, refuse("protocol_violation", codeProtocolViolation,
+				return unregister, refuse(OutcomeProtocolViolation, codeProtocolViolation,
 					"upstream server sent ReadyForQuery before authentication", "", nil)
 			}
 			return unregister, nil
 		default:
-			return unregister, refuse("upstream_protocol_error", codeProtocolViolation,
+			return unregister, refuse(OutcomeUpstreamProtocolError, codeProtocolViolation,
 				"unexpected message from the upstream server during authentication", "",
 				fmt.Errorf("upstream sent %T", msg))
 		}
@@ -125,7 +125,7 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 // decoding it as the wrong one breaks SCRAM (jackc/pgx#2166).
 func (s *Server) relayAuthResponse(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend) error {
 	if err := be.SetAuthType(fe.GetAuthType()); err != nil {
-		return refuse("upstream_protocol_error", codeProtocolViolation,
+		return refuse(OutcomeUpstreamProtocolError, codeProtocolViolation,
 			"unsupported authentication request from the upstream server", "", err)
 	}
 	msg, err := be.Receive()
@@ -139,17 +139,17 @@ func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg p
 		var tooBig *pgproto3.ExceededMaxBodyLenErr
 		switch {
 		case errors.As(err, &tooBig):
-			return refuse("protocol_violation", codeProtocolViolation, "authentication message too long", "", err)
+			return refuse(OutcomeProtocolViolation, codeProtocolViolation, "authentication message too long", "", err)
 		case netconn.IsTimeout(err):
 			// The client let the step deadline pass with postgres's
 			// backend waiting: that holds a postgres slot, and counts
 			// like a failed login.
 			s.endAuth(sess, AuthTimedOut, "")
-			return silent("timeout", err)
+			return silent(OutcomeTimeout, err)
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), netconn.IsBenign(err):
 			return s.abandoned(sess, err)
 		default:
-			return refuse("protocol_violation", codeProtocolViolation, "invalid authentication response", "", err)
+			return refuse(OutcomeProtocolViolation, codeProtocolViolation, "invalid authentication response", "", err)
 		}
 	}
 	switch m := msg.(type) {
@@ -159,7 +159,7 @@ func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg p
 	case *pgproto3.Terminate:
 		return s.abandoned(sess, nil)
 	default:
-		return refuse("protocol_violation", codeProtocolViolation,
+		return refuse(OutcomeProtocolViolation, codeProtocolViolation,
 			"expected an authentication response", "", fmt.Errorf("client sent %T", msg))
 	}
 	fe.Send(msg)
@@ -177,7 +177,7 @@ func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg p
 // sides are read at once. It returns postgres's next message.
 func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend, fromClient *frameReader) (pgproto3.BackendMessage, error) {
 	if err := be.SetAuthType(fe.GetAuthType()); err != nil {
-		return nil, refuse("upstream_protocol_error", codeProtocolViolation,
+		return nil, refuse(OutcomeUpstreamProtocolError, codeProtocolViolation,
 			"unsupported authentication request from the upstream server", "", err)
 	}
 	type clientRead struct {
@@ -221,13 +221,13 @@ func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgpr
 		_ = sess.raw.SetReadDeadline(sess.start.Add(s.cfg.AuthTimeout))
 		switch {
 		case c.err == nil:
-			return nil, refuse("protocol_violation", codeProtocolViolation,
+			return nil, refuse(OutcomeProtocolViolation, codeProtocolViolation,
 				"unexpected message after the final GSS token", "", fmt.Errorf("client sent %T", c.msg))
 		case !netconn.IsTimeout(c.err):
 			return nil, s.forwardAuthResponse(sess, fe, nil, c.err)
 		case !fromClient.atBoundary():
 			// Part of a message was read and would be lost.
-			return nil, refuse("protocol_violation", codeProtocolViolation,
+			return nil, refuse(OutcomeProtocolViolation, codeProtocolViolation,
 				"unexpected data after the final GSS token", "", nil)
 		}
 		if u.err != nil {
@@ -242,14 +242,14 @@ func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgpr
 // It is not a failed login.
 func (s *Server) abandoned(sess *session, err error) error {
 	s.endAuth(sess, AuthAbandoned, "")
-	return silent("auth_abandoned", err)
+	return silent(OutcomeAuthAbandoned, err)
 }
 
 // upstreamLost is postgres going away mid-startup.
 func upstreamLost(err error) error {
 	if netconn.IsTimeout(err) {
-		return silent("timeout", err)
+		return silent(OutcomeTimeout, err)
 	}
-	return refuse("upstream_unavailable", codeConnectionFailure,
+	return refuse(OutcomeUpstreamUnavailable, codeConnectionFailure,
 		"the upstream PostgreSQL server closed the connection unexpectedly", "", err)
 }

@@ -142,12 +142,12 @@ func (openTicket) Context() context.Context { return context.Background() }
 func (openTicket) Done(AuthOutcome)         {}
 
 var (
-	errBanned = refuse("banned", codeInvalidAuthorization,
+	errBanned = refuse(OutcomeBanned, codeInvalidAuthorization,
 		"authentication refused: this address is banned after repeated failed logins", "", nil)
-	errSourceBusy = refuse("auth_throttled", codeTooManyConnections,
+	errSourceBusy = refuse(OutcomeAuthThrottled, codeTooManyConnections,
 		"too many authentications in progress from this address",
 		"Authentications from one address are limited while earlier ones are in progress; try again later.", nil)
-	errUpstreamBusy = refuse("too_many_upstream_startups", codeTooManyConnections,
+	errUpstreamBusy = refuse(OutcomeTooManyUpstreamStartups, codeTooManyConnections,
 		"too many connections are authenticating with the database server",
 		"The gateway limits the connections still authenticating with the database server; try again later.", nil)
 )
@@ -186,7 +186,7 @@ func (s *Server) authenticate(ctx context.Context, sess *session, p *startupPack
 	s.setUpstream(sess, up)
 	if sess.auth.revoked() {
 		// Revoked while dialing: postgres gets nothing but the close.
-		return nil, silent("banned", nil)
+		return nil, silent(OutcomeBanned, nil)
 	}
 	_ = up.SetDeadline(deadline)
 	sess.auth.contacted = true
@@ -253,7 +253,7 @@ func (s *Server) awaitClient(sess *session) error {
 	_ = sess.raw.SetReadDeadline(d)
 	if sess.auth.revoked() {
 		s.endAuth(sess, AuthBanned, "")
-		return silent("banned", nil)
+		return silent(OutcomeBanned, nil)
 	}
 	return nil
 }

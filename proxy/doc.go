@@ -18,7 +18,7 @@
 //	  │ ◄─── Authentication* ──────┼──────────────── relayAuth (auth.go) ──── │
 //	  │ ───── password/SASL ───────┼─────────────────────────────────────────►│
 //	  │ ◄── AuthenticationOk … ReadyForQuery ─────────────────────────────────│
-//	  │ ═══════ raw byte relay (relay.go: event loop or goroutines) ════════ │
+//	  │ ═══════ raw byte relay (relay.go: event loop or goroutines) ═════════ │
 //
 // Everything before ReadyForQuery runs under two absolute deadlines counted
 // from accept (handshake and authentication), so a client trickling one byte

@@ -21,7 +21,7 @@ const (
 // so public texts are fixed strings written here, never err.Error() of some
 // lower layer.
 type clientError struct {
-	outcome string // for the connection's log line and metrics
+	outcome Outcome // for the connection's log line and metrics
 	code    string
 	message string
 	hint    string
@@ -38,7 +38,7 @@ func (e *clientError) Error() string {
 func (e *clientError) Unwrap() error { return e.cause }
 
 // refuse builds a clientError.
-func refuse(outcome, code, message, hint string, cause error) *clientError {
+func refuse(outcome Outcome, code, message, hint string, cause error) *clientError {
 	return &clientError{outcome: outcome, code: code, message: message, hint: hint, cause: cause}
 }
 
@@ -46,20 +46,20 @@ func refuse(outcome, code, message, hint string, cause error) *clientError {
 // timeout, a failed TLS handshake, a cancel request (which never gets a
 // reply), or a client that simply went away.
 type silentError struct {
-	outcome string
+	outcome Outcome
 	cause   error
 }
 
 func (e *silentError) Error() string {
 	if e.cause == nil {
-		return e.outcome
+		return e.outcome.String()
 	}
-	return e.outcome + ": " + e.cause.Error()
+	return e.outcome.String() + ": " + e.cause.Error()
 }
 
 func (e *silentError) Unwrap() error { return e.cause }
 
-func silent(outcome string, cause error) *silentError {
+func silent(outcome Outcome, cause error) *silentError {
 	return &silentError{outcome: outcome, cause: cause}
 }
 

@@ -29,9 +29,9 @@ type outcomeMetrics struct {
 	outcomes []string
 }
 
-func (m *outcomeMetrics) ConnectionClosed(_, outcome string, _ time.Duration) {
+func (m *outcomeMetrics) ConnectionClosed(_ string, outcome proxy.Outcome, _ time.Duration) {
 	m.mu.Lock()
-	m.outcomes = append(m.outcomes, outcome)
+	m.outcomes = append(m.outcomes, outcome.String())
 	m.mu.Unlock()
 }
 

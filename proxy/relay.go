@@ -85,12 +85,12 @@ func (s *Server) relaySession(sess *session) {
 // relayOutcome is the outcome of a session that reached the relay, for its
 // log line and metrics: ok unless the relay ended it for a reason of its
 // own.
-func relayOutcome(err error) string {
+func relayOutcome(err error) Outcome {
 	switch {
 	case errors.Is(err, relay.ErrTLSAbuse):
-		return "tls_abuse"
+		return OutcomeTLSAbuse
 	case errors.Is(err, relay.ErrQueueFull):
-		return "internal_error"
+		return OutcomeInternalError
 	}
-	return "ok"
+	return OutcomeOK
 }

@@ -24,7 +24,7 @@ func (s *Server) dialUpstream(ctx context.Context, deadline time.Time) (net.Conn
 	defer cancel()
 	conn, err := s.cfg.Upstream.Dial(dctx)
 	if err != nil {
-		return nil, refuse("upstream_unavailable", codeConnectionFailure,
+		return nil, refuse(OutcomeUpstreamUnavailable, codeConnectionFailure,
 			"could not connect to the upstream PostgreSQL server: "+dialProblem(err),
 			"The database server behind this gateway is down or refusing connections; try again later.", err)
 	}

@@ -293,4 +293,3 @@ func (l *eventLoop) failAll(err error) {
 		}
 	}
 }
-

@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -7,16 +7,16 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	socktmpl "github.com/hashicorp/go-sockaddr/template"
 
+	"github.com/pgwarden/pgwarden/internal/netaddr"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
-// resolveListen turns one --listen value into the addresses to bind. HOST
+// resolveListen turns one listen address into the addresses to bind. HOST
 // may be an IP, a name (every address it resolves to), or a go-sockaddr
 // template, rendered now; a template may yield several addresses. A
 // template that renders to nothing is an error: passed on as ":PORT" it
@@ -24,25 +24,25 @@ import (
 func resolveListen(spec string) ([]string, error) {
 	host, port, err := splitListen(spec)
 	if err != nil {
-		return nil, fmt.Errorf("--listen %q: %w", spec, err)
+		return nil, errorf("%s %q: %w", FieldListen, spec, err)
 	}
-	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
-		return nil, fmt.Errorf("--listen %q: port %q is not a number from 0 to 65535", spec, port)
+	if _, err := netaddr.Port(port, 0); err != nil {
+		return nil, errorf("%s %q: %w", FieldListen, spec, err)
 	}
 	var hosts []string
 	switch {
 	case strings.Contains(host, "{{"):
 		out, err := socktmpl.Parse(host)
 		if err != nil {
-			return nil, fmt.Errorf("--listen %q: rendering the template: %w", spec, err)
+			return nil, errorf("%s %q: rendering the template: %w", FieldListen, spec, err)
 		}
 		hosts = strings.Fields(out)
 		if len(hosts) == 0 {
-			return nil, fmt.Errorf("--listen %q: the template rendered no address on this machine; refusing to fall back to all interfaces (check the interface name or use an IP)", spec)
+			return nil, errorf("%s %q: the template rendered no address on this machine; refusing to fall back to all interfaces (check the interface name or use an IP)", FieldListen, spec)
 		}
 		for _, h := range hosts {
 			if _, err := netip.ParseAddr(h); err != nil {
-				return nil, fmt.Errorf("--listen %q: the template rendered %q, which is not an IP address (end it with | attr \"address\")", spec, h)
+				return nil, errorf("%s %q: the template rendered %q, which is not an IP address (end it with | attr \"address\")", FieldListen, spec, h)
 			}
 		}
 	case host == "":
@@ -56,7 +56,7 @@ func resolveListen(spec string) ([]string, error) {
 		addrs, err := net.DefaultResolver.LookupHost(ctx, host)
 		cancel()
 		if err != nil || len(addrs) == 0 {
-			return nil, fmt.Errorf("--listen %q: %q is neither an IP address nor a name that resolves: %v", spec, host, err)
+			return nil, errorf("%s %q: %q is neither an IP address nor a name that resolves: %v", FieldListen, spec, host, err)
 		}
 		hosts = addrs
 	}
@@ -84,8 +84,8 @@ func splitListen(spec string) (host, port string, err error) {
 	return host, port, nil
 }
 
-// parseUpstream turns --upstream into a proxy.Upstream and refuses anything
-// but loopback or a unix socket unless allowRemote is set: the point of the
+// parseUpstream turns an upstream address into a proxy.Upstream and refuses
+// anything but loopback or a unix socket unless allowRemote is set: the point of the
 // gateway is that postgres is not reachable from elsewhere, and the
 // gateway's upstream leg is plaintext.
 //
@@ -99,10 +99,10 @@ func parseUpstream(spec string, allowRemote bool) (proxy.Upstream, error) {
 	}
 	host, port, err := net.SplitHostPort(spec)
 	if err != nil {
-		return proxy.Upstream{}, fmt.Errorf("--upstream %q: expected HOST:PORT or a unix socket path: %w", spec, err)
+		return proxy.Upstream{}, errorf("%s %q: expected HOST:PORT or a unix socket path: %w", FieldUpstream, spec, err)
 	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return proxy.Upstream{}, fmt.Errorf("--upstream %q: port %q is not a number from 1 to 65535", spec, port)
+	if _, err := netaddr.Port(port, 1); err != nil {
+		return proxy.Upstream{}, errorf("%s %q: %w", FieldUpstream, spec, err)
 	}
 	addrs := []string{host}
 	if _, err := netip.ParseAddr(host); err != nil {
@@ -110,14 +110,14 @@ func parseUpstream(spec string, allowRemote bool) (proxy.Upstream, error) {
 		addrs, err = net.DefaultResolver.LookupHost(ctx, host)
 		cancel()
 		if err != nil || len(addrs) == 0 {
-			return proxy.Upstream{}, fmt.Errorf("--upstream %q: cannot resolve %q: %v", spec, host, err)
+			return proxy.Upstream{}, errorf("%s %q: cannot resolve %q: %v", FieldUpstream, spec, host, err)
 		}
 	}
 	if !allowRemote {
 		for _, a := range addrs {
 			ip, err := netip.ParseAddr(a)
 			if err != nil || !ip.Unmap().IsLoopback() {
-				return proxy.Upstream{}, fmt.Errorf("--upstream %q: %s is not a loopback address; postgres should listen on loopback or a unix socket only (pass --allow-remote-upstream to relay to another host, in plaintext)", spec, a)
+				return proxy.Upstream{}, errorf("%s %q: %s is not a loopback address; postgres should listen on loopback or a unix socket only (pass %s to relay to another host, in plaintext)", FieldUpstream, spec, a, FieldAllowRemoteUpstream)
 			}
 		}
 	}
@@ -132,8 +132,8 @@ func parseUnixUpstream(spec, path string) (proxy.Upstream, error) {
 	}
 	if i := strings.LastIndex(path, ":"); i >= 0 {
 		port := path[i+1:]
-		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-			return proxy.Upstream{}, fmt.Errorf("--upstream %q: port %q is not a number from 1 to 65535", spec, port)
+		if _, err := netaddr.Port(port, 1); err != nil {
+			return proxy.Upstream{}, errorf("%s %q: %w", FieldUpstream, spec, err)
 		}
 		return proxy.Upstream{Network: "unix", Address: filepath.Join(path[:i], ".s.PGSQL."+port)}, nil
 	}
@@ -152,8 +152,8 @@ func parseUnixUpstream(spec, path string) (proxy.Upstream, error) {
 	case 1:
 		return proxy.Upstream{Network: "unix", Address: sockets[0]}, nil
 	default:
-		return proxy.Upstream{}, fmt.Errorf("--upstream %q: the directory holds several postgres sockets (%s); name one with %s:PORT",
-			spec, strings.Join(baseNames(sockets), ", "), path)
+		return proxy.Upstream{}, errorf("%s %q: the directory holds several postgres sockets (%s); name one with %s:PORT",
+			FieldUpstream, spec, strings.Join(baseNames(sockets), ", "), path)
 	}
 }
 

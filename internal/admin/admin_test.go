@@ -1,7 +1,6 @@
-package main
+package admin
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,87 +16,11 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/admin/admintest"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/internal/metrics"
+	"github.com/pgwarden/pgwarden/proxy"
 )
-
-// fakeNow is the fake jail's clock.
-var fakeNow = time.Date(2026, 8, 1, 10, 0, 0, 0, time.UTC)
-
-// fakeJail is an in-memory banStore that records the bans asked for.
-type fakeJail struct {
-	mu      sync.Mutex
-	bans    []acl.BanInfo
-	banErr  error         // returned by Ban when set
-	lastFor time.Duration // d of the last Ban
-	calls   []string      // "ban IP", "unban IP"
-}
-
-func newFakeJail() *fakeJail { return &fakeJail{} }
-
-func (j *fakeJail) set(bans ...acl.BanInfo) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.bans = append([]acl.BanInfo(nil), bans...) // the caller's slice is shared between subtests
-}
-
-func (j *fakeJail) List() []acl.BanInfo {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return append([]acl.BanInfo(nil), j.bans...)
-}
-
-func (j *fakeJail) ActiveBans() int {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return len(j.bans)
-}
-
-// Ban bans for d, or for 10m × 2^(bans so far) when d is 0, as the jail's
-// escalation would.
-func (j *fakeJail) Ban(ip string, d time.Duration) (acl.BanInfo, error) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.calls = append(j.calls, "ban "+ip)
-	j.lastFor = d
-	if j.banErr != nil {
-		return acl.BanInfo{}, j.banErr
-	}
-	n := 1
-	for i, b := range j.bans {
-		if b.IP == ip {
-			n = b.Bans + 1
-			j.bans = append(j.bans[:i], j.bans[i+1:]...)
-			break
-		}
-	}
-	if d == 0 {
-		d = 10 * time.Minute << (n - 1)
-	}
-	info := acl.BanInfo{IP: ip, Until: fakeNow.Add(d), Bans: n}
-	j.bans = append(j.bans, info)
-	return info, nil
-}
-
-func (j *fakeJail) Unban(ip string) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	j.calls = append(j.calls, "unban "+ip)
-	for i, b := range j.bans {
-		if b.IP == ip {
-			j.bans = append(j.bans[:i], j.bans[i+1:]...)
-			return nil
-		}
-	}
-	return fmt.Errorf("unbanning %s: %w", ip, acl.ErrNotBanned)
-}
-
-func (j *fakeJail) lastCall() (string, time.Duration) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if len(j.calls) == 0 {
-		return "", 0
-	}
-	return j.calls[len(j.calls)-1], j.lastFor
-}
 
 // fakeReadiness is a mutable Ready func.
 type fakeReadiness struct {
@@ -118,14 +41,14 @@ func (r *fakeReadiness) Ready() error {
 }
 
 // newTestAdmin returns an admin server over a fake jail, its handler
-// served by httptest (nothing bound by the adminServer itself).
-func newTestAdmin(t testing.TB) (*httptest.Server, *fakeJail, *fakeReadiness, *promMetrics) {
+// served by httptest (nothing bound by the Server itself).
+func newTestAdmin(t testing.TB) (*httptest.Server, *admintest.Jail, *fakeReadiness, *metrics.Prometheus) {
 	t.Helper()
-	jail, ready, m := newFakeJail(), &fakeReadiness{}, newPromMetrics()
+	jail, ready, m := admintest.NewJail(), &fakeReadiness{}, metrics.New()
 	m.SetBanStore(jail)
-	s, err := newAdminServer("127.0.0.1:0", adminDeps{Bans: jail, Ready: ready.Ready, Registry: m.Registry()}, zaptest.NewLogger(t))
+	s, err := New(Config{Addr: "127.0.0.1:0", Bans: jail, Ready: ready.Ready, Registry: m.Registry(), Logger: zaptest.NewLogger(t)})
 	require.NoError(t, err)
-	srv := httptest.NewServer(s.handler())
+	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	return srv, jail, ready, m
 }
@@ -134,8 +57,8 @@ func TestAdminHandlers(t *testing.T) {
 	t.Parallel()
 	twoBans := []acl.BanInfo{
 		// Sub-second Until is rounded up: the API never says a ban lifts early.
-		{IP: "203.0.113.7", Until: fakeNow.Add(500 * time.Millisecond), Failures: 5, Bans: 1},
-		{IP: "2001:db8::/64", Until: fakeNow.Add(time.Hour).In(time.FixedZone("X", 3600)), Failures: 0, Bans: 3},
+		{IP: "203.0.113.7", Until: admintest.Now.Add(500 * time.Millisecond), Failures: 5, Bans: 1},
+		{IP: "2001:db8::/64", Until: admintest.Now.Add(time.Hour).In(time.FixedZone("X", 3600)), Failures: 0, Bans: 3},
 	}
 	tests := []struct {
 		name        string
@@ -223,8 +146,8 @@ func TestAdminHandlers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv, jail, ready, _ := newTestAdmin(t)
-			jail.set(tc.bans...)
-			jail.banErr = tc.banErr
+			jail.Set(tc.bans...)
+			jail.BanErr = tc.banErr
 			ready.set(tc.notReady)
 
 			var body io.Reader
@@ -266,7 +189,7 @@ func TestAdminHandlers(t *testing.T) {
 				t.Errorf("body %q does not contain %q", got, tc.wantIn)
 			}
 			if tc.wantCall != "" {
-				call, d := jail.lastCall()
+				call, d := jail.LastCall()
 				if call != tc.wantCall || d != tc.wantFor && strings.HasPrefix(call, "ban ") {
 					t.Errorf("jail call = %q for %s, want %q for %s", call, d, tc.wantCall, tc.wantFor)
 				}
@@ -280,8 +203,8 @@ func TestAdminHandlers(t *testing.T) {
 func TestAdminMetricsAfterActivity(t *testing.T) {
 	t.Parallel()
 	srv, jail, _, m := newTestAdmin(t)
-	jail.set(acl.BanInfo{IP: "192.0.2.1"}, acl.BanInfo{IP: "192.0.2.2"})
-	m.ConnectionClosed("default", "auth_failed", 20*time.Millisecond)
+	jail.Set(acl.BanInfo{IP: "192.0.2.1"}, acl.BanInfo{IP: "192.0.2.2"})
+	m.ConnectionClosed("default", proxy.OutcomeAuthFailed, 20*time.Millisecond)
 	m.Rejected("banned")
 	m.AuthFailure("28P01")
 	m.HandshakeCompleted("default", 4*time.Millisecond)
@@ -333,39 +256,43 @@ func TestValidateAdminAddr(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.addr, func(t *testing.T) {
 			t.Parallel()
-			bind, err := validateAdminAddr(tc.addr)
+			bind, err := ValidateAddr(tc.addr)
 			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("validateAdminAddr(%q) = %q, %v; want error containing %q", tc.addr, bind, err, tc.wantErr)
+				if err == nil || !strings.Contains(flagText(err), tc.wantErr) {
+					t.Fatalf("ValidateAddr(%q) = %q, %v; want error containing %q", tc.addr, bind, err, tc.wantErr)
 				}
 				return
 			}
 			if err != nil || bind != tc.wantBind {
-				t.Fatalf("validateAdminAddr(%q) = %q, %v; want %q", tc.addr, bind, err, tc.wantBind)
+				t.Fatalf("ValidateAddr(%q) = %q, %v; want %q", tc.addr, bind, err, tc.wantBind)
 			}
 		})
 	}
 }
 
-func TestNewAdminServerRefusesNonLoopback(t *testing.T) {
+func TestNewRefusesNonLoopback(t *testing.T) {
 	t.Parallel()
-	deps := adminDeps{Bans: newFakeJail(), Ready: func() error { return nil }, Registry: newPromMetrics().Registry()}
-	_, err := newAdminServer("0.0.0.0:9187", deps, nil)
+	cfg := Config{Addr: "0.0.0.0:9187", Bans: admintest.NewJail(), Ready: func() error { return nil }, Registry: metrics.New().Registry()}
+	_, err := New(cfg)
 	require.Error(t, err)
-	if !strings.Contains(err.Error(), "--admin") || exitCode(err) != exitUsage {
-		t.Errorf("err = %v (exit %d), want a configError naming --admin", err, exitCode(err))
+	var fe *fielderr.Error
+	if !errors.As(err, &fe) || fe.Fields()[0] != FieldAddr || !strings.Contains(flagText(err), "--admin") {
+		t.Errorf("err = %v, want a field error naming --admin", err)
 	}
-	_, err = newAdminServer("127.0.0.1:0", adminDeps{}, nil)
+	_, err = New(Config{Addr: "127.0.0.1:0"})
 	if err == nil {
 		t.Error("missing deps accepted")
 	}
 }
 
+// flagText renders err as the command line names the address.
+func flagText(err error) string { return fielderr.Render(err, fielderr.Names{FieldAddr: "--admin"}) }
+
 // TestAdminServerLifecycle binds for real on a free loopback port.
 func TestAdminServerLifecycle(t *testing.T) {
 	t.Parallel()
-	deps := adminDeps{Bans: newFakeJail(), Ready: func() error { return nil }, Registry: newPromMetrics().Registry()}
-	s, err := newAdminServer("127.0.0.1:0", deps, zaptest.NewLogger(t))
+	cfg := Config{Addr: "127.0.0.1:0", Bans: admintest.NewJail(), Ready: func() error { return nil }, Registry: metrics.New().Registry(), Logger: zaptest.NewLogger(t)}
+	s, err := New(cfg)
 	require.NoError(t, err)
 	require.NoError(t, s.Shutdown(context.Background()), "shutdown before start")
 	require.NoError(t, s.Start())
@@ -379,9 +306,10 @@ func TestAdminServerLifecycle(t *testing.T) {
 	}
 
 	// A second server on the same port reports the bind error.
-	s2, err := newAdminServer(s.Addr().String(), deps, nil)
+	cfg.Addr, cfg.Logger = s.Addr().String(), nil
+	s2, err := New(cfg)
 	require.NoError(t, err)
-	if err := s2.Start(); err == nil || !strings.Contains(err.Error(), "--admin") {
+	if err := s2.Start(); err == nil || !strings.Contains(flagText(err), "--admin") {
 		t.Errorf("second Start = %v, want a bind error naming --admin", err)
 	}
 
@@ -390,55 +318,5 @@ func TestAdminServerLifecycle(t *testing.T) {
 	require.NoError(t, s.Shutdown(ctx))
 	if _, err := client.Get("http://" + s.Addr().String() + "/healthz"); err == nil {
 		t.Error("still serving after Shutdown")
-	}
-}
-
-// TestAdminWithRealJail runs the endpoint over an in-memory acl.Jail, so
-// the error mapping follows the jail's real errors, not the fake's.
-func TestAdminWithRealJail(t *testing.T) {
-	t.Parallel()
-	cfg := acl.DefaultJailConfig()
-	cfg.Rand = func() float64 { return 0 }
-	jail, err := acl.NewJail(cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = jail.Close() })
-	m := newPromMetrics()
-	m.SetBanStore(jail)
-	s, err := newAdminServer("127.0.0.1:0", adminDeps{Bans: jail, Ready: func() error { return nil }, Registry: m.Registry()}, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	srv := httptest.NewServer(s.handler())
-	t.Cleanup(srv.Close)
-	addr := strings.TrimPrefix(srv.URL, "http://")
-	getenv := func(string) string { return "" }
-
-	steps := []struct {
-		args     []string
-		wantCode int
-		wantOut  string // substring of stdout
-		wantErr  string // substring of stderr
-	}{
-		{args: []string{"ban", "203.0.113.7", "--for", "1h"}, wantOut: "banned 203.0.113.7 until "},
-		{args: []string{"ban", "2001:db8::/64"}, wantOut: "banned 2001:db8::/64 until "},
-		{args: []string{"list"}, wantOut: "203.0.113.7 "},
-		{args: []string{"list"}, wantOut: "2001:db8::/64 "},
-		{args: []string{"unban", "2001:db8::/64"}, wantOut: "unbanned 2001:db8::/64"},
-		{args: []string{"unban", "2001:db8::/64"}, wantCode: 1, wantErr: "not banned"},
-		{args: []string{"unban", "198.51.100.1"}, wantCode: 1, wantErr: "not banned"},
-		{args: []string{"ban", "10.0.0.0/8", "--for", "1m"}, wantOut: "banned 10.0.0.0/8"},
-	}
-	for _, st := range steps {
-		var stdout, stderr bytes.Buffer
-		code := runBansEnv(append(st.args, "--admin", addr), &stdout, &stderr, getenv)
-		if code != st.wantCode || !strings.Contains(stdout.String(), st.wantOut) || !strings.Contains(stderr.String(), st.wantErr) {
-			t.Errorf("bans %v: exit %d, stdout %q, stderr %q; want exit %d, stdout ~%q, stderr ~%q",
-				st.args, code, stdout.String(), stderr.String(), st.wantCode, st.wantOut, st.wantErr)
-		}
-	}
-	if n := jail.ActiveBans(); n != 2 {
-		t.Errorf("ActiveBans = %d, want 2", n)
-	}
-	out := scrape(t, m)
-	if !strings.Contains(out, "pgwarden_bans_active 2\n") {
-		t.Errorf("bans_active gauge not 2:\n%s", grepPgwarden(out))
 	}
 }

@@ -1,22 +1,24 @@
-package main
+package gateway
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/proxy"
 )
 
-// ready is /readyz: the listeners are up, no drain has begun, and every
+// Ready is /readyz: the listeners are up, no drain has begun, and every
 // route's upstream accepts a connection. The probe connects and closes
 // without sending a byte, which postgres deliberately does not log as an
 // error (backend_startup.c: "service-monitoring software often just opens
 // and closes a connection").
-func (g *gateway) ready() error {
+func (g *Gateway) Ready() error {
 	if g.draining.Load() {
 		return errors.New("draining: shutting down")
 	}
@@ -32,11 +34,13 @@ func (g *gateway) ready() error {
 	return nil
 }
 
-// reload is SIGHUP: certificates and client CAs are re-read, and so are the
-// allowlists (from the command line and config file); a broken replacement
-// is refused and the previous one keeps serving. Listen addresses and
-// upstreams are start-time only.
-func (g *gateway) reload() {
+// Reload (SIGHUP) re-reads the certificates and client CAs, and the
+// allowlists (from Options.Reread); a broken replacement is refused and
+// the previous one keeps serving. Listen addresses and upstreams are
+// start-time only.
+func (g *Gateway) Reload() {
+	call(g.opts.Hooks.Reloading)
+	defer call(g.opts.Hooks.Reloaded)
 	g.log.Info("SIGHUP: reloading certificates and allowlists")
 	g.reloadAllowlists()
 	for _, r := range g.routes {
@@ -52,18 +56,18 @@ func (g *gateway) reload() {
 }
 
 // reloadAllowlists re-reads the configuration and swaps each route's
-// allowlist atomically in its listeners.
-func (g *gateway) reloadAllowlists() {
-	if g.args == nil {
+// allowlist atomically in its admission policy.
+func (g *Gateway) reloadAllowlists() {
+	if g.opts.Reread == nil {
 		return
 	}
-	cfg, err := parseServeArgs(g.args)
+	cfg, err := g.opts.Reread()
 	if err != nil {
 		g.log.Error("allowlist reload failed; keeping the current ones", zap.Error(err))
 		return
 	}
 	fresh := map[string][]string{}
-	for _, rc := range cfg.routes() {
+	for _, rc := range cfg.AllRoutes() {
 		fresh[rc.Name] = rc.Allow
 	}
 	for _, r := range g.routes {
@@ -77,12 +81,40 @@ func (g *gateway) reloadAllowlists() {
 			g.log.Error("allowlist reload failed; keeping the current one", zap.String("route", r.cfg.Name), zap.Error(err))
 			continue
 		}
-		for _, ln := range r.listeners {
-			ln.SetAllowlist(allow)
-		}
-		if allow.String() != r.allow.String() {
+		old := r.policy.Allowlist()
+		r.policy.SetAllowlist(allow)
+		if allow.String() != old.String() {
 			g.log.Info("allowlist reloaded", zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
 		}
-		r.allow = allow
 	}
+}
+
+// RouteInfo describes one route as it runs.
+type RouteInfo struct {
+	Name      string
+	Listeners []net.Addr // the bound addresses
+	Upstream  proxy.Upstream
+	Allow     *acl.Allowlist // in force now
+	ClientCA  bool           // client certificates are required
+}
+
+// Routes describes the routes, in configuration order.
+func (g *Gateway) Routes() []RouteInfo {
+	out := make([]RouteInfo, 0, len(g.routes))
+	for _, r := range g.routes {
+		ri := RouteInfo{Name: r.cfg.Name, Upstream: r.upstream, Allow: r.policy.Allowlist(), ClientCA: r.authz != nil}
+		for _, ln := range r.listeners {
+			ri.Listeners = append(ri.Listeners, ln.Addr())
+		}
+		out = append(out, ri)
+	}
+	return out
+}
+
+// AdminAddr is the admin endpoint's bound address, nil without one.
+func (g *Gateway) AdminAddr() net.Addr {
+	if g.admin == nil {
+		return nil
+	}
+	return g.admin.Addr()
 }

@@ -1,4 +1,4 @@
-package main
+package banpolicy
 
 import (
 	"context"
@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap"
 
+	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -16,12 +16,12 @@ import (
 // of outcome the relay reports: only 28P01 and 28000 failures (outside
 // OAuth discovery) and clients that stopped answering may ban.
 func TestAuthGateCountsOnlyCredentialFailures(t *testing.T) {
-	cfg, err := parseServeArgs([]string{"--ban-max-retry", "1"})
-	require.NoError(t, err)
-	jail, err := newJail(cfg, zap.NewNop(), newPromMetrics().OnBan)
+	cfg := acl.DefaultJailConfig()
+	cfg.MaxRetry = 1
+	jail, err := acl.NewJail(cfg)
 	require.NoError(t, err)
 	defer jail.Close()
-	gate := authGate{jail: jail}
+	gate := Gate{Jail: jail}
 	ctx := context.Background()
 	report := func(o proxy.AuthOutcome) {
 		t.Helper()
@@ -42,7 +42,7 @@ func TestAuthGateCountsOnlyCredentialFailures(t *testing.T) {
 		{Remote: ip("192.0.2.8"), Result: proxy.AuthError},
 	}
 	for _, o := range notCounted {
-		// Twice: with --ban-max-retry 1 the slot must have been freed.
+		// Twice: with MaxRetry 1 the slot must have been freed.
 		report(o)
 		report(o)
 		require.False(t, jail.Banned(o.Remote), "%+v banned", o)
@@ -54,7 +54,7 @@ func TestAuthGateCountsOnlyCredentialFailures(t *testing.T) {
 	}
 	for _, o := range counted {
 		report(o)
-		require.True(t, jail.Banned(o.Remote), "%+v did not ban with --ban-max-retry 1", o)
+		require.True(t, jail.Banned(o.Remote), "%+v did not ban with MaxRetry 1", o)
 		_, err := gate.BeginAuth(ctx, o.Remote)
 		require.True(t, errors.Is(err, proxy.ErrSourceBanned), "banned source admitted: %v", err)
 	}

@@ -1,6 +1,7 @@
-package main
+package metrics
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -15,7 +16,7 @@ import (
 )
 
 // scrape returns m's registry in the Prometheus text format.
-func scrape(t testing.TB, m *promMetrics) string {
+func scrape(t testing.TB, m *Prometheus) string {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	promhttp.HandlerFor(m.Registry(), promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
@@ -25,17 +26,22 @@ func scrape(t testing.TB, m *promMetrics) string {
 	return rec.Body.String()
 }
 
+// fixedBans is a ban store holding that many bans.
+type fixedBans int
+
+func (n fixedBans) ActiveBans() int { return int(n) }
+
 func TestPromMetrics(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name      string
-		do        func(m *promMetrics)
+		do        func(m *Prometheus)
 		wantLines []string
 		notLines  []string
 	}{
 		{
 			name: "fresh registry has zero series and the go/process collectors",
-			do:   func(*promMetrics) {},
+			do:   func(*Prometheus) {},
 			wantLines: []string{
 				`pgwarden_rejections_total{reason="not_allowed"} 0`,
 				`pgwarden_rejections_total{reason="banned"} 0`,
@@ -51,8 +57,8 @@ func TestPromMetrics(t *testing.T) {
 		},
 		{
 			name: "connection closed ok counts the connection, not a rejection",
-			do: func(m *promMetrics) {
-				m.ConnectionClosed("default", "ok", 3*time.Second)
+			do: func(m *Prometheus) {
+				m.ConnectionClosed("default", proxy.OutcomeOK, 3*time.Second)
 			},
 			wantLines: []string{
 				`pgwarden_connections_total{outcome="ok",route="default"} 1`,
@@ -64,10 +70,10 @@ func TestPromMetrics(t *testing.T) {
 		},
 		{
 			name: "proxy refusal also counts as a rejection",
-			do: func(m *promMetrics) {
-				m.ConnectionClosed("r1", "tls_required", time.Millisecond)
-				m.ConnectionClosed("r1", "too_many_startups", time.Millisecond)
-				m.ConnectionClosed("r1", "upstream_unavailable", time.Millisecond)
+			do: func(m *Prometheus) {
+				m.ConnectionClosed("r1", proxy.OutcomeTLSRequired, time.Millisecond)
+				m.ConnectionClosed("r1", proxy.OutcomeTooManyStartups, time.Millisecond)
+				m.ConnectionClosed("r1", proxy.OutcomeUpstreamUnavailable, time.Millisecond)
 			},
 			wantLines: []string{
 				`pgwarden_connections_total{outcome="tls_required",route="r1"} 1`,
@@ -79,7 +85,7 @@ func TestPromMetrics(t *testing.T) {
 		},
 		{
 			name: "accept-time rejections through OnReject",
-			do: func(m *promMetrics) {
+			do: func(m *Prometheus) {
 				ip := netip.MustParseAddr("192.0.2.1")
 				m.OnReject(acl.RejectBanned, ip)
 				m.OnReject(acl.RejectBanned, ip)
@@ -92,7 +98,7 @@ func TestPromMetrics(t *testing.T) {
 		},
 		{
 			name: "handshake histogram in ms buckets",
-			do: func(m *promMetrics) {
+			do: func(m *Prometheus) {
 				m.HandshakeCompleted("default", 3*time.Millisecond)
 			},
 			wantLines: []string{
@@ -103,7 +109,7 @@ func TestPromMetrics(t *testing.T) {
 		},
 		{
 			name: "bytes counters are resolved children",
-			do: func(m *promMetrics) {
+			do: func(m *Prometheus) {
 				up, down := m.BytesCounter("default", true), m.BytesCounter("default", false)
 				up.Add(100)
 				up.Add(23)
@@ -116,7 +122,7 @@ func TestPromMetrics(t *testing.T) {
 		},
 		{
 			name: "sessions gauge goes up and down",
-			do: func(m *promMetrics) {
+			do: func(m *Prometheus) {
 				m.SessionsActive("default", 1)
 				m.SessionsActive("default", 1)
 				m.SessionsActive("default", -1)
@@ -125,7 +131,7 @@ func TestPromMetrics(t *testing.T) {
 		},
 		{
 			name: "cancel requests",
-			do: func(m *promMetrics) {
+			do: func(m *Prometheus) {
 				m.CancelRequest(true)
 				m.CancelRequest(false)
 				m.CancelRequest(false)
@@ -137,7 +143,7 @@ func TestPromMetrics(t *testing.T) {
 		},
 		{
 			name: "auth outcomes and failures, garbage sqlstate folded",
-			do: func(m *promMetrics) {
+			do: func(m *Prometheus) {
 				m.ObserveAuth(proxy.AuthOutcome{Result: proxy.AuthFailed, SQLState: "28P01"})
 				m.ObserveAuth(proxy.AuthOutcome{Result: proxy.AuthSucceeded})
 				m.AuthOutcome("failed")
@@ -152,12 +158,10 @@ func TestPromMetrics(t *testing.T) {
 		},
 		{
 			name: "bans: counter via OnBan, gauge from the store",
-			do: func(m *promMetrics) {
+			do: func(m *Prometheus) {
 				m.OnBan(netip.MustParseAddr("192.0.2.1"), time.Now())
 				m.BanImposed()
-				j := newFakeJail()
-				j.set(acl.BanInfo{IP: "192.0.2.1"}, acl.BanInfo{IP: "192.0.2.2"}, acl.BanInfo{IP: "2001:db8::/64"})
-				m.SetBanStore(j)
+				m.SetBanStore(fixedBans(3))
 			},
 			wantLines: []string{
 				`pgwarden_bans_total 2`,
@@ -168,7 +172,7 @@ func TestPromMetrics(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			m := newPromMetrics()
+			m := New()
 			tc.do(m)
 			out := scrape(t, m)
 			lines := map[string]bool{}
@@ -193,8 +197,8 @@ func TestPromMetrics(t *testing.T) {
 // dashboards, so it must be a deliberate change here too.
 func TestPromMetricsNames(t *testing.T) {
 	t.Parallel()
-	m := newPromMetrics()
-	m.ConnectionClosed("default", "ok", time.Second)
+	m := New()
+	m.ConnectionClosed("default", proxy.OutcomeOK, time.Second)
 	m.HandshakeCompleted("default", time.Millisecond)
 	m.BytesCounter("default", true).Add(1)
 	m.SessionsActive("default", 1)
@@ -220,4 +224,31 @@ func grepPgwarden(out string) string {
 		}
 	}
 	return b.String()
+}
+
+// TestEveryRefusalIsExported: each refusal in proxy's outcome table has its
+// pgwarden_rejections_total series from the start, so none can be missing
+// from dashboards, and no other outcome is counted as a refusal.
+func TestEveryRefusalIsExported(t *testing.T) {
+	t.Parallel()
+	m := New()
+	out := scrape(t, m)
+	for _, o := range proxy.Outcomes() {
+		line := fmt.Sprintf(`pgwarden_rejections_total{reason=%q} 0`, o.String())
+		if o.Refusal() != strings.Contains(out, line+"\n") {
+			t.Errorf("outcome %s: refusal %v, but the scrape has %q: %v", o, o.Refusal(), line, strings.Contains(out, line))
+		}
+		m.ConnectionClosed("r", o, time.Millisecond)
+	}
+	out = scrape(t, m)
+	for _, o := range proxy.Outcomes() {
+		if want := fmt.Sprintf(`pgwarden_connections_total{outcome=%q,route="r"} 1`, o.String()); !strings.Contains(out, want) {
+			t.Errorf("missing %q", want)
+		}
+	}
+	for _, want := range []string{"cancel_rate_limited", "cancel_plaintext_refused", "cancel_cert_rejected", "tls_abuse"} {
+		if !strings.Contains(out, fmt.Sprintf(`pgwarden_rejections_total{reason=%q} 1`, want)) {
+			t.Errorf("%s is not counted as a refusal", want)
+		}
+	}
 }

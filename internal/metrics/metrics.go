@@ -1,4 +1,9 @@
-package main
+// Package metrics is the Prometheus implementation of proxy.Metrics, plus
+// the counters fed by the accept-time listener (acl), the authentication
+// observer and the ban jail. Its labels come from the tables of the
+// packages that produce them (proxy.Outcomes, acl.Decision), so a new
+// outcome is exported without an edit here.
+package metrics
 
 import (
 	"net/netip"
@@ -16,9 +21,9 @@ import (
 // use them): renaming one, or a label, is a breaking change. The README
 // lists the same set.
 //
-//	pgwarden_connections_total{route,outcome}          counter   connections the proxy handled, by outcome ("ok", "tls_required", "auth_failed", ...)
+//	pgwarden_connections_total{route,outcome}          counter   connections the proxy handled, by outcome (proxy.Outcome: "ok", "tls_required", ...)
 //	pgwarden_connection_duration_seconds{route}        histogram accept → close, every handled connection
-//	pgwarden_rejections_total{reason}                  counter   connections refused by policy, see rejectionOutcomes
+//	pgwarden_rejections_total{reason}                  counter   connections refused by policy: acl's reasons and the proxy.Outcome refusals
 //	pgwarden_auth_total{result}                        counter   relayed authentications: "succeeded", "failed", "abandoned", "timed_out", "banned", "error"
 //	pgwarden_auth_failures_total{sqlstate}             counter   failed authentications by postgres' SQLSTATE (28P01, 28000, ...)
 //	pgwarden_bans_active                               gauge     unexpired bans in the jail, read at scrape time
@@ -43,26 +48,6 @@ const (
 	metricCancelRequests     = "pgwarden_cancel_requests_total"
 )
 
-// rejectionOutcomes are the proxy outcomes that count as a policy refusal
-// in pgwarden_rejections_total, next to the accept-time reasons
-// "not_allowed" and "banned" that acl.Listener reports (OnReject). So the
-// counter answers "how often did we turn someone away, and why" in one
-// place. Faults (upstream_*, internal_error), client behaviour that is not
-// a refusal (client_gone, timeout, auth_abandoned) and auth failures (which
-// have their own counters) are deliberately not in it.
-var rejectionOutcomes = map[string]bool{
-	"tls_required":       true, // plaintext StartupMessage: 28000
-	"too_many_startups":  true, // over --max-startups or --max-startups-per-source
-	"cert_rejected":      true, // client certificate not allowed for the role
-	"bad_startup":        true, // malformed StartupMessage
-	"bad_protocol":       true, // unsupported protocol version
-	"protocol_violation": true, // e.g. a second SSLRequest
-	// Admission before postgres is dialed (proxy/authgate.go).
-	"banned":                     true, // banned after accept: refused, or cut short before AuthenticationOk
-	"auth_throttled":             true, // no authentication slot of the source freed before the deadline
-	"too_many_upstream_startups": true, // over --max-upstream-startups until the deadline
-}
-
 // Handshakes are accept → TLS done: a LAN round trip plus crypto is a few
 // ms, a distant or loaded client tens to hundreds, and anything near the
 // handshake timeout is a slow-loris.
@@ -72,11 +57,14 @@ var handshakeBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5,
 // a day.
 var connectionBuckets = []float64{.01, .1, 1, 10, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600}
 
-// promMetrics is the Prometheus implementation of proxy.Metrics, plus the
+// BanCounter is what pgwarden_bans_active reads (the *acl.Jail).
+type BanCounter interface{ ActiveBans() int }
+
+// Prometheus is the Prometheus implementation of proxy.Metrics, plus the
 // counters fed by the accept-time listener, the auth observer and the ban
 // jail. It owns a private registry, so tests can build as many as they
 // like and nothing a library registers globally leaks into /metrics.
-type promMetrics struct {
+type Prometheus struct {
 	reg *prometheus.Registry
 
 	connections  *prometheus.CounterVec
@@ -93,15 +81,15 @@ type promMetrics struct {
 	// banStore is read by the pgwarden_bans_active GaugeFunc. It is set
 	// after construction (SetBanStore) because the jail is built with
 	// OnBan pointing here: metrics first, then the jail.
-	banStore atomic.Pointer[banStore]
+	banStore atomic.Pointer[BanCounter]
 }
 
-var _ proxy.Metrics = (*promMetrics)(nil)
+var _ proxy.Metrics = (*Prometheus)(nil)
 
-// newPromMetrics builds the metrics on a fresh registry with the Go and
-// process collectors.
-func newPromMetrics() *promMetrics {
-	m := &promMetrics{
+// New builds the metrics on a fresh registry with the Go and process
+// collectors.
+func New() *Prometheus {
+	m := &Prometheus{
 		reg: prometheus.NewRegistry(),
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricConnections,
@@ -161,6 +149,11 @@ func newPromMetrics() *promMetrics {
 	for _, r := range []string{acl.RejectNotAllowed.String(), acl.RejectBanned.String()} {
 		m.rejections.WithLabelValues(r)
 	}
+	for _, o := range proxy.Outcomes() {
+		if o.Refusal() {
+			m.rejections.WithLabelValues(o.String())
+		}
+	}
 	for _, r := range []proxy.AuthResult{proxy.AuthSucceeded, proxy.AuthFailed, proxy.AuthAbandoned,
 		proxy.AuthTimedOut, proxy.AuthBanned, proxy.AuthError} {
 		m.auth.WithLabelValues(r.String())
@@ -171,13 +164,13 @@ func newPromMetrics() *promMetrics {
 }
 
 // Registry is what the admin endpoint serves at /metrics.
-func (m *promMetrics) Registry() *prometheus.Registry { return m.reg }
+func (m *Prometheus) Registry() *prometheus.Registry { return m.reg }
 
 // SetBanStore makes pgwarden_bans_active read b (the *acl.Jail). Until it
 // is called the gauge reads 0.
-func (m *promMetrics) SetBanStore(b banStore) { m.banStore.Store(&b) }
+func (m *Prometheus) SetBanStore(b BanCounter) { m.banStore.Store(&b) }
 
-func (m *promMetrics) activeBans() float64 {
+func (m *Prometheus) activeBans() float64 {
 	if b := m.banStore.Load(); b != nil && *b != nil {
 		return float64((*b).ActiveBans())
 	}
@@ -186,23 +179,23 @@ func (m *promMetrics) activeBans() float64 {
 
 // ConnectionClosed implements proxy.Metrics. A refusal outcome also counts
 // in pgwarden_rejections_total with the outcome as its reason.
-func (m *promMetrics) ConnectionClosed(route, outcome string, d time.Duration) {
-	m.connections.WithLabelValues(route, outcome).Inc()
+func (m *Prometheus) ConnectionClosed(route string, outcome proxy.Outcome, d time.Duration) {
+	m.connections.WithLabelValues(route, outcome.String()).Inc()
 	m.connDuration.WithLabelValues(route).Observe(d.Seconds())
-	if rejectionOutcomes[outcome] {
-		m.rejections.WithLabelValues(outcome).Inc()
+	if outcome.Refusal() {
+		m.rejections.WithLabelValues(outcome.String()).Inc()
 	}
 }
 
 // HandshakeCompleted implements proxy.Metrics.
-func (m *promMetrics) HandshakeCompleted(route string, d time.Duration) {
+func (m *Prometheus) HandshakeCompleted(route string, d time.Duration) {
 	m.handshake.WithLabelValues(route).Observe(d.Seconds())
 }
 
 // BytesCounter implements proxy.Metrics. The child is resolved here, once
 // per route and direction, so the relay's hot path is one atomic add with
 // no label lookup.
-func (m *promMetrics) BytesCounter(route string, toUpstream bool) proxy.Counter {
+func (m *Prometheus) BytesCounter(route string, toUpstream bool) proxy.Counter {
 	dir := "to_client"
 	if toUpstream {
 		dir = "to_upstream"
@@ -211,7 +204,7 @@ func (m *promMetrics) BytesCounter(route string, toUpstream bool) proxy.Counter 
 }
 
 // CancelRequest implements proxy.Metrics.
-func (m *promMetrics) CancelRequest(forwarded bool) {
+func (m *Prometheus) CancelRequest(forwarded bool) {
 	result := "dropped"
 	if forwarded {
 		result = "forwarded"
@@ -220,32 +213,32 @@ func (m *promMetrics) CancelRequest(forwarded bool) {
 }
 
 // SessionsActive implements proxy.Metrics.
-func (m *promMetrics) SessionsActive(route string, delta int) {
+func (m *Prometheus) SessionsActive(route string, delta int) {
 	m.sessions.WithLabelValues(route).Add(float64(delta))
 }
 
 // Rejected counts one accept-time refusal ("not_allowed", "banned").
 // Proxy refusals arrive through ConnectionClosed instead.
-func (m *promMetrics) Rejected(reason string) {
+func (m *Prometheus) Rejected(reason string) {
 	m.rejections.WithLabelValues(reason).Inc()
 }
 
 // OnReject has the signature of acl.ListenerConfig.OnReject, so the
 // listener can be wired with OnReject: metrics.OnReject.
-func (m *promMetrics) OnReject(d acl.Decision, _ netip.Addr) {
+func (m *Prometheus) OnReject(d acl.Decision, _ netip.Addr) {
 	m.Rejected(d.String())
 }
 
 // AuthOutcome counts one relayed authentication by result
 // (proxy.AuthResult.String(): "succeeded", "failed", "abandoned").
-func (m *promMetrics) AuthOutcome(result string) {
+func (m *Prometheus) AuthOutcome(result string) {
 	m.auth.WithLabelValues(result).Inc()
 }
 
 // AuthFailure counts one failed authentication by the SQLSTATE postgres
 // sent. Anything that is not a well-formed SQLSTATE is counted as "other"
 // so a misbehaving upstream cannot grow the label set without bound.
-func (m *promMetrics) AuthFailure(sqlstate string) {
+func (m *Prometheus) AuthFailure(sqlstate string) {
 	if !isSQLState(sqlstate) {
 		sqlstate = "other"
 	}
@@ -254,7 +247,7 @@ func (m *promMetrics) AuthFailure(sqlstate string) {
 
 // ObserveAuth implements proxy.AuthObserver with AuthOutcome and
 // AuthFailure, for an observer that fans out to the jail and to metrics.
-func (m *promMetrics) ObserveAuth(o proxy.AuthOutcome) {
+func (m *Prometheus) ObserveAuth(o proxy.AuthOutcome) {
 	m.AuthOutcome(o.Result.String())
 	if o.Result == proxy.AuthFailed {
 		m.AuthFailure(o.SQLState)
@@ -262,11 +255,11 @@ func (m *promMetrics) ObserveAuth(o proxy.AuthOutcome) {
 }
 
 // BanImposed counts one ban (automatic or manual).
-func (m *promMetrics) BanImposed() { m.bans.Inc() }
+func (m *Prometheus) BanImposed() { m.bans.Inc() }
 
 // OnBan has the signature of acl.JailConfig.OnBan, so the jail can be
 // wired with OnBan: metrics.OnBan.
-func (m *promMetrics) OnBan(netip.Addr, time.Time) { m.BanImposed() }
+func (m *Prometheus) OnBan(netip.Addr, time.Time) { m.BanImposed() }
 
 // isSQLState reports whether s is five characters of digits and upper-case
 // letters, the form every SQLSTATE takes.
