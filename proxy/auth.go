@@ -12,14 +12,14 @@ import (
 	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
-// relayAuth forwards the startup packet and relays the authentication
-// exchange message by message until postgres says ReadyForQuery. pgproto3
+// authExchange forwards the startup packet and passes the authentication
+// exchange on message by message until postgres says ReadyForQuery. pgproto3
 // decodes both sides: as a Frontend toward postgres and a Backend toward the
 // client, each over a frameReader so neither buffers past a message. It
 // reports the outcome of the authentication (endAuth) and registers the
 // session's cancel key. On success it returns the function that unregisters
 // the key.
-func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregister func(), err error) {
+func (s *Server) authExchange(sess *session, up net.Conn, p *startupPacket) (unregister func(), err error) {
 	unregister = func() {}
 	defer func() {
 		if err != nil {
@@ -58,7 +58,7 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			if err := s.awaitClient(sess); err != nil {
 				return unregister, err
 			}
-			if next, err = s.relayGSSContinue(sess, fe, be, fromClient); err != nil {
+			if next, err = s.gssContinue(sess, fe, be, fromClient); err != nil {
 				return unregister, err
 			}
 		case *pgproto3.AuthenticationCleartextPassword, *pgproto3.AuthenticationMD5Password,
@@ -72,7 +72,7 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			if err := s.awaitClient(sess); err != nil {
 				return unregister, err
 			}
-			if err := s.relayAuthResponse(sess, fe, be); err != nil {
+			if err := s.readAuthResponse(sess, fe, be); err != nil {
 				return unregister, err
 			}
 		case *pgproto3.AuthenticationSASLFinal:
@@ -119,11 +119,11 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 	}
 }
 
-// relayAuthResponse reads the client's answer to an authentication request
+// readAuthResponse reads the client's answer to an authentication request
 // and forwards it. SetAuthType first: 'p' is a password, a SASL initial
 // response, a SASL response or a GSS token depending on the request, and
 // decoding it as the wrong one breaks SCRAM (jackc/pgx#2166).
-func (s *Server) relayAuthResponse(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend) error {
+func (s *Server) readAuthResponse(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend) error {
 	if err := be.SetAuthType(fe.GetAuthType()); err != nil {
 		return refuse(OutcomeUpstreamProtocolError, codeProtocolViolation,
 			"unsupported authentication request from the upstream server", "", err)
@@ -169,13 +169,13 @@ func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg p
 	return nil
 }
 
-// relayGSSContinue follows an AuthenticationGSSContinue to the client. After
+// gssContinue follows an AuthenticationGSSContinue to the client. After
 // it postgres either waits for the client's next GSS token or, when its
 // security context is complete, goes straight on to AuthenticationOk or an
 // error, and then the client sends nothing (auth.c pg_GSS_recvauth; libpq
 // pg_GSS_continue). Which of the two only shows by who speaks first, so both
 // sides are read at once. It returns postgres's next message.
-func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend, fromClient *frameReader) (pgproto3.BackendMessage, error) {
+func (s *Server) gssContinue(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend, fromClient *frameReader) (pgproto3.BackendMessage, error) {
 	if err := be.SetAuthType(fe.GetAuthType()); err != nil {
 		return nil, refuse(OutcomeUpstreamProtocolError, codeProtocolViolation,
 			"unsupported authentication request from the upstream server", "", err)

@@ -161,7 +161,7 @@ func withCause(e *clientError, cause error) *clientError {
 
 // authenticate takes an admitted connection from its StartupMessage to
 // ReadyForQuery: the gate's admission, an upstream slot, the dial and the
-// authentication relay. It returns what relayAuth returns; sess.upstream is
+// authentication exchange. It returns what authExchange returns; sess.upstream is
 // set when the dial succeeded.
 func (s *Server) authenticate(ctx context.Context, sess *session, p *startupPacket, deadline time.Time) (unregister func(), err error) {
 	defer func() {
@@ -190,7 +190,7 @@ func (s *Server) authenticate(ctx context.Context, sess *session, p *startupPack
 	}
 	_ = up.SetDeadline(deadline)
 	sess.auth.contacted = true
-	return s.relayAuth(sess, up, p)
+	return s.authExchange(sess, up, p)
 }
 
 // admitAuth takes the gate's ticket and an upstream slot, in that order (a

@@ -79,7 +79,7 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome Outcome, err e
 	}
 	var unregister func()
 	done := false
-	// The TLS handshake and the authentication relay grow a goroutine's
+	// The TLS handshake and the authentication exchange grow a goroutine's
 	// stack to tens of KiB (ECDSA, SCRAM, pgproto3), and a stack shrinks
 	// only slowly after. Running them on a goroutine of their own, which
 	// then exits, leaves the session's long-lived goroutines with small

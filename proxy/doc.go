@@ -1,6 +1,6 @@
 // Package proxy is pgwarden's connection path: it takes connections that the
 // accept-time policy (package acl) has already admitted, requires TLS, reads
-// and checks the startup packet, relays authentication with pgproto3 while
+// and checks the startup packet, passes authentication on with pgproto3 while
 // watching its outcome, and then copies bytes both ways.
 //
 // A connection's life, in the order the code runs it:
@@ -15,7 +15,7 @@
 //	  │                            │ jail) and of the upstream (authgate.go)  │
 //	  │                            │ dial upstream (only now) ──────────────► │
 //	  │                            │ forward the startup packet verbatim ───► │
-//	  │ ◄─── Authentication* ──────┼──────────────── relayAuth (auth.go) ──── │
+//	  │ ◄─── Authentication* ──────┼───────────── authExchange (auth.go) ──── │
 //	  │ ───── password/SASL ───────┼─────────────────────────────────────────►│
 //	  │ ◄── AuthenticationOk … ReadyForQuery ─────────────────────────────────│
 //	  │ ═══════ raw byte relay (relay.go: event loop or goroutines) ═════════ │

@@ -85,7 +85,7 @@ var outcomes = [numOutcomes]struct {
 	OutcomeAuthThrottled:             {"auth_throttled", true, zapcore.InfoLevel},             // no authentication slot of the source freed before the deadline
 	OutcomeTooManyUpstreamStartups:   {"too_many_upstream_startups", true, zapcore.InfoLevel}, // over --max-upstream-startups until the deadline
 	OutcomeUpstreamUnavailable:       {"upstream_unavailable", false, zapcore.WarnLevel},      // postgres down or gone: 08006
-	OutcomeUpstreamProtocolError:     {"upstream_protocol_error", false, zapcore.InfoLevel},   // postgres sent what the relay does not expect
+	OutcomeUpstreamProtocolError:     {"upstream_protocol_error", false, zapcore.InfoLevel},   // postgres sent what the authentication exchange does not expect
 	OutcomeAuthFailed:                {"auth_failed", false, zapcore.InfoLevel},               // postgres refused the login
 	OutcomeAuthAbandoned:             {"auth_abandoned", false, zapcore.InfoLevel},            // the client left at an authentication request
 	OutcomeStartupFailed:             {"startup_failed", false, zapcore.InfoLevel},            // an error after AuthenticationOk (no such database)
