@@ -3,6 +3,7 @@ package certs
 import (
 	"crypto/tls"
 	"errors"
+	"slices"
 )
 
 // ALPNProtocol is the IANA-registered ALPN id for PostgreSQL. libpq 17+
@@ -41,8 +42,11 @@ type Policy struct {
 	ClientCRLFile string
 }
 
-// aeadSuites are the TLS 1.2 suites we allow: ECDHE for forward secrecy and
-// an AEAD cipher. TLS 1.3 suites are not configurable in Go and are all AEAD.
+// AEADSuites are the TLS 1.2 suites pgwarden allows, as a server and as a
+// client: ECDHE for forward secrecy and an AEAD cipher. TLS 1.3 suites are
+// not configurable in Go and are all AEAD.
+func AEADSuites() []uint16 { return slices.Clone(aeadSuites) }
+
 var aeadSuites = []uint16{
 	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
 	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,

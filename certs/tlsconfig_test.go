@@ -145,7 +145,7 @@ func TestParseMinVersion(t *testing.T) {
 }
 
 // TestSessionTicketCost is the measurement behind Policy.SessionTickets
-// defaulting to off (issue 4). For three kinds of client it counts what the
+// defaulting to off. For three kinds of client it counts what the
 // server writes on two consecutive connections and whether the second
 // resumed:
 //

@@ -19,7 +19,7 @@ import (
 // Defaults for CancelLimits. psql sends one cancel per Ctrl-C and pgx one
 // per cancelled context: far below 10 a second from one host, even for a
 // busy application server. Ten unknown keys are one failed login, so with
-// the default --ban-max-retry 5 a source is banned after 50 guesses.
+// the jail's default of 5 retries a source is banned after 50 guesses.
 const (
 	DefaultCancelRate              = 10
 	DefaultCancelBurst             = 50

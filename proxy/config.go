@@ -10,8 +10,9 @@ import (
 	"go.uber.org/zap"
 )
 
-// Defaults for Config's limits. The two phase timeouts mirror the issue's
-// contract; the auth timeout is postgres's own authentication_timeout.
+// Defaults for Config's limits. The handshake timeout bounds what an
+// unauthenticated peer can hold before it has sent a StartupMessage over
+// TLS; the auth timeout is postgres's own authentication_timeout.
 const (
 	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultAuthTimeout       = 60 * time.Second

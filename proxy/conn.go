@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/internal/logtext"
+	"github.com/pgwarden/pgwarden/internal/netaddr"
 	"github.com/pgwarden/pgwarden/internal/netconn"
 	"github.com/pgwarden/pgwarden/proxy/internal/relay"
 )
@@ -51,11 +52,13 @@ type session struct {
 // handle runs one connection to its end and writes its one log line.
 func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	sess := &session{
-		id:     connIDs.Add(1),
-		start:  time.Now(),
-		raw:    raw,
-		remote: peerAddr(raw.RemoteAddr()),
+		id:    connIDs.Add(1),
+		start: time.Now(),
+		raw:   raw,
 	}
+	// Normalised as the accept-time policy saw it: the key of the
+	// per-source limits and of bans.
+	sess.remote, _ = netaddr.Peer(raw.RemoteAddr())
 	sess.source = raw.RemoteAddr().String()
 	s.track(sess)
 	s.cfg.Metrics.SessionsActive(s.cfg.Name, 1)
@@ -220,16 +223,4 @@ func (s *Server) finish(sess *session, outcome Outcome, err error) {
 	if ce := s.log.Check(outcome.level(), "connection closed"); ce != nil {
 		ce.Write(fields...)
 	}
-}
-
-// peerAddr normalises a peer address: IPv4-mapped IPv6 is unmapped and the
-// zone dropped, so ::ffff:10.1.2.3 and 10.1.2.3 are the same source.
-func peerAddr(a net.Addr) netip.Addr {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap().WithZone("")
-	}
-	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-		return ap.Addr().Unmap().WithZone("")
-	}
-	return netip.Addr{}
 }

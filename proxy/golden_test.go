@@ -25,6 +25,7 @@ import (
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/pgwarden/pgwarden/internal/fakepg"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -48,7 +49,9 @@ type transcript struct {
 	lines []string
 }
 
-func (tr *transcript) add(format string, a ...any) { tr.lines = append(tr.lines, fmt.Sprintf(format, a...)) }
+func (tr *transcript) add(format string, a ...any) {
+	tr.lines = append(tr.lines, fmt.Sprintf(format, a...))
+}
 
 // sendRaw writes bytes that are not a well-formed message.
 func (tr *transcript) sendRaw(w io.Writer, b []byte) {
@@ -313,21 +316,11 @@ func startTraceGateway(t *testing.T, ca *certstest.CA, upstream string) string {
 	return ln.Addr().String()
 }
 
-// unusedAddr is a loopback address nothing listens on.
-func unusedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
-
 func TestGoldenTranscripts(t *testing.T) {
 	ca := certstest.NewCA(t)
 	for _, gc := range goldenCases {
 		t.Run(gc.name, func(t *testing.T) {
-			upstream := unusedAddr(t)
+			upstream := pgtest.FreeAddr(t) // nothing listens there
 			var script *fakepg.ScriptServer
 			if gc.script != nil {
 				script = fakepg.StartScript(t, gc.script)

@@ -307,12 +307,3 @@ func requirePostgresSawNothing(t *testing.T, before int) {
 	require.NoError(t, pg.LogBarrier(ctx))
 	require.Equal(t, before, pg.TCPConnectionsReceived(), "postgres saw a connection the gateway should have refused")
 }
-
-// pgCode returns the SQLSTATE of a pgconn error ("" if none).
-func pgCode(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
-}

@@ -65,7 +65,7 @@ var outcomes = [numOutcomes]struct {
 	refusal bool
 	level   zapcore.Level // of the "connection closed" line
 }{
-	OutcomeTooManyStartups:           {"too_many_startups", true, zapcore.InfoLevel},        // over --max-startups or --max-startups-per-source: RST
+	OutcomeTooManyStartups:           {"too_many_startups", true, zapcore.InfoLevel},        // over Config.MaxStartups or MaxStartupsPerIP: RST
 	OutcomeClientGone:                {"client_gone", false, zapcore.InfoLevel},             // closed or reset before authentication
 	OutcomeTimeout:                   {"timeout", false, zapcore.InfoLevel},                 // a handshake or authentication deadline passed
 	OutcomeTLSFailed:                 {"tls_failed", false, zapcore.InfoLevel},              // the TLS handshake failed
@@ -74,16 +74,16 @@ var outcomes = [numOutcomes]struct {
 	OutcomeBadProtocol:               {"bad_protocol", true, zapcore.InfoLevel},             // unsupported protocol version
 	OutcomeProtocolViolation:         {"protocol_violation", true, zapcore.InfoLevel},       // e.g. a second SSLRequest
 	OutcomeCancelMalformed:           {"cancel_malformed", false, zapcore.InfoLevel},        // a cancel request of an impossible length
-	OutcomeCancelPlaintextRefused:    {"cancel_plaintext_refused", true, zapcore.InfoLevel}, // --cancel-plaintext deny (or auto with mTLS)
+	OutcomeCancelPlaintextRefused:    {"cancel_plaintext_refused", true, zapcore.InfoLevel}, // PlaintextCancelDeny (or Auto with an Authorizer)
 	OutcomeCancelCertRejected:        {"cancel_cert_rejected", true, zapcore.InfoLevel},     // a TLS cancel without an acceptable client certificate
-	OutcomeCancelRateLimited:         {"cancel_rate_limited", true, zapcore.InfoLevel},      // over --cancel-rate
+	OutcomeCancelRateLimited:         {"cancel_rate_limited", true, zapcore.InfoLevel},      // over the source's CancelLimits rate
 	OutcomeCancelUnknown:             {"cancel_unknown", false, zapcore.InfoLevel},          // a key no live session has: a guess, counted toward a ban
 	OutcomeCancelUpstreamUnavailable: {"cancel_upstream_unavailable", false, zapcore.InfoLevel},
 	OutcomeCancelForwarded:           {"cancel_forwarded", false, zapcore.InfoLevel},
 	OutcomeCertRejected:              {"cert_rejected", true, zapcore.InfoLevel},              // client certificate not allowed for the role
 	OutcomeBanned:                    {"banned", true, zapcore.InfoLevel},                     // banned after accept: refused, or cut short before AuthenticationOk
 	OutcomeAuthThrottled:             {"auth_throttled", true, zapcore.InfoLevel},             // no authentication slot of the source freed before the deadline
-	OutcomeTooManyUpstreamStartups:   {"too_many_upstream_startups", true, zapcore.InfoLevel}, // over --max-upstream-startups until the deadline
+	OutcomeTooManyUpstreamStartups:   {"too_many_upstream_startups", true, zapcore.InfoLevel}, // over the UpstreamLimiter's cap until the deadline
 	OutcomeUpstreamUnavailable:       {"upstream_unavailable", false, zapcore.WarnLevel},      // postgres down or gone: 08006
 	OutcomeUpstreamProtocolError:     {"upstream_protocol_error", false, zapcore.InfoLevel},   // postgres sent what the authentication exchange does not expect
 	OutcomeAuthFailed:                {"auth_failed", false, zapcore.InfoLevel},               // postgres refused the login

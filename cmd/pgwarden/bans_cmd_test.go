@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"io"
-	"net"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -16,17 +15,8 @@ import (
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/admin/admintest"
 	"github.com/pgwarden/pgwarden/internal/metrics"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
-
-// deadAdminAddr returns a loopback address nothing listens on.
-func deadAdminAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
 
 func TestRunBans(t *testing.T) {
 	t.Parallel()
@@ -105,7 +95,7 @@ func TestRunBans(t *testing.T) {
 			srv := httptest.NewServer(s.Handler())
 			t.Cleanup(srv.Close)
 			jail.Set(tc.bans...)
-			live, dead := strings.TrimPrefix(srv.URL, "http://"), deadAdminAddr(t)
+			live, dead := strings.TrimPrefix(srv.URL, "http://"), pgtest.FreeAddr(t)
 			subst := func(s string) string {
 				return strings.ReplaceAll(strings.ReplaceAll(s, addrFromServer, live), addrDead, dead)
 			}

@@ -145,7 +145,7 @@ func requireCancelled(t *testing.T, done <-chan error) {
 	select {
 	case err := <-done:
 		require.Error(t, err)
-		require.Equal(t, "57014", pgCode(err), "%v", err)
+		require.Equal(t, "57014", pgtest.Code(err), "%v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("the query was not cancelled")
 	}

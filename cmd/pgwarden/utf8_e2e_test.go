@@ -32,7 +32,7 @@ func TestInvalidUTF8UserLoggedExactly(t *testing.T) {
 	defer cancel()
 	_, err = pgconn.ConnectConfig(ctx, cfg)
 	require.Error(t, err)
-	require.Equal(t, "28P01", pgCode(err), "%v", err)
+	require.Equal(t, "28P01", pgtest.Code(err), "%v", err)
 	// postgres saw (and logged) these very bytes.
 	require.True(t, pg.WaitLogContains(`password authentication failed for user "`+user+`"`, 10*time.Second), pg.LogTail(10))
 

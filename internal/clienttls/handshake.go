@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
@@ -19,17 +20,9 @@ import (
 // where the server must agree to it (PostgreSQL 17 backend_startup.c).
 const ALPN = "postgresql"
 
-// aeadSuites are the TLS 1.2 suites offered: ECDHE for forward secrecy and
-// an AEAD cipher, as pgwarden serve accepts. TLS 1.3 suites are all AEAD
-// and not configurable in Go.
-var aeadSuites = []uint16{
-	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-}
+// aeadSuites are the TLS 1.2 suites offered: those pgwarden serve
+// accepts.
+var aeadSuites = certs.AEADSuites()
 
 // Config is how a client reaches a server over TLS.
 type Config struct {

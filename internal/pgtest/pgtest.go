@@ -634,3 +634,22 @@ func randomPassword() string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// FreeAddr is FreePort as 127.0.0.1:PORT, failing tb if there is none.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	port, err := FreePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+// Code returns the SQLSTATE of a pgconn error ("" if there is none).
+func Code(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
