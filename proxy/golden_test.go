@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
@@ -20,13 +19,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap"
 
-	"github.com/pgwarden/pgwarden/acl"
-	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/pgwarden/pgwarden/internal/fakepg"
 	"github.com/pgwarden/pgwarden/internal/pgtest"
-	"github.com/pgwarden/pgwarden/proxy"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden transcripts in testdata/*.trace")
@@ -112,9 +107,9 @@ func (tr *transcript) recvClose(r io.Reader) {
 }
 
 // startTLS runs the client's TLS handshake, offering alpn.
-func (tr *transcript) startTLS(raw net.Conn, roots *certstest.CA, alpn ...string) *tls.Conn {
+func (tr *transcript) startTLS(raw net.Conn, g *gateway, alpn ...string) *tls.Conn {
 	tr.t.Helper()
-	c := tls.Client(raw, &tls.Config{RootCAs: roots.CertPool(), ServerName: "localhost", NextProtos: alpn})
+	c := tls.Client(raw, g.tlsClient(alpn...))
 	require.NoError(tr.t, c.Handshake())
 	tr.add("== TLS established, ALPN %q", c.ConnectionState().NegotiatedProtocol)
 	return c
@@ -185,59 +180,59 @@ func startupPacketWith(body string) []byte { return packet(3<<16, []byte(body)) 
 type goldenCase struct {
 	name   string
 	script fakepg.Script
-	run    func(tr *transcript, raw net.Conn, ca *certstest.CA)
+	run    func(tr *transcript, raw net.Conn, g *gateway)
 }
 
 var goldenCases = []goldenCase{
-	{"sslrequest", passwordScript, func(tr *transcript, raw net.Conn, ca *certstest.CA) {
+	{"sslrequest", passwordScript, func(tr *transcript, raw net.Conn, g *gateway) {
 		tr.send(raw, &pgproto3.SSLRequest{})
 		tr.recvByte(raw)
-		tr.login(tr.startTLS(raw, ca))
+		tr.login(tr.startTLS(raw, g))
 	}},
-	{"direct-tls", passwordScript, func(tr *transcript, raw net.Conn, ca *certstest.CA) {
-		tr.login(tr.startTLS(raw, ca, "postgresql"))
+	{"direct-tls", passwordScript, func(tr *transcript, raw net.Conn, g *gateway) {
+		tr.login(tr.startTLS(raw, g, "postgresql"))
 	}},
-	{"gssenc-then-ssl", passwordScript, func(tr *transcript, raw net.Conn, ca *certstest.CA) {
+	{"gssenc-then-ssl", passwordScript, func(tr *transcript, raw net.Conn, g *gateway) {
 		tr.send(raw, &pgproto3.GSSEncRequest{})
 		tr.recvByte(raw)
 		tr.send(raw, &pgproto3.SSLRequest{})
 		tr.recvByte(raw)
-		tr.login(tr.startTLS(raw, ca))
+		tr.login(tr.startTLS(raw, g))
 	}},
-	{"plaintext-startup", nil, func(tr *transcript, raw net.Conn, _ *certstest.CA) {
+	{"plaintext-startup", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
 		tr.send(raw, aliceStartup)
 		tr.recvUntil(raw, isError)
 		tr.recvClose(raw)
 	}},
-	{"startup-too-short", nil, func(tr *transcript, raw net.Conn, _ *certstest.CA) {
+	{"startup-too-short", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
 		tr.sendRaw(raw, []byte{0, 0, 0, 7})
 		tr.recvUntil(raw, isError)
 		tr.recvClose(raw)
 	}},
-	{"startup-too-long", nil, func(tr *transcript, raw net.Conn, _ *certstest.CA) {
+	{"startup-too-long", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
 		tr.sendRaw(raw, binary.BigEndian.AppendUint32(nil, 10001))
 		tr.recvUntil(raw, isError)
 		tr.recvClose(raw)
 	}},
-	{"sslrequest-bad-length", nil, func(tr *transcript, raw net.Conn, _ *certstest.CA) {
+	{"sslrequest-bad-length", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
 		tr.sendRaw(raw, packet(80877103, []byte{0, 0, 0, 0}))
 		tr.recvUntil(raw, isError)
 		tr.recvClose(raw)
 	}},
-	{"protocol-2", nil, func(tr *transcript, raw net.Conn, _ *certstest.CA) {
+	{"protocol-2", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
 		tr.sendRaw(raw, packet(2<<16, nil))
 		tr.recvUntil(raw, isError)
 		tr.recvClose(raw)
 	}},
-	{"second-gssencrequest", nil, func(tr *transcript, raw net.Conn, _ *certstest.CA) {
+	{"second-gssencrequest", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
 		tr.send(raw, &pgproto3.GSSEncRequest{})
 		tr.recvByte(raw)
 		tr.send(raw, &pgproto3.GSSEncRequest{})
 		tr.recvUntil(raw, isError)
 		tr.recvClose(raw)
 	}},
-	{"direct-tls-without-alpn", nil, func(tr *transcript, raw net.Conn, ca *certstest.CA) {
-		c := tr.startTLS(raw, ca)
+	{"direct-tls-without-alpn", nil, func(tr *transcript, raw net.Conn, g *gateway) {
+		c := tr.startTLS(raw, g)
 		tr.recvUntil(c, isError)
 		tr.recvClose(c)
 	}},
@@ -263,10 +258,10 @@ var inTLS = []struct {
 
 func init() {
 	for _, m := range inTLS {
-		goldenCases = append(goldenCases, goldenCase{"malformed-" + m.name, nil, func(tr *transcript, raw net.Conn, ca *certstest.CA) {
+		goldenCases = append(goldenCases, goldenCase{"malformed-" + m.name, nil, func(tr *transcript, raw net.Conn, g *gateway) {
 			tr.send(raw, &pgproto3.SSLRequest{})
 			tr.recvByte(raw)
-			c := tr.startTLS(raw, ca)
+			c := tr.startTLS(raw, g)
 			m.send(tr, c)
 			tr.recvUntil(c, isError)
 			tr.recvClose(c)
@@ -275,49 +270,21 @@ func init() {
 	// Cancel requests never get an answer, whatever their fate.
 	cancel := &pgproto3.CancelRequest{ProcessID: 7, SecretKey: []byte{9, 9, 9, 9}}
 	goldenCases = append(goldenCases,
-		goldenCase{"cancel-plaintext", nil, func(tr *transcript, raw net.Conn, _ *certstest.CA) {
+		goldenCase{"cancel-plaintext", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
 			tr.send(raw, cancel)
 			tr.recvClose(raw)
 		}},
-		goldenCase{"cancel-over-tls", nil, func(tr *transcript, raw net.Conn, ca *certstest.CA) {
+		goldenCase{"cancel-over-tls", nil, func(tr *transcript, raw net.Conn, g *gateway) {
 			tr.send(raw, &pgproto3.SSLRequest{})
 			tr.recvByte(raw)
-			c := tr.startTLS(raw, ca)
+			c := tr.startTLS(raw, g)
 			tr.send(c, cancel)
 			tr.recvClose(c)
 		}},
 	)
 }
 
-// startTraceGateway runs a gateway in front of upstream (an address nothing
-// listens on when postgres must not be dialed).
-func startTraceGateway(t *testing.T, ca *certstest.CA, upstream string) string {
-	t.Helper()
-	allow, err := acl.ParseAllowlist([]string{"127.0.0.1/32"})
-	require.NoError(t, err)
-	srv, err := proxy.New(proxy.Config{
-		Name:     "golden",
-		Upstream: proxy.Upstream{Network: "tcp", Address: upstream},
-		TLS: &tls.Config{Certificates: []tls.Certificate{ca.ServerCertificate(t, "localhost")},
-			NextProtos: []string{"postgresql"}, MinVersion: tls.VersionTLS13},
-		Logger: zap.NewNop(),
-	})
-	require.NoError(t, err)
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	ln, err := acl.NewListener(inner, acl.ListenerConfig{Allowlist: allow})
-	require.NoError(t, err)
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return ln.Addr().String()
-}
-
 func TestGoldenTranscripts(t *testing.T) {
-	ca := certstest.NewCA(t)
 	for _, gc := range goldenCases {
 		t.Run(gc.name, func(t *testing.T) {
 			upstream := pgtest.FreeAddr(t) // nothing listens there
@@ -326,12 +293,9 @@ func TestGoldenTranscripts(t *testing.T) {
 				script = fakepg.StartScript(t, gc.script)
 				upstream = script.Addr()
 			}
-			raw, err := net.DialTimeout("tcp", startTraceGateway(t, ca, upstream), 5*time.Second)
-			require.NoError(t, err)
-			defer raw.Close()
-			require.NoError(t, raw.SetDeadline(time.Now().Add(15*time.Second)))
+			g := startGateway(t, withUpstream(upstream))
 			tr := &transcript{t: t}
-			gc.run(tr, raw, ca)
+			gc.run(tr, g.dialRaw(t, ""), g)
 			if script != nil {
 				require.NoError(t, script.Wait(10*time.Second))
 			}

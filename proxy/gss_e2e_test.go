@@ -7,7 +7,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/fakepg"
 	"github.com/pgwarden/pgwarden/proxy"
 )
@@ -41,9 +40,7 @@ var gssScript = fakepg.Script{
 // that never comes.
 func TestGSSAPIFinalTokenNeedsNoReply(t *testing.T) {
 	upstream := fakepg.StartScript(t, gssScript)
-	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) {
-		c.Upstream = proxy.Upstream{Network: "tcp", Address: upstream.Addr()}
-	})
+	g := startGateway(t, withUpstream(upstream.Addr()))
 	conn := g.sslRequest(t, g.dialRaw(t, ""))
 	require.NoError(t, conn.SetDeadline(time.Now().Add(15*time.Second)))
 	_, err := conn.Write(startupPacket(3<<16, "user", "alice", "database", "app"))

@@ -104,6 +104,13 @@ type gateway struct {
 
 type gatewayOption func(*proxy.Config, *acl.ListenerConfig)
 
+// withUpstream puts the gateway in front of addr instead of postgres.
+func withUpstream(addr string) gatewayOption {
+	return func(c *proxy.Config, _ *acl.ListenerConfig) {
+		c.Upstream = proxy.Upstream{Network: "tcp", Address: addr}
+	}
+}
+
 // startGateway runs a gateway on 127.0.0.1:0 that admits 127.0.0.1 only.
 func startGateway(t testing.TB, opts ...gatewayOption) *gateway {
 	t.Helper()
@@ -113,7 +120,6 @@ func startGateway(t testing.TB, opts ...gatewayOption) *gateway {
 // startGatewayOn is startGateway listening on addr.
 func startGatewayOn(t testing.TB, addr string, opts ...gatewayOption) *gateway {
 	t.Helper()
-	needPostgres(t)
 	dir := t.TempDir()
 	ca := certstest.NewCA(t)
 	certPEM, keyPEM := ca.Server(t, "localhost", "127.0.0.1", "::1")
@@ -133,7 +139,6 @@ func startGatewayOn(t testing.TB, addr string, opts ...gatewayOption) *gateway {
 	obs := &recordingObserver{}
 	cfg := proxy.Config{
 		Name:     "test",
-		Upstream: proxy.Upstream{Network: "tcp", Address: pg.Addr()},
 		TLS:      tlsConfig,
 		Observer: obs,
 		Logger:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
@@ -141,6 +146,12 @@ func startGatewayOn(t testing.TB, addr string, opts ...gatewayOption) *gateway {
 	lcfg := acl.ListenerConfig{Allowlist: allow, Logger: zap.NewNop()}
 	for _, o := range opts {
 		o(&cfg, &lcfg)
+	}
+	if cfg.Upstream.Address == "" {
+		// In front of the throwaway postgres, unless an option chose
+		// another upstream (a scripted one).
+		needPostgres(t)
+		cfg.Upstream = proxy.Upstream{Network: "tcp", Address: pg.Addr()}
 	}
 	srv, err := proxy.New(cfg)
 	require.NoError(t, err)

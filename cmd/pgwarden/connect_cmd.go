@@ -81,12 +81,8 @@ func runConnect(args []string, stdout, stderr io.Writer) int {
 func runConnectEnv(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	c := &connectConfig{}
 	fs := newConnectFlags(c)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprint(stdout, connectUsage+fs.FlagUsages())
-			return exitOK
-		}
-		return clientUsageFail(stderr, "connect", fmt.Errorf("%w (pgwarden connect --help lists the flags)", err))
+	if code, done := parseClientFlags(fs, args, "connect", connectUsage, stdout, stderr); done {
+		return code
 	}
 	if fs.NArg() > 0 {
 		return clientUsageFail(stderr, "connect", fmt.Errorf("unexpected argument %q: connect takes only flags", fs.Arg(0)))

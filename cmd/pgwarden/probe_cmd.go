@@ -63,12 +63,8 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 func runProbeEnv(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	c := &probeConfig{}
 	fs := newProbeFlags(c)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprint(stdout, probeUsage+fs.FlagUsages())
-			return exitOK
-		}
-		return clientUsageFail(stderr, "probe", fmt.Errorf("%w (pgwarden probe --help lists the flags)", err))
+	if code, done := parseClientFlags(fs, args, "probe", probeUsage, stdout, stderr); done {
+		return code
 	}
 	cfg, err := c.build(fs.Args(), getenv)
 	if err != nil {

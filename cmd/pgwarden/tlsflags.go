@@ -69,3 +69,17 @@ func clientUsageFail(stderr io.Writer, cmd string, err error) int {
 	}
 	return exitUsage
 }
+
+// parseClientFlags parses connect's or probe's arguments; done reports that
+// the command should return code now (help, or a usage error).
+func parseClientFlags(fs *pflag.FlagSet, args []string, cmd, usage string, stdout, stderr io.Writer) (code int, done bool) {
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, pflag.ErrHelp):
+		fmt.Fprint(stdout, usage+fs.FlagUsages())
+		return exitOK, true
+	case err != nil:
+		return clientUsageFail(stderr, cmd, fmt.Errorf("%w (pgwarden %s --help lists the flags)", err, cmd)), true
+	}
+	return 0, false
+}
