@@ -75,9 +75,25 @@ type Gateway struct {
 }
 
 // New checks the whole configuration, loads certificates, opens the ban
-// state and binds every listener. Every configuration problem is returned
-// (as a *ConfigError) before anything listens.
+// state and binds every listener: Build, then Listen. Every configuration
+// problem is returned (as a *ConfigError) before anything listens.
 func New(cfg *Config, opts Options) (*Gateway, error) {
+	g, err := Build(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.Listen(); err != nil {
+		_ = g.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// Build checks the whole configuration, loads certificates and opens the
+// ban state, binding nothing: what a configuration check needs (see
+// Routes). Every configuration problem is returned, as a *ConfigError.
+// Close releases what Build took, unless Run does.
+func Build(cfg *Config, opts Options) (*Gateway, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, configError(err)
 	}
@@ -120,20 +136,30 @@ func New(cfg *Config, opts Options) (*Gateway, error) {
 		_ = jail.Close()
 		return nil, configError(err)
 	}
+	return g, nil
+}
+
+// Listen binds every route's listeners and starts the admin endpoint.
+func (g *Gateway) Listen() error {
 	if err := g.listen(); err != nil {
 		g.closeListeners()
-		_ = jail.Close()
-		return nil, err
+		return err
 	}
 	if g.admin != nil {
 		if err := g.admin.Start(); err != nil {
 			g.closeListeners()
-			_ = jail.Close()
-			return nil, err
+			return err
 		}
-		log.Info("admin endpoint listening", zap.Stringer("address", g.admin.Addr()))
+		g.log.Info("admin endpoint listening", zap.Stringer("address", g.admin.Addr()))
 	}
-	return g, nil
+	return nil
+}
+
+// Close releases what Build took (listeners, the ban state) for a gateway
+// that will not Run.
+func (g *Gateway) Close() error {
+	g.closeListeners()
+	return g.jail.Close()
 }
 
 // newJail builds the ban jail from the Ban* settings. Problems with them
