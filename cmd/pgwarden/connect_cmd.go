@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/forward"
 	"github.com/pgwarden/pgwarden/internal/grantclient"
+	"github.com/pgwarden/pgwarden/internal/netaddr"
 )
 
 const connectUsage = `Usage:
@@ -191,8 +191,8 @@ func (c *connectConfig) validate() ([]forward.ListenAddr, error) {
 		errs = append(errs, errors.New("--to is required: the gateway's HOST:PORT"))
 	} else if host, port, err := net.SplitHostPort(c.To); err != nil || host == "" {
 		errs = append(errs, fmt.Errorf("--to %s: want HOST:PORT, e.g. db.example.com:5432 or [2001:db8::1]:5432", c.To))
-	} else if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-		errs = append(errs, fmt.Errorf("--to %s: port %q is not a number from 1 to 65535", c.To, port))
+	} else if _, err := netaddr.Port(port, 1); err != nil {
+		errs = append(errs, fmt.Errorf("--to %s: %w", c.To, err))
 	}
 	if len(c.Listen) == 0 {
 		c.Listen = []string{forward.DefaultListen}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/netaddr"
 )
 
 // BanStore is what the endpoint needs from the ban jail.
@@ -181,8 +181,7 @@ func loopbackHostOnly(next http.Handler) http.Handler {
 			host = h
 		}
 		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-		ip, err := netip.ParseAddr(host)
-		if !strings.EqualFold(host, "localhost") && (err != nil || !ip.Unmap().IsLoopback()) {
+		if _, loopback := netaddr.LoopbackIP(host); !loopback && !netaddr.IsLocalhost(host) {
 			writeError(w, http.StatusForbidden, fmt.Sprintf("host %q is not loopback: the admin endpoint answers only to 127.0.0.1, [::1] or localhost", r.Host))
 			return
 		}

@@ -115,8 +115,7 @@ func parseUpstream(spec string, allowRemote bool) (proxy.Upstream, error) {
 	}
 	if !allowRemote {
 		for _, a := range addrs {
-			ip, err := netip.ParseAddr(a)
-			if err != nil || !ip.Unmap().IsLoopback() {
+			if _, loopback := netaddr.LoopbackIP(a); !loopback {
 				return proxy.Upstream{}, errorf("%s %q: %s is not a loopback address; postgres should listen on loopback or a unix socket only (pass %s to relay to another host, in plaintext)", FieldUpstream, spec, a, FieldAllowRemoteUpstream)
 			}
 		}
