@@ -8,6 +8,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	bolt "go.etcd.io/bbolt"
+
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -214,6 +216,20 @@ func failureFields(f Failure) []zap.Field {
 		fields = append(fields, zap.String("reason", f.Reason))
 	}
 	return fields
+}
+
+// DB is the state file (JailConfig.StatePath), or nil when the jail keeps
+// its state in memory. Other state of the gateway (grants, rule hits) may
+// live in the same file, in buckets of its own: the jail uses "bans",
+// "history" and "meta". It is open until Close, which closes it; other
+// users must be done with it by then.
+func (j *Jail) DB() *bolt.DB {
+	j.storeMu.Lock()
+	defer j.storeMu.Unlock()
+	if j.store == nil {
+		return nil
+	}
+	return j.store.db
 }
 
 // Close stops the sweeper and closes the state file. Banned keeps working

@@ -7,6 +7,8 @@ import (
 	"net"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/acl"
@@ -118,3 +120,7 @@ func (g *Gateway) AdminAddr() net.Addr {
 	}
 	return g.admin.Addr()
 }
+
+// StateDB is the ban state file (BanState), open while the gateway runs,
+// for other state kept beside the bans; nil without one (see acl.Jail.DB).
+func (g *Gateway) StateDB() *bolt.DB { return g.jail.DB() }
