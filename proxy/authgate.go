@@ -48,7 +48,7 @@ const (
 )
 
 // AuthGate admits authentications per source before postgres is dialed,
-// and learns how each ended. The ban jail plugs in here (through cmd),
+// and learns how each ended. The ban jail plugs in here (package banpolicy),
 // without the relay knowing about its policy. Implementations must be safe
 // for concurrent use.
 type AuthGate interface {

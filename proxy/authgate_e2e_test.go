@@ -152,7 +152,7 @@ func TestRevokedAuthenticationEndsAtOnce(t *testing.T) {
 
 // TestSilentClientTimesOutPerStep: a client that stops answering at the
 // SCRAM prompt is dropped after AuthStepTimeout, long before the overall
-// AuthTimeout, and the outcome is a timeout (which cmd counts as a failure).
+// AuthTimeout, and the outcome is a timeout (which banpolicy counts as a failure).
 func TestSilentClientTimesOutPerStep(t *testing.T) {
 	gate := &recordingGate{}
 	g := startGateway(t, withGate(gate), func(c *proxy.Config, _ *acl.ListenerConfig) {

@@ -44,7 +44,7 @@ type CancelLimits struct {
 	// reported then, so churning sources does not erase guesses).
 	MaxSources int
 	// OnGuesses, if set, is told of every UnknownPerFailure unknown keys
-	// from a source (cmd counts it as one failed login). It is called
+	// from a source (banpolicy counts it as one failed login). It is called
 	// outside the limiter's lock and must not block for long.
 	OnGuesses func(remote netip.Addr)
 }

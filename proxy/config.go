@@ -115,7 +115,7 @@ type Authorizer interface {
 type Config struct {
 	// Name labels this route in logs and metrics (e.g. "default").
 	Name string
-	// Upstream is the postgres server; cmd has already checked it is local
+	// Upstream is the postgres server; the gateway has already checked it is local
 	// unless the operator allowed a remote one.
 	Upstream Upstream
 	// TLS is the server TLS configuration (certs.ServerConfig). Required.
