@@ -1,8 +1,10 @@
 package acl
 
 import (
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -50,4 +52,44 @@ func TestPolicyCombinesAllowAndDenySources(t *testing.T) {
 
 	_, err = NewPolicy(nil, nil, nil)
 	require.ErrorIs(t, err, ErrNoAllowlist)
+}
+
+// TestListenerDefersTrustedPeers: a peer named by Defer (a load balancer)
+// is accepted undecided, and the decision on the source it names later
+// goes through the same gate, counted and reset like any other.
+func TestListenerDefersTrustedPeers(t *testing.T) {
+	t.Parallel()
+	l, err := NewListener(listen(t, "tcp4", "127.0.0.1:0"), ListenerConfig{
+		Allowlist: mustAllow(t, "10.0.0.0/8"), // the balancer's own address is not in it
+		Defer:     func(peer netip.Addr) bool { return peer == ip("127.0.0.1") },
+	})
+	require.NoError(t, err)
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	for _, source := range []string{"10.1.2.3", "192.0.2.9"} {
+		client, err := net.Dial("tcp4", l.Addr().String())
+		require.NoError(t, err)
+		defer client.Close()
+		c := <-accepted
+		v := l.Gate().AdmitSource(c, ip(source), true)
+		if source == "10.1.2.3" {
+			require.Equal(t, Admit, v.Decision)
+			require.Equal(t, "10.0.0.0/8", v.Rule.Prefix.String())
+			continue
+		}
+		require.Equal(t, RejectNotAllowed, v.Decision)
+		require.NoError(t, client.SetReadDeadline(time.Now().Add(5*time.Second)))
+		_, err = client.Read(make([]byte, 1))
+		require.Error(t, err, "a refused source's connection is closed")
+	}
+	na, _ := l.Rejected()
+	require.EqualValues(t, 1, na)
 }

@@ -62,6 +62,11 @@ type ListenerConfig struct {
 	OnReject func(d Decision, ip netip.Addr)
 	// Logger receives the sampled rejection lines; nil means none.
 	Logger *zap.Logger
+	// Defer, if set, names peers whose admission waits until their real
+	// source is known: a load balancer that states it in a PROXY protocol
+	// header. Accept returns their connections undecided, and the caller
+	// runs Gate().AdmitSource on the source the header gives.
+	Defer func(peer netip.Addr) bool
 }
 
 // Listener wraps a net.Listener and applies the admission Gate at accept,
@@ -71,6 +76,7 @@ type ListenerConfig struct {
 type Listener struct {
 	inner net.Listener
 	gate  *Gate
+	deferTo func(netip.Addr) bool
 }
 
 // NewListener wraps inner.
@@ -90,7 +96,7 @@ func NewListener(inner net.Listener, cfg ListenerConfig) (*Listener, error) {
 		}
 		gate = NewGate(p, cfg.OnReject, cfg.Logger)
 	}
-	return &Listener{inner: inner, gate: gate}, nil
+	return &Listener{inner: inner, gate: gate, deferTo: cfg.Defer}, nil
 }
 
 // Accept waits for the next admitted connection. Denied peers are closed
@@ -102,6 +108,11 @@ func (l *Listener) Accept() (net.Conn, error) {
 		c, err := l.inner.Accept()
 		if err != nil {
 			return nil, err
+		}
+		if l.deferTo != nil {
+			if peer, ok := PeerAddr(c.RemoteAddr()); ok && l.deferTo(peer) {
+				return c, nil
+			}
 		}
 		if l.gate.Admit(c).Decision == Admit {
 			return c, nil
