@@ -74,8 +74,8 @@ type ListenerConfig struct {
 // only admitted connections, unchanged (a *net.TCPConn stays one). Rejected
 // ones are reset and never seen by the caller.
 type Listener struct {
-	inner net.Listener
-	gate  *Gate
+	inner   net.Listener
+	gate    *Gate
 	deferTo func(netip.Addr) bool
 }
 
