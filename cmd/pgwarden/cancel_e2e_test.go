@@ -46,7 +46,11 @@ func plainCancel(addr, source string, pid uint32, key []byte) error {
 		return err
 	}
 	defer conn.Close()
-	_, _ = conn.Write(cancelPacket(pid, key))
+	// The reset can arrive before the write: the write then takes the
+	// socket's error, and a read after it sees only the end of the stream.
+	if _, err := conn.Write(cancelPacket(pid, key)); errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return errResetAtAccept
+	}
 	return awaitClose(conn)
 }
 
