@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# .ci/testssl.sh: scan pgwarden's listener with testssl.sh (issue 4).
+# .ci/testssl.sh: scan pgwarden's listener with testssl.sh.
 #
 # It builds pgwarden, starts `pgwarden serve` on a free loopback port and
 # runs `testssl --starttls postgres` (protocols, then every cipher per

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // Allowlist is an immutable set of IP prefixes. Build it with
@@ -14,37 +16,37 @@ type Allowlist struct {
 	warnings []string
 }
 
-// ParseAllowlist parses --allow entries: each is an IP, a CIDR, or a
-// go-sockaddr template rendered now. Every address is validated strictly;
-// errors are *EntryError values naming the offending entry and the fix. An
-// empty list is ErrNoAllowlist: the gateway fails closed.
+// ParseAllowlist parses allowlist entries (FieldAllow): each is an IP, a
+// CIDR, or a go-sockaddr template rendered now. Every address is validated
+// strictly; errors are *EntryError values naming the offending entry and
+// the fix. An empty list is ErrNoAllowlist: the gateway fails closed.
 func ParseAllowlist(entries []string) (*Allowlist, error) {
 	if len(nonBlank(entries)) == 0 {
 		return nil, ErrNoAllowlist
 	}
-	return ParseList("--allow", entries)
+	return ParseList(FieldAllow, entries)
 }
 
-// ParseList parses entries the way ParseAllowlist does, naming flag in
-// errors (e.g. "--ban-ignore"). Unlike ParseAllowlist it accepts an empty
+// ParseList parses entries the way ParseAllowlist does, naming field in
+// errors (e.g. FieldIgnore). Unlike ParseAllowlist it accepts an empty
 // list and returns an empty, match-nothing Allowlist.
-func ParseList(flag string, entries []string) (*Allowlist, error) {
+func ParseList(field fielderr.Field, entries []string) (*Allowlist, error) {
 	r := defaultRenderer()
 	a := &Allowlist{}
 	for _, raw := range entries {
 		entry := strings.TrimSpace(raw)
 		ps, warns, err := r.entry(entry)
 		if err != nil {
-			err.Flag, err.Entry = flag, entry
+			err.Field, err.Entry = field, entry
 			return nil, err
 		}
 		for _, w := range warns {
-			a.warnings = append(a.warnings, flag+" "+w)
+			a.warnings = append(a.warnings, field.Name+" "+w)
 		}
 		a.prefixes = append(a.prefixes, ps...)
 	}
 	a.prefixes = dedupe(a.prefixes)
-	a.warnings = append(a.warnings, a.coverageWarnings(flag)...)
+	a.warnings = append(a.warnings, a.coverageWarnings(field.Name)...)
 	return a, nil
 }
 

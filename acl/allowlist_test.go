@@ -67,8 +67,8 @@ func TestParseAllowlist(t *testing.T) {
 			a, err := ParseAllowlist(tc.entries)
 			if tc.wantErr != "" {
 				require.Error(t, err)
-				if !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %q does not contain %q", err, tc.wantErr)
+				if !strings.Contains(flagText(err), tc.wantErr) {
+					t.Fatalf("error %q does not contain %q", flagText(err), tc.wantErr)
 				}
 				if !errors.Is(err, ErrInvalidEntry) && !errors.Is(err, ErrNoAllowlist) {
 					t.Fatalf("error %v wraps neither ErrInvalidEntry nor ErrNoAllowlist", err)
@@ -159,16 +159,16 @@ func TestAllowlistAllowsAnyAndWarnings(t *testing.T) {
 
 func TestParseListNamesFlag(t *testing.T) {
 	t.Parallel()
-	a, err := ParseList("--ban-ignore", nil)
+	a, err := ParseList(FieldIgnore, nil)
 	require.NoError(t, err)
 	if a.Len() != 0 || a.Allows(netip.MustParseAddr("10.0.0.1")) {
 		t.Fatal("an empty ParseList must match nothing")
 	}
-	_, err = ParseList("--ban-ignore", []string{"localhost"})
+	_, err = ParseList(FieldIgnore, []string{"localhost"})
 	var ee *EntryError
 	require.ErrorAs(t, err, &ee)
-	if ee.Flag != "--ban-ignore" || !strings.HasPrefix(err.Error(), `--ban-ignore "localhost"`) {
-		t.Fatalf("error %q does not name --ban-ignore", err)
+	if ee.Field != FieldIgnore || !strings.HasPrefix(flagText(err), `--ban-ignore "localhost"`) {
+		t.Fatalf("error %q does not name --ban-ignore", flagText(err))
 	}
 }
 
@@ -197,7 +197,7 @@ func TestTemplatesRealInterfaces(t *testing.T) {
 	}
 	_, err = ParseAllowlist([]string{`{{ GetAllInterfaces | include "name" "^no-such-if$" | attr "address" }}`})
 	require.ErrorContains(t, err, `template rendered nothing (no interface address matched)`)
-	require.ErrorContains(t, err, `--allow "{{ GetAllInterfaces`)
+	require.Contains(t, flagText(err), `--allow "{{ GetAllInterfaces`)
 }
 
 func TestTemplatesFakeInterfaces(t *testing.T) {
@@ -242,8 +242,8 @@ func TestTemplatesFakeInterfaces(t *testing.T) {
 			ps, warns, err := r.entry(tc.entry)
 			if tc.wantErr != "" {
 				require.NotNil(t, err)
-				err.Flag, err.Entry = "--allow", tc.entry
-				require.ErrorContains(t, err, tc.wantErr)
+				err.Field, err.Entry = FieldAllow, tc.entry
+				require.Contains(t, flagText(err), tc.wantErr)
 				return
 			}
 			require.Nil(t, err)

@@ -79,7 +79,7 @@ func slotJail(t *testing.T, maxRetry int) (*Jail, *fakeClock) {
 	clock := newFakeClock()
 	cfg := testJailConfig(clock)
 	cfg.MaxRetry = maxRetry
-	ignore, err := ParseList("--ban-ignore", []string{"10.0.0.0/8"})
+	ignore, err := ParseList(FieldIgnore, []string{"10.0.0.0/8"})
 	require.NoError(t, err)
 	cfg.Ignore = ignore
 	return newTestJail(t, cfg), clock

@@ -8,6 +8,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	bolt "go.etcd.io/bbolt"
+
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -25,8 +27,8 @@ import (
 // prefix is banned, which bans every address in it (privacy addresses
 // rotate within a /64, which usually is one host or one subscriber).
 //
-// Succeeded deliberately does not reset a source's count, unlike a
-// per-user lockout: if it did, an attacker holding one valid credential (or
+// A successful login deliberately does not reset a source's count, unlike
+// a per-user lockout: if it did, an attacker holding one valid credential (or
 // sharing a NAT with a legitimate client) could interleave good logins to
 // brute-force other roles forever. Failures simply age out of FindTime.
 type Jail struct {
@@ -216,10 +218,19 @@ func failureFields(f Failure) []zap.Field {
 	return fields
 }
 
-// Succeeded is called after a successful authentication from ip. It does
-// not reset the failure count, by design (see Jail); it exists so callers
-// report every outcome and the policy can change in one place.
-func (j *Jail) Succeeded(ip netip.Addr) {}
+// DB is the state file (JailConfig.StatePath), or nil when the jail keeps
+// its state in memory. Other state of the gateway (grants, rule hits) may
+// live in the same file, in buckets of its own: the jail uses "bans",
+// "history" and "meta". It is open until Close, which closes it; other
+// users must be done with it by then.
+func (j *Jail) DB() *bolt.DB {
+	j.storeMu.Lock()
+	defer j.storeMu.Unlock()
+	if j.store == nil {
+		return nil
+	}
+	return j.store.db
+}
 
 // Close stops the sweeper and closes the state file. Banned keeps working
 // from memory; Failed, Ban and Unban stop recording.

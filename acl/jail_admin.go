@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -10,7 +11,8 @@ import (
 )
 
 // BanInfo describes one active ban, for the admin API and logs. It
-// marshals as {"ip": "...", "until": "RFC3339", "failures": N, "bans": N}.
+// marshals as {"ip": "...", "until": "RFC3339", "failures": N, "bans": N},
+// Until in UTC and rounded up to the second.
 type BanInfo struct {
 	// IP is the banned address, or the prefix in CIDR form for an
 	// aggregate (IPv6 /64) or manual prefix ban.
@@ -21,6 +23,15 @@ type BanInfo struct {
 	Failures int `json:"failures"`
 	// Bans is how many times this key has been banned, this one included.
 	Bans int `json:"bans"`
+}
+
+// MarshalJSON writes Until in UTC, rounded up to the second whatever it
+// holds, so the API never claims a ban lifts sooner than it does.
+func (b BanInfo) MarshalJSON() ([]byte, error) {
+	type plain BanInfo // without this method
+	p := plain(b)
+	p.Until = ceilSecond(b.Until)
+	return json.Marshal(p)
 }
 
 func banInfo(key netip.Prefix, b banRecord) BanInfo {
@@ -145,7 +156,7 @@ func parseKey(s string) (netip.Prefix, error) {
 	}
 	p, _, perr := parseToken(s)
 	if perr != nil {
-		perr.Flag, perr.Entry = "address", s
+		perr.Field, perr.Entry = FieldAddress, s
 		return netip.Prefix{}, perr
 	}
 	return p, nil

@@ -2,11 +2,12 @@ package acl
 
 import (
 	"errors"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/netip"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 
 	"go.uber.org/zap"
 )
@@ -30,34 +31,35 @@ const (
 )
 
 // JailConfig configures NewJail. MaxRetry, FindTime, BanTime, TimeFactor and
-// MaxTime are required (a zero value is an error naming its flag, so a
-// "--ban-max-retry 0" never silently turns into the default); start from
-// DefaultJailConfig when building one by hand. The rest default when zero.
+// MaxTime are required (a zero value is an error naming its field, so a
+// MaxRetry of 0 set by the operator never silently turns into the
+// default); start from DefaultJailConfig when building one by hand. The
+// rest default when zero.
 type JailConfig struct {
-	// MaxRetry failures from one source within FindTime ban it (--ban-max-retry).
+	// MaxRetry failures from one source within FindTime ban it.
 	MaxRetry int
-	// FindTime is the sliding window failures are counted in (--ban-find-time).
+	// FindTime is the sliding window failures are counted in.
 	FindTime time.Duration
-	// BanTime is the length of a source's first ban (--ban-time).
+	// BanTime is the length of a source's first ban.
 	BanTime time.Duration
 	// TimeFactor multiplies each repeat ban of the same source: the nth ban
-	// lasts BanTime × TimeFactor^(n-1) (--ban-time-factor).
+	// lasts BanTime × TimeFactor^(n-1).
 	TimeFactor float64
-	// MaxTime caps the escalated ban length before jitter (--ban-max-time).
+	// MaxTime caps the escalated ban length before jitter.
 	MaxTime time.Duration
-	// Ignore lists sources that are never counted or banned (--ban-ignore),
+	// Ignore lists sources that are never counted or banned,
 	// not even by an automatic ban of the IPv6 prefix around them; nil means
 	// none. Manual bans (Jail.Ban) still apply to them.
 	Ignore *Allowlist
 	// IPv6Prefix is the length of the extra aggregate key IPv6 sources are
 	// also counted under, so an attacker rotating through its /64 is banned
-	// as one; 0 means 64, 128 disables aggregation (--ban-ipv6-prefix).
+	// as one; 0 means 64, 128 disables aggregation.
 	IPv6Prefix int
 	// MaxTracked caps the failure tracker (and the ban history): the least
 	// recently failing entries are evicted first; 0 means 100000.
 	MaxTracked int
 	// StatePath is the bbolt file that bans and ban history persist in
-	// (--ban-state); "" keeps everything in memory.
+	//; "" keeps everything in memory.
 	StatePath string
 	// StateLockTimeout bounds waiting for another process's lock on
 	// StatePath; 0 means 2s.
@@ -96,40 +98,40 @@ func DefaultJailConfig() JailConfig {
 	}
 }
 
-// CheckAndSetDefaults validates c, naming the flag of every bad field (all
+// CheckAndSetDefaults validates c, naming every bad field (all
 // problems at once, joined), and fills in the optional zero values.
 func (c *JailConfig) CheckAndSetDefaults() error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	bad := func(format string, args ...any) { errs = append(errs, fielderr.Errorf(format, args...)) }
 	if c.MaxRetry < 1 {
-		bad("--ban-max-retry must be at least 1 (got %d)", c.MaxRetry)
+		bad("%s must be at least 1 (got %d)", FieldMaxRetry, c.MaxRetry)
 	} else if c.MaxRetry > maxMaxRetry {
-		bad("--ban-max-retry must be at most %d (got %d)", maxMaxRetry, c.MaxRetry)
+		bad("%s must be at most %d (got %d)", FieldMaxRetry, maxMaxRetry, c.MaxRetry)
 	}
 	if c.FindTime <= 0 {
-		bad("--ban-find-time must be positive (got %s)", c.FindTime)
+		bad("%s must be positive (got %s)", FieldFindTime, c.FindTime)
 	}
 	if c.BanTime <= 0 {
-		bad("--ban-time must be positive (got %s)", c.BanTime)
+		bad("%s must be positive (got %s)", FieldBanTime, c.BanTime)
 	}
 	if !(c.TimeFactor >= 1) || math.IsInf(c.TimeFactor, 0) { // also rejects NaN
-		bad("--ban-time-factor must be a finite number of at least 1 (got %g)", c.TimeFactor)
+		bad("%s must be a finite number of at least 1 (got %g)", FieldTimeFactor, c.TimeFactor)
 	}
 	if c.MaxTime <= 0 {
-		bad("--ban-max-time must be positive (got %s)", c.MaxTime)
+		bad("%s must be positive (got %s)", FieldMaxTime, c.MaxTime)
 	} else if c.BanTime > 0 && c.MaxTime < c.BanTime {
-		bad("--ban-max-time (%s) must be at least --ban-time (%s)", c.MaxTime, c.BanTime)
+		bad("%s (%s) must be at least %s (%s)", FieldMaxTime, c.MaxTime, FieldBanTime, c.BanTime)
 	}
 	if c.IPv6Prefix == 0 {
 		c.IPv6Prefix = DefaultIPv6Prefix
 	} else if c.IPv6Prefix < 32 || c.IPv6Prefix > 128 {
 		// Shorter than /32 would let a handful of failures ban a whole ISP.
-		bad("--ban-ipv6-prefix must be between 32 and 128 (got %d)", c.IPv6Prefix)
+		bad("%s must be between 32 and 128 (got %d)", FieldIPv6Prefix, c.IPv6Prefix)
 	}
 	if c.MaxTracked == 0 {
 		c.MaxTracked = DefaultMaxTracked
 	} else if c.MaxTracked < 0 {
-		bad("--ban-max-tracked must be positive (got %d)", c.MaxTracked)
+		bad("%s must be positive (got %d)", FieldMaxTracked, c.MaxTracked)
 	}
 	if c.Jitter == 0 {
 		c.Jitter = DefaultJitter

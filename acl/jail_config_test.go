@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 func TestJailConfigCheckAndSetDefaults(t *testing.T) {
@@ -40,11 +42,21 @@ func TestJailConfigCheckAndSetDefaults(t *testing.T) {
 				}
 				return
 			}
-			require.ErrorContains(t, err, tc.wantErr)
+			require.Error(t, err)
+			require.Contains(t, flagText(err), tc.wantErr)
 		})
 	}
 	var zero JailConfig
-	require.ErrorContains(t, zero.CheckAndSetDefaults(), "--ban-max-retry")
+	require.Contains(t, flagText(zero.CheckAndSetDefaults()), "--ban-max-retry")
+}
+
+// flagText renders err the way the command line does, with its flag names.
+func flagText(err error) string {
+	return fielderr.Render(err, fielderr.Names{
+		FieldAllow: "--allow", FieldIgnore: "--ban-ignore", FieldMaxRetry: "--ban-max-retry",
+		FieldFindTime: "--ban-find-time", FieldBanTime: "--ban-time", FieldTimeFactor: "--ban-time-factor",
+		FieldMaxTime: "--ban-max-time", FieldIPv6Prefix: "--ban-ipv6-prefix", FieldMaxTracked: "--ban-max-tracked",
+	})
 }
 
 func nan() float64 { z := 0.0; return z / z }

@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -186,7 +187,7 @@ func TestJailIgnoreList(t *testing.T) {
 	clock := newFakeClock()
 	core, logs := observer.New(zapcore.InfoLevel)
 	cfg := testJailConfig(clock)
-	ignore, err := ParseList("--ban-ignore", []string{"10.0.0.0/8", "2001:db8:ffff::/48"})
+	ignore, err := ParseList(FieldIgnore, []string{"10.0.0.0/8", "2001:db8:ffff::/48"})
 	require.NoError(t, err)
 	cfg.Ignore, cfg.Logger = ignore, zap.New(core)
 	j := newTestJail(t, cfg)
@@ -271,7 +272,13 @@ func TestJailSucceededDoesNotReset(t *testing.T) {
 	src := ip("192.0.2.50")
 	var banned bool
 	for range DefaultBanMaxRetry {
-		j.Succeeded(src) // a valid login interleaved with the guesses
+		// A valid login interleaved with the guesses, as the gateway
+		// reports one: an admitted attempt that ends without a failure.
+		a, err := j.BeginAuth(context.Background(), src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.End()
 		banned, _ = j.Failed(src, badPassword)
 	}
 	if !banned {
@@ -394,7 +401,7 @@ func TestJailClosed(t *testing.T) {
 func TestJailIgnoredAddressInsideBannedPrefix(t *testing.T) {
 	t.Parallel()
 	cfg := testJailConfig(newFakeClock())
-	ignore, err := ParseList("--ban-ignore", []string{"2001:db8:1:2::5"})
+	ignore, err := ParseList(FieldIgnore, []string{"2001:db8:1:2::5"})
 	require.NoError(t, err)
 	cfg.Ignore = ignore
 	j := newTestJail(t, cfg)

@@ -229,7 +229,7 @@ func TestListenerSamplesFloodLog(t *testing.T) {
 	})
 	require.NoError(t, err)
 	frozen := time.Unix(5000, 0)
-	l.sampler.now = func() time.Time { return frozen } // one window for the whole flood
+	l.gate.sampler.now = func() time.Time { return frozen } // one window for the whole flood
 	acceptAll(t, l)
 	const n = 60
 	for range n {

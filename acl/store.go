@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// The state file holds two buckets keyed by the ban key's prefix text
+// The state file holds the jail's buckets keyed by the ban key's prefix text
 // ("192.0.2.7/32", "2001:db8:1:2::/64"):
 //
 //	bans     active bans:  {"until": RFC3339, "failures": N, "bans": N, "manual": bool}

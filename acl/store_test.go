@@ -231,3 +231,31 @@ func TestJailDamagedStateNeverBlocksStart(t *testing.T) {
 		})
 	}
 }
+
+// TestStateFileSharesBuckets: other state can live in the jail's file, in
+// buckets of its own, and survives a restart beside the bans.
+func TestStateFileSharesBuckets(t *testing.T) {
+	t.Parallel()
+	cfg := testJailConfig(newFakeClock())
+	require.Nil(t, newTestJail(t, cfg).DB(), "an in-memory jail has no file")
+	cfg.StatePath = filepath.Join(t.TempDir(), "bans.db")
+
+	j1, err := NewJail(cfg)
+	require.NoError(t, err)
+	banBy(t, j1, "192.0.2.1")
+	require.NoError(t, j1.DB().Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("grants"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("g-1"), []byte(`{"source":"198.51.100.7"}`))
+	}))
+	require.NoError(t, j1.Close())
+
+	j2 := newTestJail(t, cfg)
+	require.True(t, j2.Banned(ip("192.0.2.1")))
+	require.NoError(t, j2.DB().View(func(tx *bolt.Tx) error {
+		require.Equal(t, `{"source":"198.51.100.7"}`, string(tx.Bucket([]byte("grants")).Get([]byte("g-1"))))
+		return nil
+	}))
+}

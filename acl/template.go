@@ -28,7 +28,7 @@ func isTemplate(entry string) bool {
 }
 
 // entry parses a literal, or renders a template and parses every
-// space-separated token it produced. The returned EntryError has Flag and
+// space-separated token it produced. The returned EntryError has Field and
 // Entry left for the caller to fill in.
 func (r renderer) entry(entry string) ([]netip.Prefix, []string, *EntryError) {
 	if !isTemplate(entry) {

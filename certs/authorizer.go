@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // maxRoleLen is NAMEDATALEN-1: postgres silently truncates a longer startup
@@ -74,17 +76,17 @@ func NewAuthorizer(p Policy, logger *zap.Logger) (*Authorizer, error) {
 	if p.ClientCAFile == "" {
 		var errs []error
 		for _, f := range []struct {
-			flag string
-			set  bool
+			field fielderr.Field
+			set   bool
 		}{
-			{"--tls-allow-cn", len(p.AllowCN) > 0},
-			{"--tls-allow-san", len(p.AllowSAN) > 0},
-			{"--tls-map-user", len(p.MapUser) > 0},
-			{"--tls-map-file", p.MapFile != ""},
-			{"--tls-client-crl", p.ClientCRLFile != ""},
+			{FieldAllowCN, len(p.AllowCN) > 0},
+			{FieldAllowSAN, len(p.AllowSAN) > 0},
+			{FieldMapUser, len(p.MapUser) > 0},
+			{FieldMapFile, p.MapFile != ""},
+			{FieldClientCRL, p.ClientCRLFile != ""},
 		} {
 			if f.set {
-				errs = append(errs, fmt.Errorf("%s needs --tls-client-ca: without it no client certificate is requested", f.flag))
+				errs = append(errs, errorf("%s needs %s: without it no client certificate is requested", f.field, FieldClientCA))
 			}
 		}
 		return nil, errors.Join(errs...)
@@ -105,7 +107,7 @@ func NewAuthorizer(p Policy, logger *zap.Logger) (*Authorizer, error) {
 	var errs []error
 	for _, cn := range p.AllowCN {
 		if cn == "" {
-			errs = append(errs, errors.New("--tls-allow-cn: empty common name"))
+			errs = append(errs, errorf("%s: empty common name", FieldAllowCN))
 			continue
 		}
 		a.allowCN[cn] = true
@@ -133,15 +135,15 @@ func NewAuthorizer(p Policy, logger *zap.Logger) (*Authorizer, error) {
 func (a *Authorizer) addAllowSAN(san string) error {
 	switch {
 	case san == "":
-		return errors.New("--tls-allow-san: empty value")
+		return errorf("%s: empty value", FieldAllowSAN)
 	case strings.Contains(san, "://"):
 		u, err := parseURISAN(san)
 		if err != nil {
-			return fmt.Errorf("--tls-allow-san %q: %w", san, err)
+			return errorf("%s %q: %w", FieldAllowSAN, san, err)
 		}
 		a.allowURI[u] = true
 	case strings.ContainsAny(san, " \t/:@"):
-		return fmt.Errorf("--tls-allow-san %q: not a DNS name or a URI (e.g. spiffe://example.org/ci)", san)
+		return errorf("%s %q: not a DNS name or a URI (e.g. spiffe://example.org/ci)", FieldAllowSAN, san)
 	default:
 		a.allowDNS[strings.ToLower(strings.TrimSuffix(san, "."))] = true
 	}
@@ -151,11 +153,11 @@ func (a *Authorizer) addAllowSAN(san string) error {
 // load reads the CA file and map file into a new state without touching the
 // current one.
 func (a *Authorizer) load() (*authState, error) {
-	data, err := readFile("--tls-client-ca", a.caFile)
+	data, err := readFile(FieldClientCA, a.caFile)
 	if err != nil {
 		return nil, err
 	}
-	cas, err := parseCertificates("--tls-client-ca", a.caFile, data)
+	cas, err := parseCertificates(FieldClientCA, a.caFile, data)
 	if err != nil {
 		return nil, err
 	}

@@ -10,16 +10,18 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgwarden/pgwarden/internal/certstest"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // peerState is the ConnectionState a server sees for a client presenting
 // chainPEM (leaf first).
 func peerState(t *testing.T, chainPEM []byte) *tls.ConnectionState {
 	t.Helper()
-	certs, err := parseCertificates("test", "chain", chainPEM)
+	certs, err := parseCertificates(fielderr.Field{Name: "test"}, "chain", chainPEM)
 	require.NoError(t, err)
 	return &tls.ConnectionState{PeerCertificates: certs}
 }
@@ -200,9 +202,9 @@ func TestNewAuthorizerErrors(t *testing.T) {
 			require.Error(t, err)
 			assert.Nil(t, a)
 			for _, want := range tc.wantErr {
-				assert.Contains(t, err.Error(), want)
+				assert.Contains(t, flagText(err), want)
 			}
-			assert.NotContains(t, err.Error(), ":2:", "line 2 is valid")
+			assert.NotContains(t, flagText(err), ":2:", "line 2 is valid")
 		})
 	}
 }
@@ -231,7 +233,7 @@ func TestAuthorizerReload(t *testing.T) {
 	certstest.WriteFile(t, caFile, []byte("garbage"))
 	err = a.Reload()
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "--tls-client-ca "+caFile)
+	assert.Contains(t, flagText(err), "--tls-client-ca "+caFile)
 	assert.NoError(t, a.Authorize(newAlice, "analytics"))
 	// And so does a broken map file.
 	certstest.WriteFile(t, caFile, newCA.CertPEM())

@@ -39,11 +39,11 @@ func loadCRLs(file string, cas []*x509.Certificate, now time.Time, logger *zap.L
 	if file == "" {
 		return nil, nil
 	}
-	data, err := readFile("--tls-client-crl", file)
+	data, err := readFile(FieldClientCRL, file)
 	if err != nil {
 		return nil, err
 	}
-	crls, err := parseCRLs("--tls-client-crl", file, data)
+	crls, err := parseCRLs(FieldClientCRL, file, data)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +57,7 @@ func loadCRLs(file string, cas []*x509.Certificate, now time.Time, logger *zap.L
 			}
 		}
 		if signer == nil {
-			return nil, fmt.Errorf("--tls-client-crl %s: CRL #%d (issuer %q) is not signed by any CA in --tls-client-ca", file, i+1, crl.Issuer.String())
+			return nil, errorf("%s %s: CRL #%d (issuer %q) is not signed by any CA in %s", FieldClientCRL, file, i+1, crl.Issuer.String(), FieldClientCA)
 		}
 		if old, ok := set.byCA[string(signer.Raw)]; ok && old.number != nil && crl.Number != nil && old.number.Cmp(crl.Number) > 0 {
 			continue // two CRLs of one CA: the higher number is the newer
@@ -70,7 +70,7 @@ func loadCRLs(file string, cas []*x509.Certificate, now time.Time, logger *zap.L
 	}
 	for _, ca := range cas {
 		if _, ok := set.byCA[string(ca.Raw)]; !ok {
-			return nil, fmt.Errorf("--tls-client-crl %s: no CRL from %q of --tls-client-ca: every client CA needs one (pgwarden certs crl --dir DIR writes an empty one)", file, ca.Subject.String())
+			return nil, errorf("%s %s: no CRL from %q of %s: every client CA needs one (pgwarden certs crl %s DIR writes an empty one)", FieldClientCRL, file, ca.Subject.String(), FieldClientCA, FieldDir)
 		}
 	}
 	for _, c := range set.byCA {
@@ -100,7 +100,7 @@ func (s *crlSet) check(leaf *x509.Certificate, chains [][]*x509.Certificate, now
 		c, ok := s.byCA[string(chain[1].Raw)]
 		if !ok {
 			return &AuthError{Kind: ErrClientCertStatusUnknown, Public: "client certificate status unknown: no certificate revocation list for its issuer",
-				Cause: fmt.Errorf("issuer %q is not a CA of --tls-client-ca, so --tls-client-crl cannot cover it", chain[1].Subject.String())}
+				Cause: errorf("issuer %q is not a CA of %s, so %s cannot cover it", chain[1].Subject.String(), FieldClientCA, FieldClientCRL)}
 		}
 		if now.After(c.nextUpdate) {
 			return &AuthError{Kind: ErrClientCertStatusUnknown, Public: "client certificate status unknown: certificate revocation list expired",

@@ -22,7 +22,7 @@ func refuseExisting(paths ...string) error {
 		_, err := os.Lstat(p)
 		switch {
 		case err == nil:
-			return fmt.Errorf("%s: %w; nothing was written (pass --force to replace it)", p, ErrExists)
+			return errorf("%s: %w; nothing was written (pass %s to replace it)", p, ErrExists, FieldForce)
 		case !errors.Is(err, fs.ErrNotExist):
 			return fmt.Errorf("checking %s: %w", p, err)
 		}
@@ -69,7 +69,7 @@ func writeFiles(force bool, files []fileContent) error {
 				_ = os.Remove(p)
 			}
 			if errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("%s: %w; nothing was written (pass --force to replace it)", f.path, ErrExists)
+				return errorf("%s: %w; nothing was written (pass %s to replace it)", f.path, ErrExists, FieldForce)
 			}
 			return fmt.Errorf("writing %s: %w", f.path, err)
 		}

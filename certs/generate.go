@@ -16,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // Validity of what `pgwarden certs` makes. The server certificate is short
@@ -190,7 +192,7 @@ func IssueClient(dir, name string, ttl time.Duration, force bool) (ClientFiles, 
 	case ttl == 0:
 		ttl = DefaultClientTTL
 	case ttl < 0:
-		return ClientFiles{}, usageErrorf("--ttl %s: must be positive", ttl)
+		return ClientFiles{}, usageErrorf("%s %s: must be positive", FieldTTL, ttl)
 	}
 	cf := ClientFiles{
 		Cert:   filepath.Join(dir, name+".crt"),
@@ -202,12 +204,12 @@ func IssueClient(dir, name string, ttl time.Duration, force bool) (ClientFiles, 
 		return ClientFiles{}, err
 	}
 	if !caSigns(caCert, x509.ExtKeyUsageClientAuth) {
-		return ClientFiles{}, fmt.Errorf("--dir %s: this CA may not sign client certificates (its extended key usage excludes clientAuth)", cf.CACert)
+		return ClientFiles{}, errorf("%s %s: this CA may not sign client certificates (its extended key usage excludes clientAuth)", FieldDir, cf.CACert)
 	}
 	now := time.Now()
 	notAfter := now.Add(ttl)
 	if notAfter.After(caCert.NotAfter) {
-		return ClientFiles{}, usageErrorf("--ttl %s: the certificate would outlive the CA, which expires on %s", ttl, caCert.NotAfter.UTC().Format(time.DateOnly))
+		return ClientFiles{}, usageErrorf("%s %s: the certificate would outlive the CA, which expires on %s", FieldTTL, ttl, caCert.NotAfter.UTC().Format(time.DateOnly))
 	}
 	if !force {
 		if err := refuseExisting(cf.Cert, cf.Key); err != nil {
@@ -244,38 +246,40 @@ func IssueClient(dir, name string, ttl time.Duration, force bool) (ClientFiles, 
 // loadCA reads DIR/ca.crt and DIR/ca.key and checks that they belong together.
 func loadCA(dir string) (*x509.Certificate, crypto.Signer, error) {
 	certFile, keyFile := filepath.Join(dir, CACertName), filepath.Join(dir, CAKeyName)
-	hint := " (run `pgwarden certs init --dir " + dir + " --host NAME` or `pgwarden certs init-client-ca --dir " + dir + "` first)"
-	data, err := readFile("--dir", certFile)
+	withHint := func(err error) error {
+		return errorf("%w (run `pgwarden certs init %s %s %s NAME` or `pgwarden certs init-client-ca %s %s` first)", err, FieldDir, dir, FieldHost, FieldDir, dir)
+	}
+	data, err := readFile(FieldDir, certFile)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil, fmt.Errorf("%w%s", err, hint)
+			return nil, nil, withHint(err)
 		}
 		return nil, nil, err
 	}
-	cas, err := parseCertificates("--dir", certFile, data)
+	cas, err := parseCertificates(FieldDir, certFile, data)
 	if err != nil {
 		return nil, nil, err
 	}
-	keyData, err := readFile("--dir", keyFile)
+	keyData, err := readFile(FieldDir, keyFile)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil, fmt.Errorf("%w%s", err, hint)
+			return nil, nil, withHint(err)
 		}
 		return nil, nil, err
 	}
-	key, err := parsePrivateKey("--dir", keyFile, keyData)
+	key, err := parsePrivateKey(FieldDir, keyFile, keyData)
 	if err != nil {
 		return nil, nil, err
 	}
 	ca := cas[0]
 	if !ca.IsCA {
-		return nil, nil, fmt.Errorf("--dir %s: not a CA certificate", certFile)
+		return nil, nil, errorf("%s %s: not a CA certificate", FieldDir, certFile)
 	}
 	if !publicKeysEqual(ca.PublicKey, key.Public()) {
-		return nil, nil, fmt.Errorf("--dir %s: does not match %s", keyFile, certFile)
+		return nil, nil, errorf("%s %s: does not match %s", FieldDir, keyFile, certFile)
 	}
 	if time.Now().After(ca.NotAfter) {
-		return nil, nil, fmt.Errorf("--dir %s: the CA expired on %s; run certs init --force to make a new one", certFile, ca.NotAfter.UTC().Format(time.DateOnly))
+		return nil, nil, errorf("%s %s: the CA expired on %s; run certs init %s to make a new one", FieldDir, certFile, ca.NotAfter.UTC().Format(time.DateOnly), FieldForce)
 	}
 	return ca, key, nil
 }
@@ -286,7 +290,7 @@ func serverName(dir string) string {
 	if err != nil {
 		return ""
 	}
-	certs, err := parseCertificates("", "", data)
+	certs, err := parseCertificates(fielderr.Field{}, "", data)
 	if err != nil {
 		return ""
 	}

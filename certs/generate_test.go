@@ -13,13 +13,15 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 func readCert(t *testing.T, file string) *x509.Certificate {
 	t.Helper()
 	data, err := os.ReadFile(file)
 	require.NoError(t, err)
-	certs, err := parseCertificates("test", file, data)
+	certs, err := parseCertificates(fielderr.Field{Name: "test"}, file, data)
 	require.NoError(t, err)
 	return certs[0]
 }
@@ -91,7 +93,7 @@ func TestInitCARefusesToOverwrite(t *testing.T) {
 			_, err := InitCA(dir, []string{"localhost"}, false)
 			require.Error(t, err)
 			assert.True(t, errors.Is(err, ErrExists))
-			assert.Contains(t, err.Error(), path+": file already exists; nothing was written (pass --force to replace it)")
+			assert.Contains(t, flagText(err), path+": file already exists; nothing was written (pass --force to replace it)")
 			entries, err := os.ReadDir(dir)
 			require.NoError(t, err)
 			assert.Len(t, entries, 1, "nothing else may be written")
@@ -139,7 +141,7 @@ func TestInitCAHostErrors(t *testing.T) {
 			_, err := InitCA(dir, tc.hosts, false)
 			require.Error(t, err)
 			assert.ErrorIs(t, err, ErrUsage)
-			assert.Contains(t, err.Error(), tc.wantErr)
+			assert.Contains(t, flagText(err), tc.wantErr)
 			entries, _ := os.ReadDir(dir)
 			assert.Empty(t, entries)
 		})
@@ -213,7 +215,7 @@ func TestIssueClientErrors(t *testing.T) {
 			t.Parallel()
 			_, err := IssueClient(tc.dir, tc.client, tc.ttl, false)
 			require.Error(t, err)
-			assert.Contains(t, err.Error(), tc.wantErr)
+			assert.Contains(t, flagText(err), tc.wantErr)
 			assert.Equal(t, tc.wantUsage, errors.Is(err, ErrUsage), "ErrUsage")
 		})
 	}

@@ -8,11 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/pgwarden/pgwarden/internal/certstest"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // writePair writes a server pair for localhost/127.0.0.1 into dir under
@@ -133,4 +135,16 @@ func handshake(t *testing.T, serverCfg, clientCfg *tls.Config) handshakeResult {
 	s := <-done
 	res.serverErr, res.server, res.serverWrote = s.err, s.state, s.wrote
 	return res
+}
+
+// flagText renders err the way the command line does, with its flag names
+// (serve's for the TLS policy, the certs commands' for the CA operations).
+func flagText(err error) string {
+	return fielderr.Render(err, fielderr.Names{
+		FieldCert: "--tls-cert", FieldKey: "--tls-key", FieldMinVersion: "--tls-min-version",
+		FieldClientCA: "--tls-client-ca", FieldAllowCN: "--tls-allow-cn", FieldAllowSAN: "--tls-allow-san",
+		FieldMapUser: "--tls-map-user", FieldMapFile: "--tls-map-file", FieldClientCRL: "--tls-client-crl",
+		FieldDir: "--dir", FieldHost: "--host", FieldClient: "--client", FieldTTL: "--ttl",
+		FieldReason: "--reason", FieldNextUpdate: "--next-update", FieldForce: "--force",
+	})
 }

@@ -36,9 +36,9 @@ type Loader struct {
 }
 
 // NewLoader reads and validates a PEM certificate chain (server certificate
-// first) and its private key. Errors name the flag, the file and the problem,
-// e.g. "--tls-key /x/server.key: reading: permission denied". A nil logger
-// means zap.NewNop().
+// first) and its private key. Errors name the field (FieldCert, FieldKey),
+// the file and the problem, e.g. "key file /x/server.key: reading:
+// permission denied". A nil logger means zap.NewNop().
 func NewLoader(certFile, keyFile string, logger *zap.Logger) (*Loader, error) {
 	if logger == nil {
 		logger = zap.NewNop()

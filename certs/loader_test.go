@@ -10,10 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/pgwarden/pgwarden/internal/certstest"
 )
 
 func TestNewLoaderErrors(t *testing.T) {
@@ -55,8 +56,8 @@ func TestNewLoaderErrors(t *testing.T) {
 			l, err := NewLoader(tc.cert, tc.key, nil)
 			require.Error(t, err)
 			assert.Nil(t, l)
-			if !strings.Contains(err.Error(), tc.wantErr) {
-				t.Errorf("error %q\nwant substring %q", err, tc.wantErr)
+			if !strings.Contains(flagText(err), tc.wantErr) {
+				t.Errorf("error %q\nwant substring %q", flagText(err), tc.wantErr)
 			}
 		})
 	}
@@ -72,7 +73,7 @@ func TestNewLoaderPermissionDenied(t *testing.T) {
 	require.NoError(t, os.Chmod(keyFile, 0))
 	_, err := NewLoader(certFile, keyFile, nil)
 	require.Error(t, err)
-	assert.Equal(t, "--tls-key "+keyFile+": reading: permission denied", err.Error())
+	assert.Equal(t, "--tls-key "+keyFile+": reading: permission denied", flagText(err))
 }
 
 func TestNewLoaderSuccess(t *testing.T) {
@@ -141,8 +142,8 @@ func TestReloadKeepsOldPairOnBrokenReplacement(t *testing.T) {
 			logs.TakeAll()
 			err := l.Reload()
 			require.Error(t, err)
-			assert.Contains(t, err.Error(), tc.wantFile)
-			assert.Contains(t, err.Error(), tc.wantErr)
+			assert.Contains(t, flagText(err), tc.wantFile)
+			assert.Contains(t, flagText(err), tc.wantErr)
 			assert.Same(t, orig, l.Current(), "old pair must keep serving")
 			errs := logs.FilterLevelExact(zapcore.ErrorLevel).All()
 			require.Len(t, errs, 1)

@@ -15,7 +15,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // readDirCRL is the CRL in dir, checked against its CA.
@@ -114,7 +115,7 @@ func TestRenewServerErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := RenewServer(tc.dir, tc.hosts)
 			require.Error(t, err)
-			assert.Contains(t, err.Error(), tc.wantErr)
+			assert.Contains(t, flagText(err), tc.wantErr)
 			assert.Equal(t, tc.wantUsage, errorsIsUsage(err), "ErrUsage")
 		})
 	}
@@ -178,13 +179,13 @@ func TestInitClientCA(t *testing.T) {
 	key := readKey(t, f.CAKey)
 	forged := &certstest.CA{Cert: ca, Key: key}
 	serverPEM, _ := forged.Server(t, "db.example.com")
-	server, err := parseCertificates("", "", serverPEM)
+	server, err := parseCertificates(fielderr.Field{}, "", serverPEM)
 	require.NoError(t, err)
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
 	_, err = server[0].Verify(x509.VerifyOptions{Roots: roots, DNSName: "db.example.com"})
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "incompatible key usage")
+	assert.Contains(t, flagText(err), "incompatible key usage")
 
 	// A second init refuses; --force replaces.
 	_, err = InitClientCA(dir, false)
@@ -221,7 +222,7 @@ func TestIssueClientRecordsSerials(t *testing.T) {
 	require.NoError(t, f.Close())
 	_, err = readIssued(dir)
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), IssuedName+":4:")
+	assert.Contains(t, flagText(err), IssuedName+":4:")
 }
 
 func TestRevoke(t *testing.T) {
@@ -325,7 +326,7 @@ func TestRevokeErrors(t *testing.T) {
 			t.Parallel()
 			_, err := Revoke(tc.dir, tc.target, tc.reason, tc.validity)
 			require.Error(t, err)
-			assert.Contains(t, err.Error(), tc.wantErr)
+			assert.Contains(t, flagText(err), tc.wantErr)
 			assert.Equal(t, tc.wantUsage, errorsIsUsage(err), "ErrUsage")
 		})
 	}
@@ -349,7 +350,7 @@ func errorsIsUsage(err error) bool { return errors.Is(err, ErrUsage) }
 // readKey parses a PEM private key file.
 func readKey(t *testing.T, file string) crypto.Signer {
 	t.Helper()
-	key, err := parsePrivateKey("test", file, mustRead(t, file))
+	key, err := parsePrivateKey(fielderr.Field{Name: "test"}, file, mustRead(t, file))
 	require.NoError(t, err)
 	return key
 }

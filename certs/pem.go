@@ -6,10 +6,11 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // notBeforeSkew tolerates an issuer whose clock runs slightly ahead of ours:
@@ -17,16 +18,16 @@ import (
 // reload would keep the old certificate until the next file change.
 const notBeforeSkew = 5 * time.Minute
 
-// readFile reads a file for flag, turning *PathError into
-// "FLAG FILE: reading: permission denied" (the path is already in front).
-func readFile(flag, file string) ([]byte, error) {
+// readFile reads a file for field, turning *PathError into
+// "FIELD FILE: reading: permission denied" (the path is already in front).
+func readFile(field fielderr.Field, file string) ([]byte, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
 			err = pe.Err
 		}
-		return nil, fmt.Errorf("%s %s: reading: %w", flag, file, err)
+		return nil, errorf("%s %s: reading: %w", field, file, err)
 	}
 	return data, nil
 }
@@ -44,7 +45,7 @@ func pemBlocks(data []byte) []*pem.Block {
 }
 
 // parseCertificates returns every CERTIFICATE block in data, in order.
-func parseCertificates(flag, file string, data []byte) ([]*x509.Certificate, error) {
+func parseCertificates(field fielderr.Field, file string, data []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	sawKey := false
 	for _, block := range pemBlocks(data) {
@@ -52,7 +53,7 @@ func parseCertificates(flag, file string, data []byte) ([]*x509.Certificate, err
 		case "CERTIFICATE":
 			c, err := x509.ParseCertificate(block.Bytes)
 			if err != nil {
-				return nil, fmt.Errorf("%s %s: parsing certificate #%d: %w", flag, file, len(certs)+1, err)
+				return nil, errorf("%s %s: parsing certificate #%d: %w", field, file, len(certs)+1, err)
 			}
 			certs = append(certs, c)
 		case "PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY":
@@ -61,15 +62,15 @@ func parseCertificates(flag, file string, data []byte) ([]*x509.Certificate, err
 	}
 	if len(certs) == 0 {
 		if sawKey {
-			return nil, fmt.Errorf("%s %s: holds a private key, not a certificate (are --tls-cert and --tls-key swapped?)", flag, file)
+			return nil, errorf("%s %s: holds a private key, not a certificate (are %s and %s swapped?)", field, file, FieldCert, FieldKey)
 		}
-		return nil, fmt.Errorf("%s %s: no PEM CERTIFICATE block found", flag, file)
+		return nil, errorf("%s %s: no PEM CERTIFICATE block found", field, file)
 	}
 	return certs, nil
 }
 
 // parsePrivateKey accepts PKCS#8, SEC1 (EC) and PKCS#1 (RSA) PEM keys.
-func parsePrivateKey(flag, file string, data []byte) (crypto.Signer, error) {
+func parsePrivateKey(field fielderr.Field, file string, data []byte) (crypto.Signer, error) {
 	sawCert := false
 	for _, block := range pemBlocks(data) {
 		var (
@@ -83,11 +84,11 @@ func parsePrivateKey(flag, file string, data []byte) (crypto.Signer, error) {
 			key, err = x509.ParseECPrivateKey(block.Bytes)
 		case "RSA PRIVATE KEY":
 			if _, encrypted := block.Headers["Proc-Type"]; encrypted {
-				return nil, fmt.Errorf("%s %s: the key is encrypted; pgwarden needs it unencrypted (openssl pkey -in KEY -out KEY.plain), protected by file mode 0600", flag, file)
+				return nil, errorf("%s %s: the key is encrypted; pgwarden needs it unencrypted (openssl pkey -in KEY -out KEY.plain), protected by file mode 0600", field, file)
 			}
 			key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
 		case "ENCRYPTED PRIVATE KEY":
-			return nil, fmt.Errorf("%s %s: the key is encrypted; pgwarden needs it unencrypted (openssl pkey -in KEY -out KEY.plain), protected by file mode 0600", flag, file)
+			return nil, errorf("%s %s: the key is encrypted; pgwarden needs it unencrypted (openssl pkey -in KEY -out KEY.plain), protected by file mode 0600", field, file)
 		case "CERTIFICATE":
 			sawCert = true
 			continue
@@ -95,18 +96,18 @@ func parsePrivateKey(flag, file string, data []byte) (crypto.Signer, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s %s: parsing %s: %w", flag, file, block.Type, err)
+			return nil, errorf("%s %s: parsing %s: %w", field, file, block.Type, err)
 		}
 		signer, ok := key.(crypto.Signer)
 		if !ok {
-			return nil, fmt.Errorf("%s %s: unsupported key type %T", flag, file, key)
+			return nil, errorf("%s %s: unsupported key type %T", field, file, key)
 		}
 		return signer, nil
 	}
 	if sawCert {
-		return nil, fmt.Errorf("%s %s: holds a certificate, not a private key (are --tls-cert and --tls-key swapped?)", flag, file)
+		return nil, errorf("%s %s: holds a certificate, not a private key (are %s and %s swapped?)", field, file, FieldCert, FieldKey)
 	}
-	return nil, fmt.Errorf("%s %s: no PEM private key block found", flag, file)
+	return nil, errorf("%s %s: no PEM private key block found", field, file)
 }
 
 // keyPair is one validated server certificate, plus the raw file bytes so a
@@ -120,19 +121,19 @@ type keyPair struct {
 // the key must match the first certificate, and the certificate must be
 // within its validity period at now.
 func loadKeyPair(certFile, keyFile string, now time.Time) (*keyPair, error) {
-	certPEM, err := readFile("--tls-cert", certFile)
+	certPEM, err := readFile(FieldCert, certFile)
 	if err != nil {
 		return nil, err
 	}
-	keyPEM, err := readFile("--tls-key", keyFile)
+	keyPEM, err := readFile(FieldKey, keyFile)
 	if err != nil {
 		return nil, err
 	}
-	chain, err := parseCertificates("--tls-cert", certFile, certPEM)
+	chain, err := parseCertificates(FieldCert, certFile, certPEM)
 	if err != nil {
 		return nil, err
 	}
-	key, err := parsePrivateKey("--tls-key", keyFile, keyPEM)
+	key, err := parsePrivateKey(FieldKey, keyFile, keyPEM)
 	if err != nil {
 		return nil, err
 	}
@@ -142,16 +143,16 @@ func loadKeyPair(certFile, keyFile string, now time.Time) (*keyPair, error) {
 		// than the bare "do not match".
 		for i, c := range chain[1:] {
 			if publicKeysEqual(c.PublicKey, key.Public()) {
-				return nil, fmt.Errorf("--tls-cert %s: the key matches certificate #%d, not the first; put the server certificate first, then its intermediates", certFile, i+2)
+				return nil, errorf("%s %s: the key matches certificate #%d, not the first; put the server certificate first, then its intermediates", FieldCert, certFile, i+2)
 			}
 		}
-		return nil, fmt.Errorf("--tls-cert %s: certificate and key do not match (--tls-key %s)", certFile, keyFile)
+		return nil, errorf("%s %s: certificate and key do not match (%s %s)", FieldCert, certFile, FieldKey, keyFile)
 	}
 	if now.After(leaf.NotAfter) {
-		return nil, fmt.Errorf("--tls-cert %s: certificate expired on %s", certFile, leaf.NotAfter.UTC().Format(time.DateOnly))
+		return nil, errorf("%s %s: certificate expired on %s", FieldCert, certFile, leaf.NotAfter.UTC().Format(time.DateOnly))
 	}
 	if leaf.NotBefore.After(now.Add(notBeforeSkew)) {
-		return nil, fmt.Errorf("--tls-cert %s: certificate is not valid until %s (check the clock)", certFile, leaf.NotBefore.UTC().Format(time.RFC3339))
+		return nil, errorf("%s %s: certificate is not valid until %s (check the clock)", FieldCert, certFile, leaf.NotBefore.UTC().Format(time.RFC3339))
 	}
 	der := make([][]byte, len(chain))
 	for i, c := range chain {

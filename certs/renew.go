@@ -39,7 +39,7 @@ func RenewServer(dir string, hosts []string) (Renewed, error) {
 		return Renewed{}, err
 	}
 	if !caSigns(caCert, x509.ExtKeyUsageServerAuth) {
-		return Renewed{}, usageErrorf("--dir %s: a client CA (certs init-client-ca) cannot sign server certificates; renew in the server's certs directory", filepath.Join(dir, CACertName))
+		return Renewed{}, usageErrorf("%s %s: a client CA (certs init-client-ca) cannot sign server certificates; renew in the server's certs directory", FieldDir, filepath.Join(dir, CACertName))
 	}
 	if len(hosts) == 0 {
 		if hosts, err = currentHosts(r.ServerCert); err != nil {
@@ -72,18 +72,18 @@ func RenewServer(dir string, hosts []string) (Renewed, error) {
 
 // currentHosts reads the names of the server certificate being renewed:
 // its DNS and IP SANs, with the CN first if it is one of them (certs init
-// made the first --host the CN). A CN that is no SAN is left out: clients
+// made the first host the CN). A CN that is no SAN is left out: clients
 // verify against the SANs only (RFC 6125; libpq ignores the CN when SANs
 // exist).
 func currentHosts(certFile string) ([]string, error) {
-	data, err := readFile("--dir", certFile)
+	data, err := readFile(FieldDir, certFile)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, usageError{fmt.Errorf("%w: pass --host NAME for the names of the new certificate", err)}
+			return nil, usageError{errorf("%w: pass %s NAME for the names of the new certificate", err, FieldHost)}
 		}
 		return nil, err
 	}
-	chain, err := parseCertificates("--dir", certFile, data)
+	chain, err := parseCertificates(FieldDir, certFile, data)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func currentHosts(certFile string) ([]string, error) {
 		sans = append(sans, ip.String())
 	}
 	if len(sans) == 0 {
-		return nil, usageErrorf("--dir %s: the certificate has no DNS or IP names; pass --host NAME", certFile)
+		return nil, usageErrorf("%s %s: the certificate has no DNS or IP names; pass %s NAME", FieldDir, certFile, FieldHost)
 	}
 	if slices.Contains(sans, c.Subject.CommonName) {
 		// parseHosts drops the later duplicate.

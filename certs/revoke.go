@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // CRLName is the certificate revocation list in the CA directory, the file
@@ -78,7 +80,7 @@ type signedCRL struct {
 func Revoke(dir, target, reason string, validity time.Duration) (RevokeResult, error) {
 	code, ok := RevocationReasons[reason]
 	if !ok && reason != "" {
-		return RevokeResult{}, usageErrorf("--reason %q: use one of %s", reason, strings.Join(reasonNames(), ", "))
+		return RevokeResult{}, usageErrorf("%s %q: use one of %s", FieldReason, reason, strings.Join(reasonNames(), ", "))
 	}
 	if target == "" {
 		return RevokeResult{}, usageErrorf("NAME or SERIAL is required: the client name given to certs issue, or the certificate's serial number")
@@ -187,15 +189,15 @@ func readCRL(dir string, ca *x509.Certificate) (*x509.RevocationList, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
-	crls, err := parseCRLs("--dir", path, data)
+	crls, err := parseCRLs(FieldDir, path, data)
 	if err != nil {
 		return nil, err
 	}
 	if len(crls) != 1 {
-		return nil, fmt.Errorf("--dir %s: holds %d CRLs; certs revoke maintains exactly one, from %s", path, len(crls), filepath.Join(dir, CACertName))
+		return nil, errorf("%s %s: holds %d CRLs; certs revoke maintains exactly one, from %s", FieldDir, path, len(crls), filepath.Join(dir, CACertName))
 	}
 	if err := crls[0].CheckSignatureFrom(ca); err != nil {
-		return nil, fmt.Errorf("--dir %s: not signed by %s (was the CA replaced?); move it away to start a new list: %w", path, filepath.Join(dir, CACertName), err)
+		return nil, errorf("%s %s: not signed by %s (was the CA replaced?); move it away to start a new list: %w", FieldDir, path, filepath.Join(dir, CACertName), err)
 	}
 	return crls[0], nil
 }
@@ -208,7 +210,7 @@ func signCRL(ca *x509.Certificate, key crypto.Signer, prev *x509.RevocationList,
 	case validity == 0:
 		validity = DefaultCRLValidity
 	case validity < 0:
-		return signedCRL{}, usageErrorf("--next-update %s: must be positive", validity)
+		return signedCRL{}, usageErrorf("%s %s: must be positive", FieldNextUpdate, validity)
 	}
 	number := big.NewInt(1)
 	var entries []x509.RevocationListEntry
@@ -244,7 +246,7 @@ func signCRL(ca *x509.Certificate, key crypto.Signer, prev *x509.RevocationList,
 }
 
 // parseCRLs returns every X509 CRL block in data, in order.
-func parseCRLs(flag, file string, data []byte) ([]*x509.RevocationList, error) {
+func parseCRLs(field fielderr.Field, file string, data []byte) ([]*x509.RevocationList, error) {
 	var crls []*x509.RevocationList
 	sawCert := false
 	for _, block := range pemBlocks(data) {
@@ -252,7 +254,7 @@ func parseCRLs(flag, file string, data []byte) ([]*x509.RevocationList, error) {
 		case "X509 CRL":
 			crl, err := x509.ParseRevocationList(block.Bytes)
 			if err != nil {
-				return nil, fmt.Errorf("%s %s: parsing CRL #%d: %w", flag, file, len(crls)+1, err)
+				return nil, errorf("%s %s: parsing CRL #%d: %w", field, file, len(crls)+1, err)
 			}
 			crls = append(crls, crl)
 		case "CERTIFICATE":
@@ -261,9 +263,9 @@ func parseCRLs(flag, file string, data []byte) ([]*x509.RevocationList, error) {
 	}
 	if len(crls) == 0 {
 		if sawCert {
-			return nil, fmt.Errorf("%s %s: holds a certificate, not a revocation list (are --tls-client-ca and --tls-client-crl swapped?)", flag, file)
+			return nil, errorf("%s %s: holds a certificate, not a revocation list (are %s and %s swapped?)", field, file, FieldClientCA, FieldClientCRL)
 		}
-		return nil, fmt.Errorf("%s %s: no PEM X509 CRL block found", flag, file)
+		return nil, errorf("%s %s: no PEM X509 CRL block found", field, file)
 	}
 	return crls, nil
 }

@@ -3,7 +3,7 @@ package certs
 import (
 	"crypto/tls"
 	"errors"
-	"fmt"
+	"slices"
 )
 
 // ALPNProtocol is the IANA-registered ALPN id for PostgreSQL. libpq 17+
@@ -42,8 +42,11 @@ type Policy struct {
 	ClientCRLFile string
 }
 
-// aeadSuites are the TLS 1.2 suites we allow: ECDHE for forward secrecy and
-// an AEAD cipher. TLS 1.3 suites are not configurable in Go and are all AEAD.
+// AEADSuites are the TLS 1.2 suites pgwarden allows, as a server and as a
+// client: ECDHE for forward secrecy and an AEAD cipher. TLS 1.3 suites are
+// not configurable in Go and are all AEAD.
+func AEADSuites() []uint16 { return slices.Clone(aeadSuites) }
+
 var aeadSuites = []uint16{
 	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
 	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
@@ -78,7 +81,7 @@ func ServerConfig(l *Loader, p Policy) (*tls.Config, error) {
 		minVersion = tls.VersionTLS12
 	case tls.VersionTLS12, tls.VersionTLS13:
 	default:
-		return nil, fmt.Errorf("--tls-min-version: unsupported version %#04x: use 1.2 or 1.3", minVersion)
+		return nil, errorf("%s: unsupported version %#04x: use 1.2 or 1.3", FieldMinVersion, minVersion)
 	}
 	cfg := &tls.Config{
 		MinVersion:     minVersion,
@@ -106,7 +109,8 @@ func ServerConfig(l *Loader, p Policy) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// ParseMinVersion parses the --tls-min-version flag: "1.2" or "1.3".
+// ParseMinVersion parses a minimum TLS version (FieldMinVersion): "1.2" or
+// "1.3".
 func ParseMinVersion(s string) (uint16, error) {
 	switch s {
 	case "1.2", "":
@@ -114,6 +118,6 @@ func ParseMinVersion(s string) (uint16, error) {
 	case "1.3":
 		return tls.VersionTLS13, nil
 	default:
-		return 0, fmt.Errorf("--tls-min-version %q: must be 1.2 or 1.3", s)
+		return 0, errorf("%s %q: must be 1.2 or 1.3", FieldMinVersion, s)
 	}
 }

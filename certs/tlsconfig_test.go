@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgwarden/pgwarden/internal/certstest"
 )
 
 // testServerConfig is ServerConfig over a fresh CA's localhost pair.
@@ -115,7 +116,7 @@ func TestServerConfigRejectsUnknownMinVersion(t *testing.T) {
 	require.NoError(t, err)
 	_, err = ServerConfig(l, Policy{MinVersion: tls.VersionTLS11})
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "--tls-min-version")
+	assert.Contains(t, flagText(err), "--tls-min-version")
 }
 
 func TestParseMinVersion(t *testing.T) {
@@ -135,7 +136,7 @@ func TestParseMinVersion(t *testing.T) {
 		got, err := ParseMinVersion(tc.in)
 		if tc.wantErr != "" {
 			require.Error(t, err, tc.in)
-			assert.Equal(t, tc.wantErr, err.Error())
+			assert.Equal(t, tc.wantErr, flagText(err))
 			continue
 		}
 		require.NoError(t, err, tc.in)
@@ -144,7 +145,7 @@ func TestParseMinVersion(t *testing.T) {
 }
 
 // TestSessionTicketCost is the measurement behind Policy.SessionTickets
-// defaulting to off (issue 4). For three kinds of client it counts what the
+// defaulting to off. For three kinds of client it counts what the
 // server writes on two consecutive connections and whether the second
 // resumed:
 //

@@ -39,12 +39,12 @@ func parseMapFlags(entries []string) (roleMap, error) {
 	for _, e := range entries {
 		i := strings.LastIndexByte(e, '=')
 		if i < 0 {
-			errs = append(errs, fmt.Errorf("--tls-map-user %q: want CN=ROLE", e))
+			errs = append(errs, errorf("%s %q: want CN=ROLE", FieldMapUser, e))
 			continue
 		}
 		id, role := e[:i], e[i+1:]
 		if err := checkMapEntry(id, role); err != nil {
-			errs = append(errs, fmt.Errorf("--tls-map-user %q: %w", e, err))
+			errs = append(errs, errorf("%s %q: %w", FieldMapUser, e, err))
 			continue
 		}
 		m.add(normalizeIdentity(id), role)
@@ -105,7 +105,7 @@ func parseURISAN(s string) (string, error) {
 // like pg_ident.conf without the map-name column. '#' starts a comment;
 // fields containing spaces may be double-quoted. Errors name file:line.
 func readMapFile(file string) (roleMap, error) {
-	data, err := readFile("--tls-map-file", file)
+	data, err := readFile(FieldMapFile, file)
 	if err != nil {
 		return nil, err
 	}
@@ -131,13 +131,13 @@ func parseMapFile(file string, data []byte) (roleMap, error) {
 			}
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("--tls-map-file %s:%d: %w", file, n, err))
+			errs = append(errs, errorf("%s %s:%d: %w", FieldMapFile, file, n, err))
 			continue
 		}
 		m.add(normalizeIdentity(fields[0]), fields[1])
 	}
 	if err := sc.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("--tls-map-file %s: reading: %w", file, err))
+		errs = append(errs, errorf("%s %s: reading: %w", FieldMapFile, file, err))
 	}
 	return m, errors.Join(errs...)
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // ErrUsage marks errors caused by the arguments (bad host, name or TTL), as
@@ -19,59 +21,60 @@ func (e usageError) Is(target error) bool { return target == ErrUsage }
 func (e usageError) Unwrap() error        { return e.error }
 
 func usageErrorf(format string, args ...any) error {
-	return usageError{fmt.Errorf(format, args...)}
+	return usageError{errorf(format, args...)}
 }
 
-// ValidateClientName checks a `certs issue --client` name. It becomes both
+// ValidateClientName checks a client name (FieldClient). It becomes both
 // the CN (and so, by default, the postgres role) and a file name in the CA
 // directory, so it may not contain path separators or "..", and may not be
 // "ca" or "server", whose files would collide with the CA's and server's.
 func ValidateClientName(name string) error {
 	switch {
 	case name == "":
-		return usageErrorf("--client is required: the certificate's CN, by default the postgres role it may log in as")
+		return usageErrorf("%s is required: the certificate's CN, by default the postgres role it may log in as", FieldClient)
 	case len(name) > 64:
-		return usageErrorf("--client %q: longer than 64 bytes (the X.509 limit for a CN)", name)
+		return usageErrorf("%s %q: longer than 64 bytes (the X.509 limit for a CN)", FieldClient, name)
 	case strings.ContainsAny(name, `/\`) || strings.Contains(name, ".."):
-		return usageErrorf("--client %q: may not contain '/', '\\' or '..': it is used as a file name", name)
+		return usageErrorf("%s %q: may not contain '/', '\\' or '..': it is used as a file name", FieldClient, name)
 	case strings.HasPrefix(name, ".") || strings.HasPrefix(name, "-"):
-		return usageErrorf("--client %q: may not start with '.' or '-'", name)
+		return usageErrorf("%s %q: may not start with '.' or '-'", FieldClient, name)
 	case strings.EqualFold(name, "ca") || strings.EqualFold(name, "server"):
-		return usageErrorf("--client %q: reserved: %s.crt would replace the %s certificate", name, name, strings.ToLower(name))
+		return usageErrorf("%s %q: reserved: %s.crt would replace the %s certificate", FieldClient, name, name, strings.ToLower(name))
 	}
 	for _, r := range name {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-@", r)) {
-			return usageErrorf("--client %q: use letters, digits and . _ - @ only (map other role names with --tls-map-user)", name)
+			return usageErrorf("%s %q: use letters, digits and . _ - @ only (map other role names with %s)", FieldClient, name, FieldMapUser)
 		}
 	}
 	return nil
 }
 
-// ParseTTL parses --ttl: a Go duration ("12h", "90m") or whole days ("30d").
-func ParseTTL(s string) (time.Duration, error) { return ParseDuration("--ttl", s) }
+// ParseTTL parses a TTL (FieldTTL): a Go duration ("12h", "90m") or whole
+// days ("30d").
+func ParseTTL(s string) (time.Duration, error) { return ParseDuration(FieldTTL, s) }
 
-// ParseDuration parses a positive duration flag: a Go duration ("12h",
-// "90m") or whole days ("30d").
-func ParseDuration(flag, s string) (time.Duration, error) {
+// ParseDuration parses a positive duration of field: a Go duration
+// ("12h", "90m") or whole days ("30d").
+func ParseDuration(field fielderr.Field, s string) (time.Duration, error) {
 	if d, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.Atoi(d)
 		if err != nil || n <= 0 {
-			return 0, usageErrorf("%s %q: want a positive duration such as 12h or 30d", flag, s)
+			return 0, usageErrorf("%s %q: want a positive duration such as 12h or 30d", field, s)
 		}
 		return time.Duration(n) * 24 * time.Hour, nil
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return 0, usageErrorf("%s %q: want a positive duration such as 12h or 30d", flag, s)
+		return 0, usageErrorf("%s %q: want a positive duration such as 12h or 30d", field, s)
 	}
 	return d, nil
 }
 
-// parseHosts splits --host values into DNS names and IPs, lowercased and
+// parseHosts splits host names (FieldHost) into DNS names and IPs, lowercased and
 // de-duplicated, in order.
 func parseHosts(hosts []string) (dnsNames []string, ips []net.IP, names []string, err error) {
 	if len(hosts) == 0 {
-		return nil, nil, nil, usageErrorf("--host is required: the name (or IP) clients connect to, as in psql host=NAME")
+		return nil, nil, nil, usageErrorf("%s is required: the name (or IP) clients connect to, as in psql host=NAME", FieldHost)
 	}
 	seen := map[string]bool{}
 	var errs []error
@@ -86,7 +89,7 @@ func parseHosts(hosts []string) (dnsNames []string, ips []net.IP, names []string
 		}
 		name := strings.ToLower(strings.TrimSuffix(h, "."))
 		if err := checkDNSName(name); err != nil {
-			errs = append(errs, usageErrorf("--host %q: %w", h, err))
+			errs = append(errs, usageErrorf("%s %q: %w", FieldHost, h, err))
 			continue
 		}
 		if !seen[name] {

@@ -8,16 +8,18 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
-// relayAuth forwards the startup packet and relays the authentication
-// exchange message by message until postgres says ReadyForQuery. pgproto3
+// authExchange forwards the startup packet and passes the authentication
+// exchange on message by message until postgres says ReadyForQuery. pgproto3
 // decodes both sides: as a Frontend toward postgres and a Backend toward the
 // client, each over a frameReader so neither buffers past a message. It
 // reports the outcome of the authentication (endAuth) and registers the
 // session's cancel key. On success it returns the function that unregisters
 // the key.
-func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregister func(), err error) {
+func (s *Server) authExchange(sess *session, up net.Conn, p *startupPacket) (unregister func(), err error) {
 	unregister = func() {}
 	defer func() {
 		if err != nil {
@@ -56,7 +58,7 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			if err := s.awaitClient(sess); err != nil {
 				return unregister, err
 			}
-			if next, err = s.relayGSSContinue(sess, fe, be, fromClient); err != nil {
+			if next, err = s.gssContinue(sess, fe, be, fromClient); err != nil {
 				return unregister, err
 			}
 		case *pgproto3.AuthenticationCleartextPassword, *pgproto3.AuthenticationMD5Password,
@@ -70,7 +72,7 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			if err := s.awaitClient(sess); err != nil {
 				return unregister, err
 			}
-			if err := s.relayAuthResponse(sess, fe, be); err != nil {
+			if err := s.readAuthResponse(sess, fe, be); err != nil {
 				return unregister, err
 			}
 		case *pgproto3.AuthenticationSASLFinal:
@@ -89,9 +91,9 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 			_ = be.Flush()
 			if !authenticated {
 				s.endAuth(sess, AuthFailed, m.Code)
-				return unregister, silent("auth_failed", nil)
+				return unregister, silent(OutcomeAuthFailed, nil)
 			}
-			return unregister, silent("startup_failed", nil)
+			return unregister, silent(OutcomeStartupFailed, nil)
 		case *pgproto3.BackendKeyData:
 			if len(m.SecretKey) >= 4 {
 				unregister = s.cfg.Cancels.register(m.ProcessID, m.SecretKey, s.cfg.Upstream)
@@ -102,28 +104,28 @@ func (s *Server) relayAuth(sess *session, up net.Conn, p *startupPacket) (unregi
 		case *pgproto3.ReadyForQuery:
 			be.Send(m)
 			if err := be.Flush(); err != nil {
-				return unregister, silent("client_gone", err)
+				return unregister, silent(OutcomeClientGone, err)
 			}
 			if !authenticated {
-				return unregister, refuse("protocol_violation", codeProtocolViolation,
+				return unregister, refuse(OutcomeProtocolViolation, codeProtocolViolation,
 					"upstream server sent ReadyForQuery before authentication", "", nil)
 			}
 			return unregister, nil
 		default:
-			return unregister, refuse("upstream_protocol_error", codeProtocolViolation,
+			return unregister, refuse(OutcomeUpstreamProtocolError, codeProtocolViolation,
 				"unexpected message from the upstream server during authentication", "",
 				fmt.Errorf("upstream sent %T", msg))
 		}
 	}
 }
 
-// relayAuthResponse reads the client's answer to an authentication request
+// readAuthResponse reads the client's answer to an authentication request
 // and forwards it. SetAuthType first: 'p' is a password, a SASL initial
 // response, a SASL response or a GSS token depending on the request, and
 // decoding it as the wrong one breaks SCRAM (jackc/pgx#2166).
-func (s *Server) relayAuthResponse(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend) error {
+func (s *Server) readAuthResponse(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend) error {
 	if err := be.SetAuthType(fe.GetAuthType()); err != nil {
-		return refuse("upstream_protocol_error", codeProtocolViolation,
+		return refuse(OutcomeUpstreamProtocolError, codeProtocolViolation,
 			"unsupported authentication request from the upstream server", "", err)
 	}
 	msg, err := be.Receive()
@@ -137,17 +139,17 @@ func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg p
 		var tooBig *pgproto3.ExceededMaxBodyLenErr
 		switch {
 		case errors.As(err, &tooBig):
-			return refuse("protocol_violation", codeProtocolViolation, "authentication message too long", "", err)
-		case isTimeout(err):
+			return refuse(OutcomeProtocolViolation, codeProtocolViolation, "authentication message too long", "", err)
+		case netconn.IsTimeout(err):
 			// The client let the step deadline pass with postgres's
 			// backend waiting: that holds a postgres slot, and counts
 			// like a failed login.
 			s.endAuth(sess, AuthTimedOut, "")
-			return silent("timeout", err)
-		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), isBenignNetErr(err):
+			return silent(OutcomeTimeout, err)
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), netconn.IsBenign(err):
 			return s.abandoned(sess, err)
 		default:
-			return refuse("protocol_violation", codeProtocolViolation, "invalid authentication response", "", err)
+			return refuse(OutcomeProtocolViolation, codeProtocolViolation, "invalid authentication response", "", err)
 		}
 	}
 	switch m := msg.(type) {
@@ -157,7 +159,7 @@ func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg p
 	case *pgproto3.Terminate:
 		return s.abandoned(sess, nil)
 	default:
-		return refuse("protocol_violation", codeProtocolViolation,
+		return refuse(OutcomeProtocolViolation, codeProtocolViolation,
 			"expected an authentication response", "", fmt.Errorf("client sent %T", msg))
 	}
 	fe.Send(msg)
@@ -167,15 +169,15 @@ func (s *Server) forwardAuthResponse(sess *session, fe *pgproto3.Frontend, msg p
 	return nil
 }
 
-// relayGSSContinue follows an AuthenticationGSSContinue to the client. After
+// gssContinue follows an AuthenticationGSSContinue to the client. After
 // it postgres either waits for the client's next GSS token or, when its
 // security context is complete, goes straight on to AuthenticationOk or an
 // error, and then the client sends nothing (auth.c pg_GSS_recvauth; libpq
 // pg_GSS_continue). Which of the two only shows by who speaks first, so both
 // sides are read at once. It returns postgres's next message.
-func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend, fromClient *frameReader) (pgproto3.BackendMessage, error) {
+func (s *Server) gssContinue(sess *session, fe *pgproto3.Frontend, be *pgproto3.Backend, fromClient *frameReader) (pgproto3.BackendMessage, error) {
 	if err := be.SetAuthType(fe.GetAuthType()); err != nil {
-		return nil, refuse("upstream_protocol_error", codeProtocolViolation,
+		return nil, refuse(OutcomeUpstreamProtocolError, codeProtocolViolation,
 			"unsupported authentication request from the upstream server", "", err)
 	}
 	type clientRead struct {
@@ -219,13 +221,13 @@ func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgpr
 		_ = sess.raw.SetReadDeadline(sess.start.Add(s.cfg.AuthTimeout))
 		switch {
 		case c.err == nil:
-			return nil, refuse("protocol_violation", codeProtocolViolation,
+			return nil, refuse(OutcomeProtocolViolation, codeProtocolViolation,
 				"unexpected message after the final GSS token", "", fmt.Errorf("client sent %T", c.msg))
-		case !isTimeout(c.err):
+		case !netconn.IsTimeout(c.err):
 			return nil, s.forwardAuthResponse(sess, fe, nil, c.err)
 		case !fromClient.atBoundary():
 			// Part of a message was read and would be lost.
-			return nil, refuse("protocol_violation", codeProtocolViolation,
+			return nil, refuse(OutcomeProtocolViolation, codeProtocolViolation,
 				"unexpected data after the final GSS token", "", nil)
 		}
 		if u.err != nil {
@@ -240,14 +242,14 @@ func (s *Server) relayGSSContinue(sess *session, fe *pgproto3.Frontend, be *pgpr
 // It is not a failed login.
 func (s *Server) abandoned(sess *session, err error) error {
 	s.endAuth(sess, AuthAbandoned, "")
-	return silent("auth_abandoned", err)
+	return silent(OutcomeAuthAbandoned, err)
 }
 
 // upstreamLost is postgres going away mid-startup.
 func upstreamLost(err error) error {
-	if isTimeout(err) {
-		return silent("timeout", err)
+	if netconn.IsTimeout(err) {
+		return silent(OutcomeTimeout, err)
 	}
-	return refuse("upstream_unavailable", codeConnectionFailure,
+	return refuse(OutcomeUpstreamUnavailable, codeConnectionFailure,
 		"the upstream PostgreSQL server closed the connection unexpectedly", "", err)
 }

@@ -48,7 +48,7 @@ const (
 )
 
 // AuthGate admits authentications per source before postgres is dialed,
-// and learns how each ended. The ban jail plugs in here (through cmd),
+// and learns how each ended. The ban jail plugs in here (package banpolicy),
 // without the relay knowing about its policy. Implementations must be safe
 // for concurrent use.
 type AuthGate interface {
@@ -142,12 +142,12 @@ func (openTicket) Context() context.Context { return context.Background() }
 func (openTicket) Done(AuthOutcome)         {}
 
 var (
-	errBanned = refuse("banned", codeInvalidAuthorization,
+	errBanned = refuse(OutcomeBanned, codeInvalidAuthorization,
 		"authentication refused: this address is banned after repeated failed logins", "", nil)
-	errSourceBusy = refuse("auth_throttled", codeTooManyConnections,
+	errSourceBusy = refuse(OutcomeAuthThrottled, codeTooManyConnections,
 		"too many authentications in progress from this address",
 		"Authentications from one address are limited while earlier ones are in progress; try again later.", nil)
-	errUpstreamBusy = refuse("too_many_upstream_startups", codeTooManyConnections,
+	errUpstreamBusy = refuse(OutcomeTooManyUpstreamStartups, codeTooManyConnections,
 		"too many connections are authenticating with the database server",
 		"The gateway limits the connections still authenticating with the database server; try again later.", nil)
 )
@@ -161,7 +161,7 @@ func withCause(e *clientError, cause error) *clientError {
 
 // authenticate takes an admitted connection from its StartupMessage to
 // ReadyForQuery: the gate's admission, an upstream slot, the dial and the
-// authentication relay. It returns what relayAuth returns; sess.upstream is
+// authentication exchange. It returns what authExchange returns; sess.upstream is
 // set when the dial succeeded.
 func (s *Server) authenticate(ctx context.Context, sess *session, p *startupPacket, deadline time.Time) (unregister func(), err error) {
 	defer func() {
@@ -186,11 +186,11 @@ func (s *Server) authenticate(ctx context.Context, sess *session, p *startupPack
 	s.setUpstream(sess, up)
 	if sess.auth.revoked() {
 		// Revoked while dialing: postgres gets nothing but the close.
-		return nil, silent("banned", nil)
+		return nil, silent(OutcomeBanned, nil)
 	}
 	_ = up.SetDeadline(deadline)
 	sess.auth.contacted = true
-	return s.relayAuth(sess, up, p)
+	return s.authExchange(sess, up, p)
 }
 
 // admitAuth takes the gate's ticket and an upstream slot, in that order (a
@@ -253,7 +253,7 @@ func (s *Server) awaitClient(sess *session) error {
 	_ = sess.raw.SetReadDeadline(d)
 	if sess.auth.revoked() {
 		s.endAuth(sess, AuthBanned, "")
-		return silent("banned", nil)
+		return silent(OutcomeBanned, nil)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -103,7 +104,7 @@ func TestAuthGateRefusesBeforeDialing(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		_, err := pgconn.Connect(ctx, g.connString(""))
-		require.Equal(t, "28000", pgCode(err), "%v", err)
+		require.Equal(t, "28000", pgtest.Code(err), "%v", err)
 		require.Contains(t, err.Error(), "banned after repeated failed logins")
 		requirePostgresSawNothing(t, before)
 	})
@@ -116,7 +117,7 @@ func TestAuthGateRefusesBeforeDialing(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		_, err := pgconn.Connect(ctx, g.connString(""))
-		require.Equal(t, "53300", pgCode(err), "%v", err)
+		require.Equal(t, "53300", pgtest.Code(err), "%v", err)
 		require.Contains(t, err.Error(), "too many authentications in progress from this address")
 		requirePostgresSawNothing(t, before)
 	})
@@ -151,7 +152,7 @@ func TestRevokedAuthenticationEndsAtOnce(t *testing.T) {
 
 // TestSilentClientTimesOutPerStep: a client that stops answering at the
 // SCRAM prompt is dropped after AuthStepTimeout, long before the overall
-// AuthTimeout, and the outcome is a timeout (which cmd counts as a failure).
+// AuthTimeout, and the outcome is a timeout (which banpolicy counts as a failure).
 func TestSilentClientTimesOutPerStep(t *testing.T) {
 	gate := &recordingGate{}
 	g := startGateway(t, withGate(gate), func(c *proxy.Config, _ *acl.ListenerConfig) {

@@ -10,8 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 	"github.com/pgwarden/pgwarden/proxy"
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
 )
 
 // TestPasswordAndMD5Methods relays the two older password exchanges: a
@@ -43,7 +43,7 @@ func TestPasswordAndMD5Methods(t *testing.T) {
 			require.Equal(t, tc.user, queryOne(t, conn, "SELECT current_user"))
 
 			_, err = pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=wrong dbname=postgres sslmode=require", g.port, tc.user))
-			require.Equal(t, "28P01", pgCode(err), "err: %v", err)
+			require.Equal(t, "28P01", pgtest.Code(err), "err: %v", err)
 		})
 	}
 }

@@ -97,26 +97,26 @@ func (s *Server) forwardCancel(ctx context.Context, sess *session, p *startupPac
 	switch {
 	case !allowed:
 		s.cfg.Metrics.CancelRequest(false)
-		return silent("cancel_rate_limited", nil)
+		return silent(OutcomeCancelRateLimited, nil)
 	case !known:
 		s.cfg.Metrics.CancelRequest(false)
-		return silent("cancel_unknown", nil)
+		return silent(OutcomeCancelUnknown, nil)
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	conn, err := up.Dial(dctx)
 	if err != nil {
 		s.cfg.Metrics.CancelRequest(false)
-		return silent("cancel_upstream_unavailable", err)
+		return silent(OutcomeCancelUpstreamUnavailable, err)
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.DialTimeout))
 	if _, err := conn.Write(p.raw); err != nil {
 		s.cfg.Metrics.CancelRequest(false)
-		return silent("cancel_upstream_unavailable", err)
+		return silent(OutcomeCancelUpstreamUnavailable, err)
 	}
 	s.cfg.Metrics.CancelRequest(true)
-	return silent("cancel_forwarded", nil)
+	return silent(OutcomeCancelForwarded, nil)
 }
 
 // cancelAdmitted applies the route's rules for cancels: a plaintext cancel
@@ -130,17 +130,17 @@ func (s *Server) cancelAdmitted(sess *session) error {
 		case PlaintextCancelAllow:
 			return nil
 		case PlaintextCancelDeny:
-			return silent("cancel_plaintext_refused", nil)
+			return silent(OutcomeCancelPlaintextRefused, nil)
 		}
 		if s.cfg.Authorizer != nil {
-			return silent("cancel_plaintext_refused", nil)
+			return silent(OutcomeCancelPlaintextRefused, nil)
 		}
 		return nil
 	}
 	if s.cfg.Authorizer != nil {
 		cs := sess.tls.ConnectionState()
 		if err := s.cfg.Authorizer.VerifyPeer(&cs); err != nil {
-			return silent("cancel_cert_rejected", err)
+			return silent(OutcomeCancelCertRejected, err)
 		}
 	}
 	return nil

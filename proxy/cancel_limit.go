@@ -19,7 +19,7 @@ import (
 // Defaults for CancelLimits. psql sends one cancel per Ctrl-C and pgx one
 // per cancelled context: far below 10 a second from one host, even for a
 // busy application server. Ten unknown keys are one failed login, so with
-// the default --ban-max-retry 5 a source is banned after 50 guesses.
+// the jail's default of 5 retries a source is banned after 50 guesses.
 const (
 	DefaultCancelRate              = 10
 	DefaultCancelBurst             = 50
@@ -44,7 +44,7 @@ type CancelLimits struct {
 	// reported then, so churning sources does not erase guesses).
 	MaxSources int
 	// OnGuesses, if set, is told of every UnknownPerFailure unknown keys
-	// from a source (cmd counts it as one failed login). It is called
+	// from a source (banpolicy counts it as one failed login). It is called
 	// outside the limiter's lock and must not block for long.
 	OnGuesses func(remote netip.Addr)
 }

@@ -10,8 +10,9 @@ import (
 	"go.uber.org/zap"
 )
 
-// Defaults for Config's limits. The two phase timeouts mirror the issue's
-// contract; the auth timeout is postgres's own authentication_timeout.
+// Defaults for Config's limits. The handshake timeout bounds what an
+// unauthenticated peer can hold before it has sent a StartupMessage over
+// TLS; the auth timeout is postgres's own authentication_timeout.
 const (
 	DefaultHandshakeTimeout  = 10 * time.Second
 	DefaultAuthTimeout       = 60 * time.Second
@@ -114,7 +115,7 @@ type Authorizer interface {
 type Config struct {
 	// Name labels this route in logs and metrics (e.g. "default").
 	Name string
-	// Upstream is the postgres server; cmd has already checked it is local
+	// Upstream is the postgres server; the gateway has already checked it is local
 	// unless the operator allowed a remote one.
 	Upstream Upstream
 	// TLS is the server TLS configuration (certs.ServerConfig). Required.
@@ -160,6 +161,9 @@ type Config struct {
 	CancelLimiter *CancelLimiter
 	// PlaintextCancel says whether cancel requests may come unencrypted.
 	PlaintextCancel PlaintextCancel
+	// Relay chooses what relays authenticated sessions (relay.go); the
+	// zero value is RelayAuto.
+	Relay RelayMode
 	// LogSampling bounds the lines of connections that did not become a
 	// session (logsample.go); zero fields take the defaults.
 	LogSampling LogSampling

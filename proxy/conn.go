@@ -14,6 +14,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/internal/logtext"
+	"github.com/pgwarden/pgwarden/internal/netaddr"
+	"github.com/pgwarden/pgwarden/internal/netconn"
+	"github.com/pgwarden/pgwarden/proxy/internal/relay"
 )
 
 // connIDs numbers connections across all servers of the process.
@@ -28,7 +31,6 @@ type session struct {
 	source string // peer address as host:port, for the log line
 
 	tls        *tls.Conn // set once the handshake succeeds
-	clientIO   *loopConn // the conn under tls, handed to an event loop after auth
 	tlsMode    string    // "sslrequest" or "direct"
 	tlsVersion string
 	tlsCipher  string
@@ -39,7 +41,7 @@ type session struct {
 
 	auth            *authState // set once the authentication was admitted
 	upstream        net.Conn
-	relay           *loopSession // set while an event loop relays the session
+	relayed         *relay.Session // set once handed to the relay
 	bytesToUpstream int64
 	bytesToClient   int64
 	relayErr        error
@@ -50,11 +52,13 @@ type session struct {
 // handle runs one connection to its end and writes its one log line.
 func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	sess := &session{
-		id:     connIDs.Add(1),
-		start:  time.Now(),
-		raw:    raw,
-		remote: peerAddr(raw.RemoteAddr()),
+		id:    connIDs.Add(1),
+		start: time.Now(),
+		raw:   raw,
 	}
+	// Normalised as the accept-time policy saw it: the key of the
+	// per-source limits and of bans.
+	sess.remote, _ = netaddr.Peer(raw.RemoteAddr())
 	sess.source = raw.RemoteAddr().String()
 	s.track(sess)
 	s.cfg.Metrics.SessionsActive(s.cfg.Name, 1)
@@ -66,36 +70,35 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 
 // run is a connection's path through the gateway, top to bottom. It returns
 // the outcome for the log line and metrics.
-func (s *Server) run(ctx context.Context, sess *session) (outcome string, err error) {
+func (s *Server) run(ctx context.Context, sess *session) (outcome Outcome, err error) {
 	defer s.closeConns(sess)
 
 	release, ok := s.acquireStartup(sess.remote)
 	if !ok {
 		// Over the pre-authentication caps: a slow-loris or a flood.
 		// Refused like a denied source: no byte, RST.
-		resetClose(sess.raw)
-		return "too_many_startups", nil
+		netconn.ResetClose(sess.raw)
+		return OutcomeTooManyStartups, nil
 	}
 	var unregister func()
-	// The TLS handshake and the authentication relay grow a goroutine's
+	done := false
+	// The TLS handshake and the authentication exchange grow a goroutine's
 	// stack to tens of KiB (ECDSA, SCRAM, pgproto3), and a stack shrinks
 	// only slowly after. Running them on a goroutine of their own, which
 	// then exits, leaves the session's long-lived goroutines with small
 	// stacks: that is most of an idle session's memory.
 	onFreshStack(sess, func() {
-		outcome, unregister, err = s.startSession(ctx, sess)
+		outcome, done, unregister, err = s.startSession(ctx, sess)
 	})
 	release()
 	if sess.panicked != nil {
-		return "internal_error", sess.panicked
+		return OutcomeInternalError, sess.panicked
 	}
-	if outcome != "" {
+	if done {
 		return outcome, err
 	}
 	defer unregister()
-	if !s.relayInLoop(sess, sess.upstream) {
-		s.pipe(sess, sess.upstream)
-	}
+	s.relaySession(sess)
 	return relayOutcome(sess.relayErr), sess.relayErr
 }
 
@@ -118,10 +121,10 @@ func onFreshStack(sess *session, f func()) {
 
 // startSession takes a connection from accept to ReadyForQuery: encryption
 // negotiation, the StartupMessage, client-certificate authorization, the
-// upstream dial and the authentication relay. It returns a non-empty outcome
-// if the connection ended there; otherwise sess.upstream is ready for the
-// raw relay and unregister forgets the session's cancel key.
-func (s *Server) startSession(ctx context.Context, sess *session) (outcome string, unregister func(), err error) {
+// upstream dial and the authentication exchange. done reports that the
+// connection ended there, with outcome; otherwise sess.upstream is ready
+// for the relay and unregister forgets the session's cancel key.
+func (s *Server) startSession(ctx context.Context, sess *session) (outcome Outcome, done bool, unregister func(), err error) {
 	// One absolute deadline for accept → TLS → StartupMessage, so a client
 	// trickling a byte at a time is still dropped on time.
 	handshakeDeadline := sess.start.Add(s.cfg.HandshakeTimeout)
@@ -131,11 +134,11 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome strin
 	cancel()
 	if err != nil {
 		outcome, err = s.refuseClient(sess, err)
-		return outcome, nil, err
+		return outcome, true, nil, err
 	}
 	if p.kind == kindCancelRequest {
 		outcome, err = s.refuseClient(sess, s.forwardCancel(ctx, sess, p))
-		return outcome, nil, err
+		return outcome, true, nil, err
 	}
 	sess.user, sess.database = p.user(), p.database()
 	sess.appName = truncateName(p.param("application_name"))
@@ -143,8 +146,8 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome strin
 	if s.cfg.Authorizer != nil {
 		cs := sess.tls.ConnectionState()
 		if err := s.cfg.Authorizer.Authorize(&cs, sess.user); err != nil {
-			outcome, err = s.refuseClient(sess, refuse("cert_rejected", codeInvalidAuthorization, err.Error(), "", err))
-			return outcome, nil, err
+			outcome, err = s.refuseClient(sess, refuse(OutcomeCertRejected, codeInvalidAuthorization, err.Error(), "", err))
+			return outcome, true, nil, err
 		}
 	}
 
@@ -154,18 +157,18 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome strin
 	unregister, err = s.authenticate(ctx, sess, p, authDeadline)
 	if err != nil {
 		outcome, err = s.refuseClient(sess, err)
-		return outcome, nil, err
+		return outcome, true, nil, err
 	}
 	// Authenticated: the relay has no deadlines.
 	_ = sess.raw.SetDeadline(time.Time{})
 	_ = sess.upstream.SetDeadline(time.Time{})
-	return "", unregister, nil
+	return 0, false, unregister, nil
 }
 
 // refuseClient ends a connection that will not be relayed: a clientError is
 // sent as a FATAL ErrorResponse (over TLS if we got that far), a silentError
 // just closes. It returns the outcome and the cause for the log line.
-func (s *Server) refuseClient(sess *session, err error) (string, error) {
+func (s *Server) refuseClient(sess *session, err error) (Outcome, error) {
 	var ce *clientError
 	if errors.As(err, &ce) {
 		var conn net.Conn = sess.raw
@@ -180,24 +183,24 @@ func (s *Server) refuseClient(sess *session, err error) (string, error) {
 	if errors.As(err, &se) {
 		return se.outcome, se.cause
 	}
-	return "internal_error", err
+	return OutcomeInternalError, err
 }
 
 // finish writes the connection's one log line and its metrics. Every string
 // that came from the client goes in as a structured field (escaped by the
 // encoder), never into the message, with bytes that are not UTF-8 as \xNN
 // (logtext.Escape) so the log shows the name postgres saw.
-func (s *Server) finish(sess *session, outcome string, err error) {
+func (s *Server) finish(sess *session, outcome Outcome, err error) {
 	d := time.Since(sess.start)
 	s.cfg.Metrics.ConnectionClosed(s.cfg.Name, outcome, d)
-	if outcome != "ok" && !s.logs.sample(sess.remote, outcome) {
+	if outcome != OutcomeOK && !s.logs.sample(sess.remote, outcome) {
 		return // counted in the sampler's summary line (logsample.go)
 	}
 	fields := []zap.Field{
 		zap.Uint64("conn_id", sess.id),
 		zap.String("source", sess.source),
 		zap.String("route", s.cfg.Name),
-		zap.String("outcome", outcome),
+		zap.String("outcome", outcome.String()),
 		zap.Duration("duration", d),
 		zap.Int64("bytes_in", sess.bytesToUpstream),
 		zap.Int64("bytes_out", sess.bytesToClient),
@@ -217,33 +220,7 @@ func (s *Server) finish(sess *session, outcome string, err error) {
 	if err != nil {
 		fields = append(fields, zap.NamedError("cause", err))
 	}
-	switch {
-	case outcome == "internal_error":
-		s.log.Error("connection closed", fields...)
-	case outcome == "upstream_unavailable" || outcome == "tls_abuse":
-		s.log.Warn("connection closed", fields...)
-	default:
-		s.log.Info("connection closed", fields...)
+	if ce := s.log.Check(outcome.level(), "connection closed"); ce != nil {
+		ce.Write(fields...)
 	}
-}
-
-// peerAddr normalises a peer address: IPv4-mapped IPv6 is unmapped and the
-// zone dropped, so ::ffff:10.1.2.3 and 10.1.2.3 are the same source.
-func peerAddr(a net.Addr) netip.Addr {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap().WithZone("")
-	}
-	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-		return ap.Addr().Unmap().WithZone("")
-	}
-	return netip.Addr{}
-}
-
-// resetClose closes with SO_LINGER 0: the peer gets RST, we keep no
-// TIME_WAIT, and nothing is written.
-func resetClose(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	_ = c.Close()
 }

@@ -1,6 +1,6 @@
 // Package proxy is pgwarden's connection path: it takes connections that the
 // accept-time policy (package acl) has already admitted, requires TLS, reads
-// and checks the startup packet, relays authentication with pgproto3 while
+// and checks the startup packet, passes authentication on with pgproto3 while
 // watching its outcome, and then copies bytes both ways.
 //
 // A connection's life, in the order the code runs it:
@@ -15,10 +15,10 @@
 //	  │                            │ jail) and of the upstream (authgate.go)  │
 //	  │                            │ dial upstream (only now) ──────────────► │
 //	  │                            │ forward the startup packet verbatim ───► │
-//	  │ ◄─── Authentication* ──────┼──────────────── relayAuth (auth.go) ──── │
+//	  │ ◄─── Authentication* ──────┼───────────── authExchange (auth.go) ──── │
 //	  │ ───── password/SASL ───────┼─────────────────────────────────────────►│
 //	  │ ◄── AuthenticationOk … ReadyForQuery ─────────────────────────────────│
-//	  │ ═══════ raw byte relay: event loop (eventloop_linux.go) ════════════ │
+//	  │ ═══════ raw byte relay (relay.go: event loop or goroutines) ═════════ │
 //
 // Everything before ReadyForQuery runs under two absolute deadlines counted
 // from accept (handshake and authentication), so a client trickling one byte
@@ -28,14 +28,16 @@
 // buffers bytes past the current protocol frame, so the switch to the raw
 // relay loses nothing.
 //
-// Once authenticated, a session's bytes are moved by an event loop on Linux
-// (level-triggered epoll, one per two cores), which reads once per readiness
-// event and never blocks, with crypto/tls running over a non-blocking
-// adapter (loopconn_linux.go); the session's goroutine only waits to log its
-// end. Elsewhere relay.go's two goroutines per session do it. Either way
-// what a client can make the gateway hold is bounded: queues are capped and a
-// client is not read while its output is blocked, and what crypto/tls writes
-// on its own (key update replies) is limited (clientguard.go).
+// Once authenticated, a session is handed to the relay (relay.go), chosen
+// once per Server: the event loops of package eventloop on Linux
+// (level-triggered epoll, one per two cores, crypto/tls over a non-blocking
+// adapter), or two goroutines per session (package relay). The connection
+// path meets the relay only twice: the client's conn is wrapped before the
+// TLS handshake, and the session is handed over after ReadyForQuery.
+// Either way what a client can make the gateway hold is bounded: queues are
+// capped, a client is not read while its output is blocked, and what
+// crypto/tls writes on its own (key update replies) is limited
+// (relay.Guard).
 //
 // Errors reach the client only as postgres ErrorResponses built in errors.go
 // from a fixed set of public texts; causes go to the log.

@@ -19,8 +19,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 	"github.com/pgwarden/pgwarden/proxy"
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
 )
 
 func TestSSLRequestWithPgx(t *testing.T) {
@@ -110,7 +110,7 @@ func TestPlaintextRefusedWith28000(t *testing.T) {
 	defer cancel()
 	_, err := pgconn.Connect(ctx, strings.Replace(g.connString(""), "sslmode=verify-full", "sslmode=disable", 1))
 	require.Error(t, err)
-	require.Equal(t, "28000", pgCode(err), "err: %v", err)
+	require.Equal(t, "28000", pgtest.Code(err), "err: %v", err)
 	require.Contains(t, err.Error(), "TLS is required")
 
 	// Raw: the answer comes right after the 8-byte header.
@@ -142,7 +142,7 @@ func TestWrongPasswordRelayed28P01(t *testing.T) {
 	defer cancel()
 	_, err := pgconn.Connect(ctx, strings.Replace(g.connString(""), "password="+pg.Password, "password=wrong", 1))
 	require.Error(t, err)
-	require.Equal(t, "28P01", pgCode(err), "err: %v", err)
+	require.Equal(t, "28P01", pgtest.Code(err), "err: %v", err)
 	waitFor(t, "auth outcome", func() bool { return len(g.observer.all()) == 1 })
 	out := g.observer.all()[0]
 	require.Equal(t, proxy.AuthFailed, out.Result)
@@ -193,7 +193,7 @@ func TestCancelPgSleep(t *testing.T) {
 			}
 			err := <-done
 			require.Error(t, err)
-			require.Equal(t, "57014", pgCode(err), "err: %v", err) // query_canceled
+			require.Equal(t, "57014", pgtest.Code(err), "err: %v", err) // query_canceled
 		})
 	}
 }
@@ -412,7 +412,7 @@ func TestUpstreamDownIsPrompt(t *testing.T) {
 	defer cancel()
 	_, err = pgconn.Connect(ctx, g.connString(""))
 	require.Error(t, err)
-	require.Equal(t, "08006", pgCode(err), "err: %v", err)
+	require.Equal(t, "08006", pgtest.Code(err), "err: %v", err)
 	require.Contains(t, err.Error(), "connection refused")
 }
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
 )
 
 // seedPackets are real first packets and near-misses.
@@ -157,12 +157,12 @@ func FuzzNegotiate(f *testing.F) {
 	})
 }
 
-// FuzzRelayAuthResponse feeds arbitrary client bytes as the answer to each
+// FuzzAuthResponse feeds arbitrary client bytes as the answer to each
 // kind of authentication request, through the same frameReader, size cap
-// and SetAuthType dance as relayAuth. It must classify every input (relay it,
+// and SetAuthType dance as authExchange. It must classify every input (relay it,
 // refuse it, or call it abandoned) without panicking or reading past one
 // message.
-func FuzzRelayAuthResponse(f *testing.F) {
+func FuzzAuthResponse(f *testing.F) {
 	requests := []pgproto3.BackendMessage{
 		&pgproto3.AuthenticationCleartextPassword{},
 		&pgproto3.AuthenticationMD5Password{Salt: [4]byte{1, 2, 3, 4}},
@@ -211,7 +211,7 @@ func FuzzRelayAuthResponse(f *testing.F) {
 		be := pgproto3.NewBackend(newFrameReader(client), io.Discard)
 		be.SetMaxBodyLen(defaultAuthMessageMaxLen)
 		sess := &session{start: time.Now()}
-		err = srv.relayAuthResponse(sess, fe, be)
+		err = srv.readAuthResponse(sess, fe, be)
 		if err != nil {
 			var ce *clientError
 			var se *silentError

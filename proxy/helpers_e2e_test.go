@@ -24,9 +24,9 @@ import (
 
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/certs"
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 	"github.com/pgwarden/pgwarden/proxy"
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
 )
 
 // pg is the throwaway postgres all end-to-end tests in this package share.
@@ -104,6 +104,13 @@ type gateway struct {
 
 type gatewayOption func(*proxy.Config, *acl.ListenerConfig)
 
+// withUpstream puts the gateway in front of addr instead of postgres.
+func withUpstream(addr string) gatewayOption {
+	return func(c *proxy.Config, _ *acl.ListenerConfig) {
+		c.Upstream = proxy.Upstream{Network: "tcp", Address: addr}
+	}
+}
+
 // startGateway runs a gateway on 127.0.0.1:0 that admits 127.0.0.1 only.
 func startGateway(t testing.TB, opts ...gatewayOption) *gateway {
 	t.Helper()
@@ -113,7 +120,6 @@ func startGateway(t testing.TB, opts ...gatewayOption) *gateway {
 // startGatewayOn is startGateway listening on addr.
 func startGatewayOn(t testing.TB, addr string, opts ...gatewayOption) *gateway {
 	t.Helper()
-	needPostgres(t)
 	dir := t.TempDir()
 	ca := certstest.NewCA(t)
 	certPEM, keyPEM := ca.Server(t, "localhost", "127.0.0.1", "::1")
@@ -133,7 +139,6 @@ func startGatewayOn(t testing.TB, addr string, opts ...gatewayOption) *gateway {
 	obs := &recordingObserver{}
 	cfg := proxy.Config{
 		Name:     "test",
-		Upstream: proxy.Upstream{Network: "tcp", Address: pg.Addr()},
 		TLS:      tlsConfig,
 		Observer: obs,
 		Logger:   zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
@@ -141,6 +146,12 @@ func startGatewayOn(t testing.TB, addr string, opts ...gatewayOption) *gateway {
 	lcfg := acl.ListenerConfig{Allowlist: allow, Logger: zap.NewNop()}
 	for _, o := range opts {
 		o(&cfg, &lcfg)
+	}
+	if cfg.Upstream.Address == "" {
+		// In front of the throwaway postgres, unless an option chose
+		// another upstream (a scripted one).
+		needPostgres(t)
+		cfg.Upstream = proxy.Upstream{Network: "tcp", Address: pg.Addr()}
 	}
 	srv, err := proxy.New(cfg)
 	require.NoError(t, err)
@@ -306,13 +317,4 @@ func requirePostgresSawNothing(t *testing.T, before int) {
 	defer cancel()
 	require.NoError(t, pg.LogBarrier(ctx))
 	require.Equal(t, before, pg.TCPConnectionsReceived(), "postgres saw a connection the gateway should have refused")
-}
-
-// pgCode returns the SQLSTATE of a pgconn error ("" if none).
-func pgCode(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
 }

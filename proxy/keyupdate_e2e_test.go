@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/tlsforge"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -28,9 +29,9 @@ type outcomeMetrics struct {
 	outcomes []string
 }
 
-func (m *outcomeMetrics) ConnectionClosed(_, outcome string, _ time.Duration) {
+func (m *outcomeMetrics) ConnectionClosed(_ string, outcome proxy.Outcome, _ time.Duration) {
 	m.mu.Lock()
-	m.outcomes = append(m.outcomes, outcome)
+	m.outcomes = append(m.outcomes, outcome.String())
 	m.mu.Unlock()
 }
 
@@ -49,12 +50,12 @@ func (m *outcomeMetrics) count(outcome string) int {
 // keyUpdateClient logs in through g with pgconn over direct TLS 1.3 (no
 // SSLRequest, so the socket carries nothing but TLS records), then takes the
 // connection's record layer over: see TLS13Forger.
-func (g *gateway) keyUpdateClient(t *testing.T) *proxy.TLS13Forger {
+func (g *gateway) keyUpdateClient(t *testing.T) *tlsforge.Forger {
 	t.Helper()
 	cfg, err := pgconn.ParseConfig(g.connString("sslnegotiation=direct"))
 	require.NoError(t, err)
 	require.Empty(t, cfg.Fallbacks)
-	tap, keyLog := &proxy.TLSTap{}, &proxy.TLSKeyLog{}
+	tap, keyLog := &tlsforge.Tap{}, &tlsforge.KeyLog{}
 	cfg.TLSConfig.MinVersion = tls.VersionTLS13
 	cfg.TLSConfig.KeyLogWriter = keyLog
 	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -69,7 +70,7 @@ func (g *gateway) keyUpdateClient(t *testing.T) *proxy.TLS13Forger {
 	hc, err := conn.Hijack()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = tap.Conn.Close() })
-	f, err := proxy.NewTLS13Forger(hc.Conn.(*tls.Conn), tap, keyLog)
+	f, err := tlsforge.New(hc.Conn.(*tls.Conn), tap, keyLog)
 	require.NoError(t, err)
 	require.NoError(t, f.SetDeadline(time.Now().Add(60*time.Second)))
 	return f
@@ -77,7 +78,7 @@ func (g *gateway) keyUpdateClient(t *testing.T) *proxy.TLS13Forger {
 
 // forgedQuery runs a simple query through f and returns the first column
 // of its one row.
-func forgedQuery(t *testing.T, f *proxy.TLS13Forger, sql string) string {
+func forgedQuery(t *testing.T, f *tlsforge.Forger, sql string) string {
 	t.Helper()
 	q, err := (&pgproto3.Query{String: sql}).Encode(nil)
 	require.NoError(t, err)

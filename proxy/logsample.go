@@ -63,7 +63,7 @@ func (l *LogSampling) setDefaults() {
 // counter of pairs past MaxKeys (and of peers without an IP address).
 type sampleKey struct {
 	source  netip.Prefix
-	outcome string
+	outcome Outcome
 }
 
 type sampleCount struct{ logged, suppressed int }
@@ -90,7 +90,7 @@ func newLogSampler(cfg LogSampling, log *zap.Logger, route string) *logSampler {
 
 // sample records one connection line of outcome from remote and reports
 // whether to write it in full.
-func (ls *logSampler) sample(remote netip.Addr, outcome string) bool {
+func (ls *logSampler) sample(remote netip.Addr, outcome Outcome) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if ls.stopped {
@@ -109,7 +109,7 @@ func (ls *logSampler) sample(remote netip.Addr, outcome string) bool {
 	}
 	if !ok {
 		// Past MaxKeys this adds at most one key per outcome, and
-		// outcomes are a fixed set of names.
+		// outcomes are a fixed set (outcome.go).
 		c = &sampleCount{}
 		ls.counts[k] = c
 	}
@@ -136,7 +136,7 @@ func (ls *logSampler) flush() {
 		}
 	}
 	slices.SortFunc(keys, func(a, b sampleKey) int {
-		return cmp.Or(a.source.Addr().Compare(b.source.Addr()), cmp.Compare(a.outcome, b.outcome))
+		return cmp.Or(a.source.Addr().Compare(b.source.Addr()), cmp.Compare(a.outcome.String(), b.outcome.String()))
 	})
 	for _, k := range keys {
 		source := "other"
@@ -149,7 +149,7 @@ func (ls *logSampler) flush() {
 		ls.log.Info("connections not logged",
 			zap.String("route", ls.route),
 			zap.String("source", source),
-			zap.String("outcome", k.outcome),
+			zap.String("outcome", k.outcome.String()),
 			zap.Int("suppressed", counts[k].suppressed),
 			zap.Int("logged", counts[k].logged),
 			zap.Time("since", start))

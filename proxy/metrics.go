@@ -1,14 +1,19 @@
 package proxy
 
-import "time"
+import (
+	"time"
 
-// Metrics receives the gateway's counters. cmd implements it with the
-// Prometheus client; the default does nothing. Implementations must be safe
-// for concurrent use and cheap: BytesRelayed is called on the hot path.
+	"github.com/pgwarden/pgwarden/proxy/internal/relay"
+)
+
+// Metrics receives the gateway's counters. Package metrics implements it
+// with the Prometheus client; the default does nothing. Implementations must
+// be safe for concurrent use and cheap: the counters BytesCounter returns
+// are added to on the hot path.
 type Metrics interface {
 	// ConnectionClosed is called once per connection the proxy handled,
-	// with its outcome (e.g. "ok", "tls_required", "auth_failed").
-	ConnectionClosed(route, outcome string, duration time.Duration)
+	// with its outcome.
+	ConnectionClosed(route string, outcome Outcome, duration time.Duration)
 	// HandshakeCompleted observes accept → TLS handshake done.
 	HandshakeCompleted(route string, d time.Duration)
 	// BytesCounter returns the counter of relayed payload bytes for one
@@ -22,7 +27,7 @@ type Metrics interface {
 }
 
 // Counter is the one method of a Prometheus counter the relay needs.
-type Counter interface{ Add(float64) }
+type Counter = relay.Counter
 
 type nopCounter struct{}
 
@@ -30,8 +35,8 @@ func (nopCounter) Add(float64) {}
 
 type nopMetrics struct{}
 
-func (nopMetrics) ConnectionClosed(string, string, time.Duration) {}
-func (nopMetrics) HandshakeCompleted(string, time.Duration)       {}
-func (nopMetrics) BytesCounter(string, bool) Counter              { return nopCounter{} }
-func (nopMetrics) CancelRequest(bool)                             {}
-func (nopMetrics) SessionsActive(string, int)                     {}
+func (nopMetrics) ConnectionClosed(string, Outcome, time.Duration) {}
+func (nopMetrics) HandshakeCompleted(string, time.Duration)        {}
+func (nopMetrics) BytesCounter(string, bool) Counter               { return nopCounter{} }
+func (nopMetrics) CancelRequest(bool)                              {}
+func (nopMetrics) SessionsActive(string, int)                      {}

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // Request codes of the packets a client may send first (protocol.sgml,
@@ -88,7 +90,7 @@ func truncateName(s string) string {
 	return s
 }
 
-var errBadStartupLength = refuse("bad_startup", codeProtocolViolation, "invalid length of startup packet", "", nil)
+var errBadStartupLength = refuse(OutcomeBadStartup, codeProtocolViolation, "invalid length of startup packet", "", nil)
 
 // readStartupPacket reads one startup-phase packet with exact-length reads,
 // so not one byte past it is consumed. A StartupMessage arriving while
@@ -122,7 +124,7 @@ func readStartupPacket(r io.Reader, encrypted bool) (*startupPacket, error) {
 		return &startupPacket{kind: kindGSSEncRequest}, nil
 	case cancelRequestCode:
 		if length < minCancelLen || length > maxCancelLen {
-			return nil, silent("cancel_malformed", fmt.Errorf("cancel request of %d bytes", length))
+			return nil, silent(OutcomeCancelMalformed, fmt.Errorf("cancel request of %d bytes", length))
 		}
 		raw, err := readRest(r, hdr[:], int(length))
 		if err != nil {
@@ -137,7 +139,7 @@ func readStartupPacket(r io.Reader, encrypted bool) (*startupPacket, error) {
 	}
 
 	if major, minor := code>>16, code&0xffff; major != protocolMajor {
-		return nil, refuse("bad_protocol", codeFeatureNotSupported,
+		return nil, refuse(OutcomeBadProtocol, codeFeatureNotSupported,
 			fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.2", major, minor), "", nil)
 	}
 	if !encrypted {
@@ -153,14 +155,14 @@ func readStartupPacket(r io.Reader, encrypted bool) (*startupPacket, error) {
 	}
 	p := &startupPacket{kind: kindStartupMessage, raw: raw, version: code, params: params}
 	if p.param("user") == "" {
-		return nil, refuse("bad_startup", codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet", "", nil)
+		return nil, refuse(OutcomeBadStartup, codeInvalidAuthorization, "no PostgreSQL user name specified in startup packet", "", nil)
 	}
 	return p, nil
 }
 
 // errTLSRequired is the answer to a plaintext StartupMessage: what postgres
 // says for a hostssl-only pg_hba, plus how to connect.
-var errTLSRequired = refuse("tls_required", codeInvalidAuthorization,
+var errTLSRequired = refuse(OutcomeTLSRequired, codeInvalidAuthorization,
 	"TLS is required: this server accepts only encrypted connections",
 	"Connect with sslmode=require (or verify-full with the server's CA as sslrootcert).", nil)
 
@@ -179,7 +181,7 @@ func readRest(r io.Reader, hdr []byte, length int) ([]byte, error) {
 // the role we authorize and log must be the role postgres logs in.
 func parseStartupParams(body []byte) ([]startupParam, error) {
 	bad := func(why string) error {
-		return refuse("bad_startup", codeProtocolViolation, "invalid startup packet layout: "+why, "", nil)
+		return refuse(OutcomeBadStartup, codeProtocolViolation, "invalid startup packet layout: "+why, "", nil)
 	}
 	var params []startupParam
 	for {
@@ -209,8 +211,8 @@ func parseStartupParams(body []byte) ([]startupParam, error) {
 
 // readErr classifies a failed read during the startup phase.
 func readErr(err error) error {
-	if isTimeout(err) {
-		return silent("timeout", err)
+	if netconn.IsTimeout(err) {
+		return silent(OutcomeTimeout, err)
 	}
-	return silent("client_gone", err)
+	return silent(OutcomeClientGone, err)
 }

@@ -2,135 +2,95 @@ package proxy
 
 import (
 	"errors"
-	"io"
-	"net"
-	"sync"
-	"time"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/proxy/internal/eventloop"
+	"github.com/pgwarden/pgwarden/proxy/internal/relay"
 )
 
-// This is the goroutine relay: where event loops are not available (off
-// Linux, or a conn that is not a socket) each session is relayed by two
-// goroutines.
-//
-// Buffer sizes for the raw relay. An idle session blocks in Read holding a
-// buffer for each direction, so idle sessions hold only the small one; a
-// direction that fills it (COPY, large results) borrows a large buffer from a
-// pool and gives it back as soon as traffic thins out again.
+// RelayMode chooses what moves an authenticated session's bytes
+// (--relay). Whichever it is, the connection path meets it only at two
+// points: the client's conn is wrapped before the TLS handshake
+// (handshake), and the session is handed over after ReadyForQuery
+// (relaySession).
+type RelayMode int
+
 const (
-	smallBufSize = 1 << 10
-	largeBufSize = 32 << 10
-	// closeGrace bounds how long the other direction may go on after one
-	// side has finished, so a silent peer cannot pin a goroutine.
-	closeGrace = 5 * time.Second
+	// RelayAuto uses event loops where they exist (Linux), goroutines
+	// elsewhere.
+	RelayAuto RelayMode = iota
+	// RelayLoop uses event loops (package eventloop): level-triggered
+	// epoll, crypto/tls over a non-blocking socket.
+	RelayLoop
+	// RelayGoroutines uses two goroutines per session (relay.Pipe). It
+	// relies on nothing crypto/tls does not promise.
+	RelayGoroutines
 )
 
-var largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
-
-// pipe copies bytes both ways until either side closes, then closes the
-// other. No message is parsed: after ReadyForQuery the gateway has nothing
-// left to decide, and relayAuth left nothing buffered.
-//
-// Both halves go through the client's guard (clientguard.go): it limits
-// what crypto/tls writes on its own while reading, and, like the event
-// loop, stops reading a client whose output is blocked.
-func (s *Server) pipe(sess *session, up net.Conn) {
-	client := sess.tls
-	guard := &clientGuard{}
-	if sess.clientIO != nil {
-		guard = &sess.clientIO.guard
+// String names the mode as the command line does.
+func (m RelayMode) String() string {
+	switch m {
+	case RelayAuto:
+		return "auto"
+	case RelayLoop:
+		return "loop"
+	case RelayGoroutines:
+		return "goroutines"
 	}
-	done := make(chan struct{})
-	var upErr error
-	go func() {
-		defer close(done)
-		upErr = s.copyToUpstream(sess, up, guard)
-	}()
+	return fmt.Sprintf("RelayMode(%d)", int(m))
+}
 
-	// postgres → client, on this goroutine.
-	n, err := copyHalf(clientWriter{client, guard}, up, s.bytesDown)
-	sess.bytesToClient += n
-	// postgres has closed (or failed): the session is over. Close the client
-	// (TLS close_notify) and the upstream; that also ends the other copy.
-	// The reading goroutine may hold the turn while crypto/tls's own reply
-	// waits for a client that does not read: bound that wait as close_notify
-	// bounds its own.
-	_ = sess.raw.SetWriteDeadline(time.Now().Add(closeGrace))
-	guard.turn.Lock()
-	_ = client.Close()
-	guard.turn.Unlock()
-	_ = up.Close()
-	<-done
-	// The reader's refusal is the cause when it ended the session (this
-	// half then only saw closed conns); otherwise the first real error.
-	real := func(e error) bool { return !isBenignNetErr(e) && !isTimeout(e) }
+// ErrRelayUnsupported is New's error for RelayLoop where there are no
+// event loops.
+var ErrRelayUnsupported = errors.New("proxy: the event-loop relay needs Linux (epoll)")
+
+// newRelay is the one place a Server's relay is chosen.
+func newRelay(mode RelayMode, log *zap.Logger) (relay.Relay, error) {
 	switch {
-	case errors.Is(upErr, errTLSAbuse):
-		sess.relayErr = upErr
-	case real(err):
-		sess.relayErr = err
-	case real(upErr):
-		sess.relayErr = upErr
+	case mode == RelayGoroutines, mode == RelayAuto && !eventloop.Supported:
+		return relay.Goroutines(), nil
+	case mode == RelayLoop && !eventloop.Supported:
+		return nil, ErrRelayUnsupported
+	case mode == RelayAuto, mode == RelayLoop:
+		return eventloop.New(log)
 	}
+	return nil, fmt.Errorf("proxy: unknown relay mode %d", int(mode))
 }
 
-// copyToUpstream is the client → postgres half. A clean end from the client
-// is passed on as a half-close, which postgres treats as the end of the
-// session and answers by closing; anything else closes both sides. It
-// returns the half's error.
-func (s *Server) copyToUpstream(sess *session, up net.Conn, guard *clientGuard) error {
-	n, err := copyHalf(up, clientReader{sess.tls, guard}, s.bytesUp)
-	sess.bytesToUpstream += n
-	if isBenignNetErr(err) {
-		if cw, ok := up.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-			_ = up.SetReadDeadline(time.Now().Add(closeGrace))
-			return nil
-		}
+// relaySession hands an authenticated session to the relay and waits for
+// it to end. A drain that closed the session before the hand-off leaves it
+// unrelayed.
+func (s *Server) relaySession(sess *session) {
+	rs := &relay.Session{
+		Client:   sess.tls,
+		Raw:      sess.raw,
+		Upstream: sess.upstream,
+		Up:       s.bytesUp,
+		Down:     s.bytesDown,
 	}
-	_ = up.Close()
-	if errors.Is(err, errTLSAbuse) {
-		// No close_notify for an abusive client that does not read: it
-		// could only wait for closeGrace.
-		_ = sess.raw.Close()
-		return err
+	s.mu.Lock()
+	if sess.closed {
+		s.mu.Unlock()
+		return
 	}
-	_ = sess.tls.Close()
-	return err
+	sess.relayed = rs
+	s.mu.Unlock()
+	sess.relayErr = s.relay.Run(rs)
+	sess.bytesToUpstream += rs.BytesToUpstream
+	sess.bytesToClient += rs.BytesToClient
 }
 
-// copyHalf copies src to dst with the adaptive buffers described above and
-// counts the bytes. It returns how many bytes it copied and the first error;
-// io.EOF from src is returned as nil.
-func copyHalf(dst io.Writer, src io.Reader, count Counter) (total int64, err error) {
-	small := make([]byte, smallBufSize)
-	buf := small
-	var large *[]byte
-	defer func() {
-		if large != nil {
-			largeBufs.Put(large)
-		}
-	}()
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return total, werr
-			}
-			total += int64(n)
-			count.Add(float64(n))
-		}
-		if rerr != nil {
-			if rerr == io.EOF {
-				return total, nil
-			}
-			return total, rerr
-		}
-		switch {
-		case large == nil && n == len(buf):
-			large = largeBufs.Get().(*[]byte)
-			buf = *large
-		case large != nil && n < smallBufSize:
-			largeBufs.Put(large)
-			large, buf = nil, small
-		}
+// relayOutcome is the outcome of a session that reached the relay, for its
+// log line and metrics: ok unless the relay ended it for a reason of its
+// own.
+func relayOutcome(err error) Outcome {
+	switch {
+	case errors.Is(err, relay.ErrTLSAbuse):
+		return OutcomeTLSAbuse
+	case errors.Is(err, relay.ErrQueueFull):
+		return OutcomeInternalError
 	}
+	return OutcomeOK
 }

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
+	"github.com/pgwarden/pgwarden/proxy/internal/relay"
 )
 
 // Server relays admitted connections for one route. Serve may be called for
@@ -34,11 +37,8 @@ type Server struct {
 	startupsByIP map[netip.Addr]int
 	handlers     sync.WaitGroup
 
-	// The event loops relaying authenticated sessions, acquired with the
-	// first one and released by Shutdown.
-	loopsOnce     sync.Once
-	loopsAcquired bool
-	noLoops       bool // tests: relay with goroutines (the non-Linux path)
+	// relay moves authenticated sessions' bytes (relay.go).
+	relay relay.Relay
 }
 
 // New checks cfg and returns a Server ready to Serve.
@@ -46,8 +46,13 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.checkAndSetDefaults(); err != nil {
 		return nil, err
 	}
+	rl, err := newRelay(cfg.Relay, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
+		relay:        rl,
 		ctx:          ctx,
 		cancelCtx:    cancel,
 		cfg:          cfg,
@@ -98,7 +103,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Lock()
 		if s.shuttingDown {
 			s.mu.Unlock()
-			resetClose(conn)
+			netconn.ResetClose(conn)
 			return ErrServerClosed
 		}
 		s.handlers.Add(1)
@@ -133,7 +138,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 		s.cancelCtx()
-		s.stopLoops()
+		s.relay.Stop()
 		s.logs.stop()
 		return nil
 	case <-ctx.Done():
@@ -147,7 +152,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.log.Warn("drain timeout: closed sessions still open", zap.Int("sessions", n))
 	<-done
-	s.stopLoops()
+	s.relay.Stop()
 	s.logs.stop()
 	return ctx.Err()
 }
@@ -215,5 +220,7 @@ func (s *Server) closeConnsLocked(sess *session) {
 	if sess.upstream != nil {
 		_ = sess.upstream.Close()
 	}
-	sess.closeRelay()
+	if sess.relayed != nil {
+		sess.relayed.Close()
+	}
 }

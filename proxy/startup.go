@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // tlsRecordHandshake is the first byte of a TLS ClientHello record. A
@@ -21,11 +23,11 @@ const tlsRecordHandshake = 0x16
 const alpnPostgres = "postgresql"
 
 var (
-	errSecondGSSRequest = refuse("protocol_violation", codeProtocolViolation,
+	errSecondGSSRequest = refuse(OutcomeProtocolViolation, codeProtocolViolation,
 		"duplicate GSSENCRequest: at most one encryption request is allowed before TLS", "", nil)
-	errNegotiationInsideTLS = refuse("protocol_violation", codeProtocolViolation,
+	errNegotiationInsideTLS = refuse(OutcomeProtocolViolation, codeProtocolViolation,
 		"encryption request received over an encrypted connection", "", nil)
-	errDirectTLSWithoutALPN = refuse("protocol_violation", codeProtocolViolation,
+	errDirectTLSWithoutALPN = refuse(OutcomeProtocolViolation, codeProtocolViolation,
 		`direct TLS connection without ALPN protocol "postgresql"`,
 		"Use sslnegotiation=postgres, or a client that offers ALPN \"postgresql\" (libpq 17+).", nil)
 )
@@ -74,7 +76,7 @@ func (s *Server) negotiate(ctx context.Context, sess *session) (*startupPacket, 
 			}
 			gssRefused = true
 			if _, err := raw.Write([]byte{'N'}); err != nil {
-				return nil, silent("client_gone", err)
+				return nil, silent(OutcomeClientGone, err)
 			}
 		case kindSSLRequest:
 			// Exactly one byte, then TLS. We have read exactly the 8 bytes
@@ -83,7 +85,7 @@ func (s *Server) negotiate(ctx context.Context, sess *session) (*startupPacket, 
 			// handshake, which rejects it: injected bytes are never taken
 			// as part of the encrypted session (CVE-2021-23214).
 			if _, err := raw.Write([]byte{'S'}); err != nil {
-				return nil, silent("client_gone", err)
+				return nil, silent(OutcomeClientGone, err)
 			}
 			sess.tlsMode = "sslrequest"
 			if err := s.handshake(ctx, sess, raw); err != nil {
@@ -99,13 +101,14 @@ func (s *Server) negotiate(ctx context.Context, sess *session) (*startupPacket, 
 
 // handshake runs the TLS server handshake under the connection's deadline.
 func (s *Server) handshake(ctx context.Context, sess *session, conn net.Conn) error {
-	sess.clientIO = newLoopConn(conn)
-	tconn := tls.Server(sess.clientIO, s.cfg.TLS)
+	// The relay's conn sits under crypto/tls from the start: the session
+	// keeps its TLS state when it is handed over after authentication.
+	tconn := tls.Server(s.relay.Wrap(conn), s.cfg.TLS)
 	if err := tconn.HandshakeContext(ctx); err != nil {
-		if isTimeout(err) || errors.Is(err, context.DeadlineExceeded) {
-			return silent("timeout", err)
+		if netconn.IsTimeout(err) || errors.Is(err, context.DeadlineExceeded) {
+			return silent(OutcomeTimeout, err)
 		}
-		return silent("tls_failed", err)
+		return silent(OutcomeTLSFailed, err)
 	}
 	sess.tls = tconn
 	cs := tconn.ConnectionState()

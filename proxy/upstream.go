@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"syscall"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // dialUpstream connects to postgres. It runs only after TLS and a valid
@@ -22,7 +24,7 @@ func (s *Server) dialUpstream(ctx context.Context, deadline time.Time) (net.Conn
 	defer cancel()
 	conn, err := s.cfg.Upstream.Dial(dctx)
 	if err != nil {
-		return nil, refuse("upstream_unavailable", codeConnectionFailure,
+		return nil, refuse(OutcomeUpstreamUnavailable, codeConnectionFailure,
 			"could not connect to the upstream PostgreSQL server: "+dialProblem(err),
 			"The database server behind this gateway is down or refusing connections; try again later.", err)
 	}
@@ -75,7 +77,7 @@ func dialProblem(err error) string {
 		return "upstream address is not loopback"
 	case errors.Is(err, syscall.EACCES):
 		return "permission denied"
-	case isTimeout(err), errors.Is(err, context.DeadlineExceeded):
+	case netconn.IsTimeout(err), errors.Is(err, context.DeadlineExceeded):
 		return "timed out"
 	default:
 		return "network error"

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -56,7 +57,7 @@ func TestUpstreamNameCheckedAtEveryDial(t *testing.T) {
 		_ = c.Close(ctx)
 	}
 	require.Error(t, err, "the gateway dialed a name that no longer resolves to loopback")
-	require.Equal(t, "08006", pgCode(err), "%v", err)
+	require.Equal(t, "08006", pgtest.Code(err), "%v", err)
 	require.Contains(t, err.Error(), "upstream address is not loopback")
 	requirePostgresSawNothing(t, before)
 

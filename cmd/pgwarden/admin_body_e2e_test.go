@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
 // POST /bans takes exactly one JSON object with each key once. Duplicate

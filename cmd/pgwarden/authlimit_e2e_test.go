@@ -12,7 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
 // pgFailureLine is what postgres logs for each password it checked and
@@ -22,7 +22,7 @@ const pgFailureLine = "password authentication failed for user"
 // waitingFrom counts the gateway's debug lines (from line mark on) about
 // authentications from source waiting for a slot: the jail's per-source
 // one, or the upstream cap's.
-func waitingFrom(g *runningGateway, mark int, source string) int {
+func waitingFrom(g *process, mark int, source string) int {
 	n := 0
 	for _, l := range logsSince(g, mark) {
 		src := str(l["source"])
@@ -104,7 +104,7 @@ func (a *attack) run(password string) error {
 // settle waits until n logins are at the proof step, ended, or waiting in
 // the gateway for a slot (the gateway logs each wait at debug from line
 // mark on).
-func (a *attack) settle(g *runningGateway, mark, n int) {
+func (a *attack) settle(g *process, mark, n int) {
 	a.t.Helper()
 	require.Eventually(a.t, func() bool { return int(a.settled.Load())+waitingFrom(g, mark, a.source) >= n },
 		time.Minute, 20*time.Millisecond, "logins from %s never settled: %d", a.source, a.settled.Load())

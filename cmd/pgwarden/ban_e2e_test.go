@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -24,14 +23,14 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
 // banEnv is a running pgwarden with the jail on short timers, its admin
 // endpoint, and the postgres behind it.
 type banEnv struct {
 	pg        *pgtest.Postgres
-	gw        *runningGateway
+	gw        *process
 	args      []string
 	port      int
 	admin     string
@@ -107,7 +106,7 @@ func (e *banEnv) requireRefusedAtAccept(t *testing.T, source string) {
 	before := e.pg.TCPConnectionsReceived()
 	err := e.connectFrom(source, e.pg.Password)
 	require.Error(t, err)
-	require.Empty(t, pgCode(err), "a banned source got a postgres error: %v", err)
+	require.Empty(t, pgtest.Code(err), "a banned source got a postgres error: %v", err)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, e.pg.LogBarrier(ctx))
@@ -119,7 +118,7 @@ func (e *banEnv) failLogins(t *testing.T, source string, n int) {
 	for i := 0; i < n; i++ {
 		err := e.connectFrom(source, "wrong-password")
 		require.Error(t, err)
-		require.Equal(t, "28P01", pgCode(err), "attempt %d: %v", i+1, err)
+		require.Equal(t, "28P01", pgtest.Code(err), "attempt %d: %v", i+1, err)
 	}
 }
 
@@ -246,13 +245,4 @@ func leaveAtPasswordPrompt(t *testing.T, e *banEnv, source string) {
 	msg, err := pgproto3.NewFrontend(tconn, io.Discard).Receive()
 	require.NoError(t, err)
 	require.IsType(t, &pgproto3.AuthenticationSASL{}, msg)
-}
-
-// pgCode returns the SQLSTATE of a pgconn error ("" if there is none).
-func pgCode(err error) string {
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return pe.Code
-	}
-	return ""
 }

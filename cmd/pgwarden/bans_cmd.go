@@ -1,21 +1,19 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/admin"
 )
 
 const bansUsage = `Usage:
@@ -24,12 +22,8 @@ const bansUsage = `Usage:
   pgwarden bans unban IP|CIDR [--admin ...]              lift a ban
 
 These talk to the admin endpoint of a running "pgwarden serve --admin HOST:PORT".
---admin defaults to $PGWARDEN_ADMIN, else ` + defaultAdminAddr + `.
+--admin defaults to $PGWARDEN_ADMIN, else ` + admin.DefaultAddr + `.
 `
-
-// bansClientTimeout bounds each request: the endpoint is local, so a slow
-// answer means something is wrong and the operator should hear about it.
-const bansClientTimeout = 10 * time.Second
 
 // runBans is `pgwarden bans`.
 func runBans(args []string, stdout, stderr io.Writer) int {
@@ -57,7 +51,7 @@ func runBansEnv(args []string, stdout, stderr io.Writer, getenv func(string) str
 	// Errors and help are printed below, each to the right stream.
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	admin := fs.String("admin", defaultAdminAddr, "HOST:PORT of the admin endpoint (env PGWARDEN_ADMIN)")
+	addr := fs.String("admin", admin.DefaultAddr, "HOST:PORT of the admin endpoint (env PGWARDEN_ADMIN)")
 	asJSON, forDur := new(bool), new(time.Duration)
 	switch sub {
 	case "list":
@@ -74,11 +68,11 @@ func runBansEnv(args []string, stdout, stderr io.Writer, getenv func(string) str
 	}
 	if !fs.Changed("admin") {
 		if env := getenv("PGWARDEN_ADMIN"); env != "" {
-			*admin = env
+			*addr = env
 		}
 	}
-	if _, _, err := net.SplitHostPort(*admin); err != nil {
-		return bansUsageError(stderr, sub, fmt.Sprintf("--admin %q: expected HOST:PORT", *admin))
+	if _, _, err := net.SplitHostPort(*addr); err != nil {
+		return bansUsageError(stderr, sub, fmt.Sprintf("--admin %q: expected HOST:PORT", *addr))
 	}
 
 	wantArgs := 1
@@ -95,25 +89,30 @@ func runBansEnv(args []string, stdout, stderr io.Writer, getenv func(string) str
 		return bansUsageError(stderr, sub, "--for must be positive, e.g. 30m; omit it for the escalated ban time")
 	}
 	if wantArgs == 1 {
-		if err := checkSource(fs.Arg(0)); err != nil {
+		if err := admin.CheckSource(fs.Arg(0)); err != nil {
 			return bansUsageError(stderr, sub, err.Error())
 		}
 	}
 
-	c := newAdminClient(*admin)
+	c := admin.NewClient(*addr)
 	var err error
 	switch sub {
 	case "list":
-		err = c.list(stdout, *asJSON)
+		err = listBans(c, stdout, *asJSON)
 	case "ban":
-		err = c.ban(stdout, fs.Arg(0), *forDur)
+		var b acl.BanInfo
+		if b, err = c.Ban(fs.Arg(0), *forDur); err == nil {
+			fmt.Fprintf(stdout, "banned %s until %s (ban #%d)\n", b.IP, b.Until.UTC().Format(time.RFC3339), b.Bans)
+		}
 	case "unban":
-		err = c.unban(stdout, fs.Arg(0))
+		if err = c.Unban(fs.Arg(0)); err == nil {
+			fmt.Fprintf(stdout, "unbanned %s\n", fs.Arg(0))
+		}
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "pgwarden: %v\n", err)
-		var ae *adminAPIError
-		if errors.As(err, &ae) && ae.status == http.StatusBadRequest {
+		fmt.Fprintf(stderr, "pgwarden: %s\n", flagText(err))
+		var ae *admin.APIError
+		if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
 			return exitUsage // the endpoint refused what was typed
 		}
 		return exitRuntime
@@ -126,103 +125,9 @@ func bansUsageError(stderr io.Writer, sub, msg string) int {
 	return exitUsage
 }
 
-// adminClient talks to the admin endpoint.
-type adminClient struct {
-	addr string // HOST:PORT, as the operator gave it
-	base string // http://HOST:PORT
-	http *http.Client
-}
-
-func newAdminClient(addr string) *adminClient {
-	return &adminClient{
-		addr: addr,
-		base: "http://" + addr,
-		http: &http.Client{
-			Timeout: bansClientTimeout,
-			// No proxy: HTTP_PROXY must not send ban changes elsewhere.
-			Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true},
-		},
-	}
-}
-
-// adminAPIError is a non-2xx answer from the endpoint.
-type adminAPIError struct {
-	status int
-	msg    string
-}
-
-func (e *adminAPIError) Error() string { return e.msg }
-
-// do sends one request and decodes a 2xx JSON answer into out (if non-nil).
-func (c *adminClient) do(method, path string, body any, want int, out any) ([]byte, error) {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, fmt.Errorf("encoding the request: %w", err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, c.base+path, rd)
-	if err != nil {
-		return nil, fmt.Errorf("building the request for %s: %w", c.addr, err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach the admin endpoint at %s: %s (is pgwarden serve running with --admin %s?)",
-			c.addr, describeDialError(err), c.addr)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return nil, fmt.Errorf("reading the answer from %s: %w", c.addr, err)
-	}
-	if resp.StatusCode != want {
-		var e errorJSON
-		msg := strings.TrimSpace(string(data))
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		if msg == "" {
-			msg = resp.Status
-		}
-		return nil, &adminAPIError{status: resp.StatusCode, msg: msg}
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return nil, fmt.Errorf("decoding the answer from %s (is it a pgwarden admin endpoint?): %w", c.addr, err)
-		}
-	}
-	return data, nil
-}
-
-// describeDialError reduces a client error to its cause, e.g. "connection
-// refused", without the url.Error and net.OpError wrapping.
-func describeDialError(err error) string {
-	var errno syscall.Errno
-	var dnsErr *net.DNSError
-	var netErr net.Error
-	switch {
-	case errors.As(err, &errno):
-		return errno.Error()
-	case errors.As(err, &dnsErr):
-		return dnsErr.Error()
-	case errors.As(err, &netErr) && netErr.Timeout():
-		return fmt.Sprintf("no answer within %s", bansClientTimeout)
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err.Error()
-	}
-	return err.Error()
-}
-
-func (c *adminClient) list(stdout io.Writer, asJSON bool) error {
-	var bans []banJSON
-	data, err := c.do(http.MethodGet, "/bans", nil, http.StatusOK, &bans)
+// listBans prints the bans as a table, or the endpoint's JSON as it came.
+func listBans(c *admin.Client, stdout io.Writer, asJSON bool) error {
+	bans, data, err := c.Bans()
 	if err != nil {
 		return err
 	}
@@ -237,28 +142,7 @@ func (c *adminClient) list(stdout io.Writer, asJSON bool) error {
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SOURCE\tUNTIL\tFAILURES\tBANS")
 	for _, b := range bans {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", b.IP, b.Until, b.Failures, b.Bans)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", b.IP, b.Until.UTC().Format(time.RFC3339), b.Failures, b.Bans)
 	}
 	return tw.Flush()
-}
-
-func (c *adminClient) ban(stdout io.Writer, ip string, d time.Duration) error {
-	req := banRequest{IP: ip}
-	if d > 0 {
-		req.For = d.String()
-	}
-	var b banJSON
-	if _, err := c.do(http.MethodPost, "/bans", req, http.StatusCreated, &b); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "banned %s until %s (ban #%d)\n", b.IP, b.Until, b.Bans)
-	return nil
-}
-
-func (c *adminClient) unban(stdout io.Writer, ip string) error {
-	if _, err := c.do(http.MethodDelete, "/bans/"+url.PathEscape(ip), nil, http.StatusNoContent, nil); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "unbanned %s\n", ip)
-	return nil
 }

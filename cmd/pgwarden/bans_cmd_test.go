@@ -2,31 +2,27 @@ package main
 
 import (
 	"bytes"
-	"net"
+	"io"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/admin"
+	"github.com/pgwarden/pgwarden/internal/admin/admintest"
+	"github.com/pgwarden/pgwarden/internal/metrics"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
-
-// deadAdminAddr returns a loopback address nothing listens on.
-func deadAdminAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
-}
 
 func TestRunBans(t *testing.T) {
 	t.Parallel()
 	twoBans := []acl.BanInfo{
-		{IP: "203.0.113.7", Until: fakeNow, Failures: 5, Bans: 1},
-		{IP: "2001:db8::/64", Until: fakeNow.Add(time.Hour), Failures: 12, Bans: 3},
+		{IP: "203.0.113.7", Until: admintest.Now, Failures: 5, Bans: 1},
+		{IP: "2001:db8::/64", Until: admintest.Now.Add(time.Hour), Failures: 12, Bans: 3},
 	}
 	const (
 		addrFromServer = "@server" // replaced by the test server's address
@@ -93,9 +89,13 @@ func TestRunBans(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv, jail, _, _ := newTestAdmin(t)
-			jail.set(tc.bans...)
-			live, dead := strings.TrimPrefix(srv.URL, "http://"), deadAdminAddr(t)
+			jail := admintest.NewJail()
+			s, err := admin.New(admin.Config{Addr: "127.0.0.1:0", Bans: jail, Ready: func() error { return nil }, Registry: metrics.New().Registry()})
+			require.NoError(t, err)
+			srv := httptest.NewServer(s.Handler())
+			t.Cleanup(srv.Close)
+			jail.Set(tc.bans...)
+			live, dead := strings.TrimPrefix(srv.URL, "http://"), pgtest.FreeAddr(t)
 			subst := func(s string) string {
 				return strings.ReplaceAll(strings.ReplaceAll(s, addrFromServer, live), addrDead, dead)
 			}
@@ -127,7 +127,7 @@ func TestRunBans(t *testing.T) {
 			if tc.wantCode == 0 && tc.wantErr == "" && stderr.Len() > 0 {
 				t.Errorf("unexpected stderr %q", stderr.String())
 			}
-			call, d := jail.lastCall()
+			call, d := jail.LastCall()
 			switch {
 			case tc.wantNoCall && call != "":
 				t.Errorf("jail was called (%q) on a usage error", call)
@@ -145,5 +145,59 @@ func TestRunBansHelpGoesToStdout(t *testing.T) {
 	code := runBansEnv([]string{"list", "-h"}, &stdout, &stderr, func(string) string { return "" })
 	if code != 0 || !strings.Contains(stdout.String(), "--json") || stderr.Len() != 0 {
 		t.Errorf("exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+}
+
+// TestAdminWithRealJail runs the endpoint over an in-memory acl.Jail, so
+// the error mapping follows the jail's real errors, not the fake's.
+func TestAdminWithRealJail(t *testing.T) {
+	t.Parallel()
+	cfg := acl.DefaultJailConfig()
+	cfg.Rand = func() float64 { return 0 }
+	jail, err := acl.NewJail(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = jail.Close() })
+	m := metrics.New()
+	m.SetBanStore(jail)
+	s, err := admin.New(admin.Config{Addr: "127.0.0.1:0", Bans: jail, Ready: func() error { return nil }, Registry: m.Registry(), Logger: zaptest.NewLogger(t)})
+	require.NoError(t, err)
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	getenv := func(string) string { return "" }
+
+	steps := []struct {
+		args     []string
+		wantCode int
+		wantOut  string // substring of stdout
+		wantErr  string // substring of stderr
+	}{
+		{args: []string{"ban", "203.0.113.7", "--for", "1h"}, wantOut: "banned 203.0.113.7 until "},
+		{args: []string{"ban", "2001:db8::/64"}, wantOut: "banned 2001:db8::/64 until "},
+		{args: []string{"list"}, wantOut: "203.0.113.7 "},
+		{args: []string{"list"}, wantOut: "2001:db8::/64 "},
+		{args: []string{"unban", "2001:db8::/64"}, wantOut: "unbanned 2001:db8::/64"},
+		{args: []string{"unban", "2001:db8::/64"}, wantCode: 1, wantErr: "not banned"},
+		{args: []string{"unban", "198.51.100.1"}, wantCode: 1, wantErr: "not banned"},
+		{args: []string{"ban", "10.0.0.0/8", "--for", "1m"}, wantOut: "banned 10.0.0.0/8"},
+	}
+	for _, st := range steps {
+		var stdout, stderr bytes.Buffer
+		code := runBansEnv(append(st.args, "--admin", addr), &stdout, &stderr, getenv)
+		if code != st.wantCode || !strings.Contains(stdout.String(), st.wantOut) || !strings.Contains(stderr.String(), st.wantErr) {
+			t.Errorf("bans %v: exit %d, stdout %q, stderr %q; want exit %d, stdout ~%q, stderr ~%q",
+				st.args, code, stdout.String(), stderr.String(), st.wantCode, st.wantOut, st.wantErr)
+		}
+	}
+	if n := jail.ActiveBans(); n != 2 {
+		t.Errorf("ActiveBans = %d, want 2", n)
+	}
+	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	if !strings.Contains(string(out), "pgwarden_bans_active 2\n") {
+		t.Errorf("bans_active gauge not 2:\n%s", out)
 	}
 }

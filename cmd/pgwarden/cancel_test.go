@@ -66,7 +66,7 @@ routes:
 	require.NoError(t, err)
 	require.NoError(t, cfg.validate())
 	got := map[string]string{}
-	for _, r := range cfg.routes() {
+	for _, r := range cfg.AllRoutes() {
 		got[r.Name] = r.CancelPlaintext
 	}
 	require.Equal(t, map[string]string{"a": "deny", "b": "allow"}, got)

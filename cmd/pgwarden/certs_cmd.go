@@ -6,8 +6,9 @@ import (
 	"io"
 	"time"
 
-	"github.com/pgwarden/pgwarden/certs"
 	"github.com/spf13/pflag"
+
+	"github.com/pgwarden/pgwarden/certs"
 )
 
 const certsUsage = `Usage:
@@ -187,7 +188,7 @@ func runCertsRevoke(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() != 1 {
 		return certsFail(stderr, errors.New("NAME or SERIAL is required: the client name given to certs issue, or the certificate's serial number"), exitUsage)
 	}
-	validity, err := certs.ParseDuration("--next-update", *next)
+	validity, err := certs.ParseDuration(certs.FieldNextUpdate, *next)
 	if err != nil {
 		return certsFail(stderr, err, exitUsage)
 	}
@@ -232,7 +233,7 @@ func runCertsCRL(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseCertsFlags(fs, args, 0, stdout, stderr); done {
 		return code
 	}
-	validity, err := certs.ParseDuration("--next-update", *next)
+	validity, err := certs.ParseDuration(certs.FieldNextUpdate, *next)
 	if err != nil {
 		return certsFail(stderr, err, exitUsage)
 	}
@@ -289,6 +290,6 @@ func certsExitCode(err error) int {
 
 // certsFail prints err and returns code.
 func certsFail(stderr io.Writer, err error, code int) int {
-	fmt.Fprintf(stderr, "pgwarden certs: %v\n", err)
+	fmt.Fprintf(stderr, "pgwarden certs: %s\n", flagText(err))
 	return code
 }

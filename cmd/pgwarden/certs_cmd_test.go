@@ -13,7 +13,7 @@ import (
 
 func TestRunCerts(t *testing.T) {
 	t.Parallel()
-	// One initialised directory shared by the issue cases.
+	// One initialised directory shared by the `certs issue` cases.
 	ready := t.TempDir()
 	var out, errOut bytes.Buffer
 	require.Equal(t, exitOK, runCerts([]string{"init", "--dir", ready, "--host", "db.example.com", "--host", "10.0.0.5"}, &out, &errOut), errOut.String())

@@ -22,11 +22,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
-// Issue 4 end to end: certificates made by `pgwarden certs`, served by
+// Certificates end to end: made by `pgwarden certs`, served by
 // `pgwarden serve`, checked by psql (libpq) and pgx; hot reload with a
 // session open; a broken replacement; client-certificate identity.
 
@@ -92,14 +92,13 @@ func (d *certsDir) ca(t *testing.T) *certstest.CA {
 
 // serve starts `pgwarden serve` on a free loopback port with the
 // directory's server pair, in front of pg.
-func (d *certsDir) serve(t *testing.T, pg *pgtest.Postgres, extra ...string) (*runningGateway, string) {
+func (d *certsDir) serve(t *testing.T, pg *pgtest.Postgres, extra ...string) (*process, string) {
 	t.Helper()
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	args := append([]string{"--listen", addr, "--upstream", pg.Addr(), "--allow", "127.0.0.1/32",
 		"--tls-cert", d.serverCert, "--tls-key", d.serverKey, "--drain-timeout", "1s"}, extra...)
 	g := startBinary(t, args...)
-	g.port = port
 	return g, addr
 }
 
@@ -158,7 +157,7 @@ func requireServedSerial(t *testing.T, addr string, roots *x509.CertPool, want *
 }
 
 // waitServedSerial polls new handshakes until the gateway presents want.
-func waitServedSerial(t *testing.T, addr string, roots *x509.CertPool, want *big.Int, g *runningGateway) {
+func waitServedSerial(t *testing.T, addr string, roots *x509.CertPool, want *big.Int, g *process) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		c, err := servedCert(addr, roots)
@@ -260,7 +259,7 @@ func runPsql(t *testing.T, conninfo, password, sql string) (string, error) {
 }
 
 // logsSince returns the gateway's log lines after the first mark lines.
-func logsSince(g *runningGateway, mark int) []map[string]any {
+func logsSince(g *process, mark int) []map[string]any {
 	lines := g.logLines()
 	if mark > len(lines) {
 		return nil
@@ -278,7 +277,7 @@ func hasLog(lines []map[string]any, match func(map[string]any) bool) bool {
 }
 
 // waitLog polls the gateway's log (from line mark on) for a matching line.
-func waitLog(t *testing.T, g *runningGateway, mark int, what string, match func(map[string]any) bool) {
+func waitLog(t *testing.T, g *process, mark int, what string, match func(map[string]any) bool) {
 	t.Helper()
 	require.Eventually(t, func() bool { return hasLog(logsSince(g, mark), match) },
 		20*time.Second, 20*time.Millisecond, "no log line: %s; log since mark:\n%v", what, logsSince(g, mark))

@@ -19,8 +19,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
 // The CLI tests drive the built binary exactly as a user (or an outside
@@ -65,28 +65,27 @@ func tlsFiles(t *testing.T) (certFile, keyFile, caFile string) {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := pgtest.FreePort()
 	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
-// runningGateway is a pgwarden serve process and its JSON log lines.
-type runningGateway struct {
+// process is a running pgwarden command and its JSON log lines.
+type process struct {
 	cmd  *exec.Cmd
-	port int
 	mu   sync.Mutex
 	logs []map[string]any
 	done chan error
 }
 
-func startBinary(t *testing.T, args ...string) *runningGateway {
+// startProcess runs `pgwarden args...` and waits for its log line ready.
+func startProcess(t *testing.T, ready string, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(pgwardenBinary(t), append([]string{"serve"}, args...)...)
+	cmd := exec.Command(pgwardenBinary(t), args...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	g := &runningGateway{cmd: cmd, done: make(chan error, 1)}
+	p := &process{cmd: cmd, done: make(chan error, 1)}
 	listening := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -96,32 +95,46 @@ func startBinary(t *testing.T, args ...string) *runningGateway {
 			if json.Unmarshal(sc.Bytes(), &line) != nil {
 				line = map[string]any{"raw": sc.Text()}
 			}
-			g.mu.Lock()
-			g.logs = append(g.logs, line)
-			g.mu.Unlock()
-			if line["msg"] == "pgwarden started" {
+			p.mu.Lock()
+			p.logs = append(p.logs, line)
+			p.mu.Unlock()
+			if line["msg"] == ready {
 				once.Do(func() { close(listening) })
 			}
 		}
-		g.done <- cmd.Wait()
+		p.done <- cmd.Wait()
 	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-	})
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	select {
 	case <-listening:
-	case err := <-g.done:
-		t.Fatalf("pgwarden exited before listening: %v\n%v", err, g.logLines())
+	case err := <-p.done:
+		t.Fatalf("pgwarden %s exited before listening: %v\n%v", args[0], err, p.logLines())
 	case <-time.After(20 * time.Second):
-		t.Fatalf("pgwarden did not start\n%v", g.logLines())
+		t.Fatalf("pgwarden %s did not start\n%v", args[0], p.logLines())
 	}
-	return g
+	return p
 }
 
-func (g *runningGateway) logLines() []map[string]any {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return append([]map[string]any(nil), g.logs...)
+// startBinary runs `pgwarden serve args...` and waits until it serves.
+func startBinary(t *testing.T, args ...string) *process {
+	t.Helper()
+	return startProcess(t, "pgwarden started", append([]string{"serve"}, args...)...)
+}
+
+func (p *process) logLines() []map[string]any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]map[string]any(nil), p.logs...)
+}
+
+// hasLog reports a log line with this message.
+func (p *process) hasLog(msg string) bool {
+	for _, l := range p.logLines() {
+		if l["msg"] == msg {
+			return true
+		}
+	}
+	return false
 }
 
 func TestServeBinaryEndToEnd(t *testing.T) {
@@ -163,7 +176,7 @@ func TestServeBinaryEndToEnd(t *testing.T) {
 	_, err = conn.Exec(ctx, "SELECT 1").ReadAll()
 	require.Error(t, err, "the session outlived the drain")
 
-	// One JSON line per connection, with the fields the issue lists.
+	// One JSON line per connection, with the fields the README lists.
 	var closed map[string]any
 	for _, l := range g.logLines() {
 		if l["msg"] == "connection closed" && l["application_name"] == "cli-e2e" {

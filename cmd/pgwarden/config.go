@@ -6,70 +6,28 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
 
+	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/gateway"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
-// routeConfig is one listen → upstream service, as stunnel's services are:
-// its own listeners, upstream, allowlist and TLS files.
-type routeConfig struct {
-	Name                string
-	Listen              []string
-	Upstream            string
-	AllowRemoteUpstream bool
-	Allow               []string
-	TLSCert, TLSKey     string
-	TLSMinVersion       string
-	TLSClientCA         string
-	TLSAllowCN          []string
-	TLSAllowSAN         []string
-	TLSMapUser          []string
-	TLSMapFile          string
-	CancelPlaintext     string
-	TLSClientCRL        string
-}
-
-// serveConfig is everything `pgwarden serve` takes. Field names map to flag
-// names one to one; YAML keys are the flag names.
+// serveConfig is everything `pgwarden serve` takes: the gateway's settings,
+// bound to flags of the same names (YAML keys are the flag names), and how
+// to log.
 type serveConfig struct {
+	gateway.Config
 	ConfigFile string
-	Route      routeConfig   // the top-level route keys
-	Routes     []routeConfig // from the file's routes: list
-
-	HandshakeTimeout time.Duration
-	AuthTimeout      time.Duration
-	DrainTimeout     time.Duration
-	MaxStartups      int
-	MaxStartupsPerIP int
-	LogFormat        string
-	LogLevel         string
-
-	AuthStepTimeout     time.Duration
-	MaxUpstreamStartups int
-
-	BanMaxRetry   int
-	BanFindTime   time.Duration
-	BanTime       time.Duration
-	BanTimeFactor float64
-	BanMaxTime    time.Duration
-	BanIgnore     []string
-	BanState      string
-	BanIPv6Prefix int
-	BanMaxTracked int
-	Admin         string
-
-	CancelRate              float64
-	CancelBurst             int
-	CancelUnknownPerFailure int
+	LogFormat  string
+	LogLevel   string
 }
 
 // routeFlags defines the per-route flags on fs, bound to rc. The same set
 // describes a routes: entry in the YAML file.
-func routeFlags(fs *pflag.FlagSet, rc *routeConfig) {
+func routeFlags(fs *pflag.FlagSet, rc *gateway.RouteConfig) {
 	fs.StringArrayVar(&rc.Listen, "listen", nil, "HOST:PORT to listen on (repeatable); HOST may be an IP, a name, or a go-sockaddr template such as '{{ GetPrivateIP }}'")
 	fs.StringVar(&rc.Upstream, "upstream", "", "postgres address: HOST:PORT on loopback, a unix socket file, or a socket directory with :PORT")
 	fs.BoolVar(&rc.AllowRemoteUpstream, "allow-remote-upstream", false, "permit a non-loopback upstream")
@@ -96,33 +54,34 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	routeFlags(fs, &c.Route)
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", proxy.DefaultHandshakeTimeout, "accept → TLS done → StartupMessage read, overall")
 	fs.DurationVar(&c.AuthTimeout, "auth-timeout", proxy.DefaultAuthTimeout, "accept → authentication finished, overall")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long sessions may finish")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", gateway.DefaultDrainTimeout, "on SIGTERM, how long sessions may finish")
 	fs.IntVar(&c.MaxStartups, "max-startups", proxy.DefaultMaxStartups, "connections not yet authenticated, all sources together")
 	fs.IntVar(&c.MaxStartupsPerIP, "max-startups-per-source", proxy.DefaultMaxStartupsPerIP, "connections not yet authenticated, per source IP")
 	fs.DurationVar(&c.AuthStepTimeout, "auth-step-timeout", proxy.DefaultAuthStepTimeout, "how long the client may take to answer each authentication request; running out counts as a failed login")
 	fs.IntVar(&c.MaxUpstreamStartups, "max-upstream-startups", proxy.DefaultMaxUpstreamStartups, "connections to one upstream still authenticating, all sources together; keep it below postgres's max_connections minus superuser_reserved_connections and your sessions")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "json or console")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-	fs.IntVar(&c.BanMaxRetry, "ban-max-retry", 5, "failed logins from one source within --ban-find-time that ban it (fail2ban maxretry)")
-	fs.DurationVar(&c.BanFindTime, "ban-find-time", 10*time.Minute, "window in which failures are counted (fail2ban findtime)")
-	fs.DurationVar(&c.BanTime, "ban-time", 10*time.Minute, "length of a first ban (fail2ban bantime)")
-	fs.Float64Var(&c.BanTimeFactor, "ban-time-factor", 2, "each repeat ban of a source multiplies the last by this (fail2ban bantime.increment)")
-	fs.DurationVar(&c.BanMaxTime, "ban-max-time", 24*time.Hour, "cap on an escalated ban (fail2ban bantime.maxtime)")
+	fs.IntVar(&c.BanMaxRetry, "ban-max-retry", acl.DefaultBanMaxRetry, "failed logins from one source within --ban-find-time that ban it (fail2ban maxretry)")
+	fs.DurationVar(&c.BanFindTime, "ban-find-time", acl.DefaultBanFindTime, "window in which failures are counted (fail2ban findtime)")
+	fs.DurationVar(&c.BanTime, "ban-time", acl.DefaultBanTime, "length of a first ban (fail2ban bantime)")
+	fs.Float64Var(&c.BanTimeFactor, "ban-time-factor", acl.DefaultBanTimeFactor, "each repeat ban of a source multiplies the last by this (fail2ban bantime.increment)")
+	fs.DurationVar(&c.BanMaxTime, "ban-max-time", acl.DefaultBanMaxTime, "cap on an escalated ban (fail2ban bantime.maxtime)")
 	fs.StringArrayVar(&c.BanIgnore, "ban-ignore", nil, "source IP or CIDR never banned (repeatable; fail2ban ignoreip)")
 	fs.StringVar(&c.BanState, "ban-state", "", "file where bans and ban history persist (bbolt); empty keeps them in memory")
-	fs.IntVar(&c.BanIPv6Prefix, "ban-ipv6-prefix", 64, "IPv6 sources are also counted and banned per prefix of this length (32-128)")
-	fs.IntVar(&c.BanMaxTracked, "ban-max-tracked", 100000, "sources whose failures are tracked at once; the oldest are forgotten first")
+	fs.IntVar(&c.BanIPv6Prefix, "ban-ipv6-prefix", acl.DefaultIPv6Prefix, "IPv6 sources are also counted and banned per prefix of this length (32-128)")
+	fs.IntVar(&c.BanMaxTracked, "ban-max-tracked", acl.DefaultMaxTracked, "sources whose failures are tracked at once; the oldest are forgotten first")
 	fs.StringVar(&c.Admin, "admin", "", "loopback HOST:PORT for the admin HTTP endpoint (bans, /healthz, /readyz, /metrics)")
 	fs.Float64Var(&c.CancelRate, "cancel-rate", proxy.DefaultCancelRate, "cancel requests per second one source (IPv4 address, IPv6 /64) may send; more are dropped")
 	fs.IntVar(&c.CancelBurst, "cancel-burst", proxy.DefaultCancelBurst, "cancel requests one source may send at once before --cancel-rate applies")
 	fs.IntVar(&c.CancelUnknownPerFailure, "cancel-unknown-per-failure", proxy.DefaultCancelUnknownPerFailure, "every N cancel requests with an unknown key from one source count as one failed login toward --ban-max-retry (0: never)")
+	fs.StringVar(&c.Relay, "relay", "auto", "what relays authenticated sessions: auto (event loops on Linux, goroutines elsewhere), loop, or goroutines (two per session; relies on nothing crypto/tls does not promise)")
 	return fs
 }
 
 // routeKeys are the flag names a routes: entry may use.
 var routeKeys = func() map[string]bool {
 	fs := pflag.NewFlagSet("route", pflag.ContinueOnError)
-	routeFlags(fs, &routeConfig{})
+	routeFlags(fs, &gateway.RouteConfig{})
 	keys := map[string]bool{}
 	fs.VisitAll(func(f *pflag.Flag) { keys[f.Name] = true })
 	return keys
@@ -187,14 +146,14 @@ func applyFile(c *serveConfig, fs *pflag.FlagSet, fromCLI map[string]bool) error
 }
 
 // parseRoutes reads the routes: list; each entry takes the route keys.
-func parseRoutes(where string, node *yaml.Node) ([]routeConfig, error) {
+func parseRoutes(where string, node *yaml.Node) ([]gateway.RouteConfig, error) {
 	var entries []map[string]yaml.Node
 	if err := node.Decode(&entries); err != nil {
 		return nil, fmt.Errorf("%s: routes must be a list of maps with keys like listen, upstream, allow: %w", where, err)
 	}
-	routes := make([]routeConfig, 0, len(entries))
+	routes := make([]gateway.RouteConfig, 0, len(entries))
 	for i, entry := range entries {
-		var rc routeConfig
+		var rc gateway.RouteConfig
 		fs := pflag.NewFlagSet("route", pflag.ContinueOnError)
 		routeFlags(fs, &rc)
 		at := fmt.Sprintf("%s: routes[%d]", where, i)
@@ -253,117 +212,26 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// routes returns the routes to serve: the top-level one (if it has any
-// listener or upstream) and the file's routes. A route inherits the
-// top-level TLS, allow and upstream settings it does not set itself, as
-// stunnel's services inherit global options.
-func (c *serveConfig) routes() []routeConfig {
-	var out []routeConfig
-	top := c.Route
-	if len(c.Routes) == 0 || len(top.Listen) > 0 {
-		if top.Name == "" {
-			top.Name = "default"
-		}
-		out = append(out, top)
-	}
-	for _, r := range c.Routes {
-		inherit(&r.Upstream, top.Upstream)
-		inherit(&r.TLSCert, top.TLSCert)
-		inherit(&r.TLSKey, top.TLSKey)
-		inherit(&r.TLSClientCA, top.TLSClientCA)
-		inherit(&r.TLSMapFile, top.TLSMapFile)
-		inherit(&r.TLSClientCRL, top.TLSClientCRL)
-		inherit(&r.TLSMinVersion, top.TLSMinVersion)
-		inheritList(&r.Allow, top.Allow)
-		inheritList(&r.TLSAllowCN, top.TLSAllowCN)
-		inheritList(&r.TLSAllowSAN, top.TLSAllowSAN)
-		inheritList(&r.TLSMapUser, top.TLSMapUser)
-		inherit(&r.CancelPlaintext, top.CancelPlaintext)
-		r.AllowRemoteUpstream = r.AllowRemoteUpstream || top.AllowRemoteUpstream
-		out = append(out, r)
-	}
-	return out
-}
-
-func inherit(dst *string, top string) {
-	if *dst == "" {
-		*dst = top
-	}
-}
-
-func inheritList(dst *[]string, top []string) {
-	if len(*dst) == 0 {
-		*dst = top
-	}
-}
-
 // validate checks what can be checked without touching the network or
 // files, collecting every problem; each names its flag and the fix.
 func (c *serveConfig) validate() error {
 	var errs []error
-	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	for _, r := range c.routes() {
-		at := ""
-		if len(c.Routes) > 0 {
-			at = "route " + r.Name + ": "
-		}
-		if len(r.Listen) == 0 {
-			add("%s--listen is required: add --listen HOST:PORT (e.g. --listen '{{ GetPrivateIP }}:5432')", at)
-		}
-		if r.Upstream == "" {
-			add("%s--upstream is required: add --upstream 127.0.0.1:5432 (or the postgres unix socket directory)", at)
-		}
-		if len(r.Allow) == 0 {
-			add("%sno allowlist: add --allow CIDR for the sources that may connect (e.g. --allow 10.0.0.0/8)", at)
-		}
-		if r.TLSCert == "" || r.TLSKey == "" {
-			add("%s--tls-cert and --tls-key are required: TLS is mandatory (`pgwarden certs init --dir DIR --host NAME` makes a pair)", at)
-		}
-		if _, err := parsePlaintextCancel(r.CancelPlaintext); err != nil {
-			add("%s%v", at, err)
-		}
-	}
-	if c.HandshakeTimeout <= 0 {
-		add("--handshake-timeout must be positive, e.g. 10s")
-	}
-	if c.AuthTimeout < c.HandshakeTimeout {
-		add("--auth-timeout (%s) must be at least --handshake-timeout (%s)", c.AuthTimeout, c.HandshakeTimeout)
-	}
-	if c.DrainTimeout < 0 {
-		add("--drain-timeout must not be negative")
-	}
-	if c.MaxStartups <= 0 || c.MaxStartupsPerIP <= 0 {
-		add("--max-startups and --max-startups-per-source must be at least 1")
-	}
-	if c.AuthStepTimeout <= 0 {
-		add("--auth-step-timeout must be positive, e.g. 10s")
-	}
-	if c.MaxUpstreamStartups <= 0 {
-		add("--max-upstream-startups must be at least 1 (e.g. 32 for postgres's default max_connections 100)")
-	}
-	if c.Admin != "" {
-		if _, err := validateAdminAddr(c.Admin); err != nil {
-			errs = append(errs, err)
-		}
-	}
 	switch c.LogFormat {
 	case "json", "console":
 	default:
-		add("--log-format %q: use json or console", c.LogFormat)
+		errs = append(errs, fmt.Errorf("--log-format %q: use json or console", c.LogFormat))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		add("--log-level %q: use debug, info, warn or error", c.LogLevel)
+		errs = append(errs, fmt.Errorf("--log-level %q: use debug, info, warn or error", c.LogLevel))
 	}
-	if !(c.CancelRate > 0) || c.CancelBurst < 1 {
-		add("--cancel-rate must be positive and --cancel-burst at least 1 (e.g. --cancel-rate 10 --cancel-burst 50)")
-	}
-	if c.CancelUnknownPerFailure < 0 {
-		add("--cancel-unknown-per-failure must not be negative (0 never counts unknown cancel keys toward a ban)")
-	}
-	return errors.Join(errs...)
+	errs = append(errs, c.Config.Validate())
+	return withFlagNames(errors.Join(errs...))
 }
+
+// errHelp is returned when --help was asked for.
+var errHelp = errors.New("help requested")
 
 // usageError marks a command-line syntax problem (exit 2, with usage).
 type usageError struct{ error }

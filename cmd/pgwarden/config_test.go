@@ -1,9 +1,6 @@
 package main
 
 import (
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -42,6 +39,10 @@ func TestParseServeArgsErrors(t *testing.T) {
 		{"stray argument", append(base, "extra"), `unexpected argument "extra"`},
 		{"missing config file", append(base, "--config", "testdata/nope.yaml"), "--config testdata/nope.yaml: reading"},
 		{"unknown yaml key", append(base, "--config", "testdata/unknown-key.yaml"), `unknown key "upstrem"`},
+		{"relay goroutines", append(base, "--relay", "goroutines"), ""},
+		{"relay auto", append(base, "--relay", "auto"), ""},
+		{"relay loop", append(base, "--relay", "loop"), ""},
+		{"bad relay", append(base, "--relay", "epoll"), `--relay "epoll": use auto, loop or goroutines`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -70,14 +71,14 @@ func TestConfigFileAndFlagPrecedence(t *testing.T) {
 	require.Equal(t, "127.0.0.1:5432", cfg.Route.Upstream)
 	require.Equal(t, []string{"127.0.0.1"}, cfg.Route.Allow)
 	require.Equal(t, 30*time.Second, cfg.AuthTimeout)
-	require.Len(t, cfg.routes(), 1)
+	require.Len(t, cfg.AllRoutes(), 1)
 }
 
 func TestConfigRoutes(t *testing.T) {
 	cfg, err := parseServeArgs([]string{"--config", "testdata/routes.yaml"})
 	require.NoError(t, err)
 	require.NoError(t, cfg.validate())
-	routes := cfg.routes()
+	routes := cfg.AllRoutes()
 	require.Len(t, routes, 2)
 	app, reports := routes[0], routes[1]
 	require.Equal(t, "app", app.Name)
@@ -86,89 +87,4 @@ func TestConfigRoutes(t *testing.T) {
 	require.Equal(t, []string{"192.168.1.0/24", "2001:db8::/32"}, reports.Allow)
 	require.Equal(t, "/var/run/postgresql:5433", reports.Upstream)
 	require.Equal(t, 5*time.Second, cfg.HandshakeTimeout)
-}
-
-func TestResolveListen(t *testing.T) {
-	tests := []struct {
-		spec    string
-		want    []string
-		wantErr string
-	}{
-		{spec: "127.0.0.1:5432", want: []string{"127.0.0.1:5432"}},
-		{spec: "[::1]:5432", want: []string{"[::1]:5432"}},
-		{spec: `{{ GetAllInterfaces | include "flags" "loopback" | include "type" "IPv4" | attr "address" }}:6000`, want: []string{"127.0.0.1:6000"}},
-		{spec: `{{ GetInterfaceIP "^no-such-interface$" }}:5432`, wantErr: "rendered no address"},
-		{spec: `{{ GetAllInterfaces | include "flags" "loopback" | include "type" "IPv4" | attr "name" }}:5432`, wantErr: "not an IP address"},
-		{spec: "127.0.0.1", wantErr: "expected HOST:PORT"},
-		{spec: "127.0.0.1:http", wantErr: "not a number"},
-		{spec: "{{ GetPrivateIP }}", wantErr: "expected :PORT after the template"},
-		{spec: "no-such-host.invalid:5432", wantErr: "neither an IP address nor a name that resolves"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.spec, func(t *testing.T) {
-			got, err := resolveListen(tc.spec)
-			if tc.wantErr != "" {
-				require.ErrorContains(t, err, tc.wantErr)
-				require.Contains(t, err.Error(), "--listen")
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tc.want, got)
-		})
-	}
-}
-
-func TestParseUpstreamSocketDirectory(t *testing.T) {
-	dir := t.TempDir()
-	up, err := parseUpstream(dir, false)
-	require.NoError(t, err)
-	require.Equal(t, filepath.Join(dir, ".s.PGSQL.5432"), up.Address, "empty directory: libpq's default port")
-
-	require.NoError(t, os.WriteFile(filepath.Join(dir, ".s.PGSQL.6543"), nil, 0o600))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, ".s.PGSQL.6543.lock"), nil, 0o600))
-	up, err = parseUpstream(dir, false)
-	require.NoError(t, err)
-	require.Equal(t, filepath.Join(dir, ".s.PGSQL.6543"), up.Address, "the one socket there, whatever its port")
-
-	require.NoError(t, os.WriteFile(filepath.Join(dir, ".s.PGSQL.7000"), nil, 0o600))
-	_, err = parseUpstream(dir, false)
-	require.ErrorContains(t, err, "several postgres sockets")
-	up, err = parseUpstream(dir+":7000", false)
-	require.NoError(t, err)
-	require.Equal(t, filepath.Join(dir, ".s.PGSQL.7000"), up.Address)
-}
-
-func TestParseUpstream(t *testing.T) {
-	tests := []struct {
-		spec        string
-		allowRemote bool
-		network     string
-		address     string
-		wantErr     string
-	}{
-		{spec: "127.0.0.1:5432", network: "tcp", address: "127.0.0.1:5432"},
-		{spec: "[::1]:5432", network: "tcp", address: "[::1]:5432"},
-		{spec: "localhost:5432", network: "tcp", address: "localhost:5432"},
-		{spec: "/var/run/postgresql/.s.PGSQL.5433", network: "unix", address: "/var/run/postgresql/.s.PGSQL.5433"},
-		{spec: "/var/run/postgresql:5433", network: "unix", address: "/var/run/postgresql/.s.PGSQL.5433"},
-		{spec: "unix:/nonexistent/pgwarden-test", network: "unix", address: "/nonexistent/pgwarden-test/.s.PGSQL.5432"},
-		{spec: "10.1.2.3:5432", wantErr: "not a loopback address"},
-		{spec: "10.1.2.3:5432", allowRemote: true, network: "tcp", address: "10.1.2.3:5432"},
-		{spec: "127.0.0.1", wantErr: "expected HOST:PORT"},
-		{spec: "127.0.0.1:0", wantErr: "not a number from 1 to 65535"},
-		{spec: "/tmp:abc", wantErr: "not a number"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.spec, func(t *testing.T) {
-			up, err := parseUpstream(tc.spec, tc.allowRemote)
-			if tc.wantErr != "" {
-				require.ErrorContains(t, err, tc.wantErr)
-				require.True(t, strings.HasPrefix(err.Error(), "--upstream"), err.Error())
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tc.network, up.Network)
-			require.Equal(t, tc.address, up.Address)
-		})
-	}
 }

@@ -24,9 +24,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/pgwarden/pgwarden/internal/fakepg"
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
 // The client-side commands (connect, probe) driven as a user would: the
@@ -57,7 +57,7 @@ func newClientPKI(t *testing.T) *clientPKI {
 
 // startServe runs `pgwarden serve` in front of pg, admitting sources in
 // allow, and returns its address.
-func startServe(t *testing.T, pg *pgtest.Postgres, pki *clientPKI, allow string, extra ...string) (string, *runningGateway) {
+func startServe(t *testing.T, pg *pgtest.Postgres, pki *clientPKI, allow string, extra ...string) (string, *process) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := append([]string{"--listen", addr, "--upstream", pg.Addr(), "--allow", allow,
@@ -65,65 +65,11 @@ func startServe(t *testing.T, pg *pgtest.Postgres, pki *clientPKI, allow string,
 	return addr, startBinary(t, args...)
 }
 
-// connectProc is a running `pgwarden connect` and its JSON log lines.
-type connectProc struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs []map[string]any
-	done chan error
-}
-
 // startConnect runs `pgwarden connect args... --log-format json` and waits
 // until it listens.
-func startConnect(t *testing.T, args ...string) *connectProc {
+func startConnect(t *testing.T, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(pgwardenBinary(t), append(append([]string{"connect"}, args...), "--log-format", "json")...)
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	p := &connectProc{cmd: cmd, done: make(chan error, 1)}
-	listening := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := sync.Once{}
-		for sc.Scan() {
-			var line map[string]any
-			if json.Unmarshal(sc.Bytes(), &line) != nil {
-				line = map[string]any{"raw": sc.Text()}
-			}
-			p.mu.Lock()
-			p.logs = append(p.logs, line)
-			p.mu.Unlock()
-			if line["msg"] == "pgwarden connect listening" {
-				once.Do(func() { close(listening) })
-			}
-		}
-		p.done <- cmd.Wait()
-	}()
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	select {
-	case <-listening:
-	case err := <-p.done:
-		t.Fatalf("pgwarden connect exited before listening: %v\n%v", err, p.logLines())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("pgwarden connect did not start\n%v", p.logLines())
-	}
-	return p
-}
-
-func (p *connectProc) logLines() []map[string]any {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]map[string]any(nil), p.logs...)
-}
-
-func (p *connectProc) hasLog(msg string) bool {
-	for _, l := range p.logLines() {
-		if l["msg"] == msg {
-			return true
-		}
-	}
-	return false
+	return startProcess(t, "pgwarden connect listening", append(append([]string{"connect"}, args...), "--log-format", "json")...)
 }
 
 // psqlEnv is the environment for psql: none of the caller's PG* settings.

@@ -4,11 +4,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/netip"
 	"os"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/internal/netaddr"
 )
 
 // startDebugServer serves Go's pprof handlers when PGWARDEN_DEBUG_PPROF
@@ -20,8 +21,7 @@ func startDebugServer(log *zap.Logger) {
 		return
 	}
 	host, _, err := net.SplitHostPort(addr)
-	ip, perr := netip.ParseAddr(host)
-	if err != nil || perr != nil || !ip.IsLoopback() {
+	if _, loopback := netaddr.LoopbackIP(host); err != nil || !loopback {
 		log.Error("PGWARDEN_DEBUG_PPROF must be a loopback IP:PORT; pprof not started", zap.String("addr", addr))
 		return
 	}

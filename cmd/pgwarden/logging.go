@@ -6,6 +6,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // newLogger builds the process logger: JSON by default, console for people.
@@ -13,7 +15,10 @@ import (
 // readily as noise. The flood-prone lines are sampled where they are
 // produced, per source: accept-time rejections in acl.Listener, connections
 // refused before they became a session in proxy (logsample.go).
-func newLogger(format, level string) (*zap.Logger, error) {
+//
+// names render the errors libraries log about their configuration fields
+// (fielderr.Core).
+func newLogger(format, level string, names fielderr.Names) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("--log-level %q: %w", level, err)
@@ -32,6 +37,6 @@ func newLogger(format, level string) (*zap.Logger, error) {
 	default:
 		return nil, fmt.Errorf("--log-format %q: use json or console", format)
 	}
-	core := zapcore.NewCore(enc, zapcore.Lock(os.Stderr), lvl)
+	core := fielderr.Core(zapcore.NewCore(enc, zapcore.Lock(os.Stderr), lvl), names)
 	return zap.New(core, zap.ErrorOutput(zapcore.Lock(os.Stderr))), nil
 }

@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+
+	"github.com/pgwarden/pgwarden/internal/gateway"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -69,20 +71,16 @@ const (
 	exitUsage   = 2
 )
 
-// exitCode maps an error to an exit code: usage and config errors are 2.
+// exitCode maps an error to an exit code: usage and configuration errors
+// (found before anything listens) are 2.
 func exitCode(err error) int {
 	var ue usageError
-	var ce configError
+	var ce *gateway.ConfigError
 	if errors.As(err, &ue) || errors.As(err, &ce) {
 		return exitUsage
 	}
 	return exitRuntime
 }
-
-// configError marks a configuration problem found before anything listens.
-type configError struct{ error }
-
-func (c configError) Unwrap() error { return c.error }
 
 // buildVersion is the -ldflags version, else the module version Go
 // recorded, else "devel".

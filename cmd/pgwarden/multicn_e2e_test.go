@@ -8,8 +8,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
 // A client certificate whose subject has two CNs, signed by the client CA:

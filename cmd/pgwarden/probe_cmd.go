@@ -7,12 +7,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/pgwarden/pgwarden/internal/netaddr"
 	"github.com/pgwarden/pgwarden/internal/probe"
 )
 
@@ -63,12 +63,8 @@ func runProbe(args []string, stdout, stderr io.Writer) int {
 func runProbeEnv(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	c := &probeConfig{}
 	fs := newProbeFlags(c)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprint(stdout, probeUsage+fs.FlagUsages())
-			return exitOK
-		}
-		return clientUsageFail(stderr, "probe", fmt.Errorf("%w (pgwarden probe --help lists the flags)", err))
+	if code, done := parseClientFlags(fs, args, "probe", probeUsage, stdout, stderr); done {
+		return code
 	}
 	cfg, err := c.build(fs.Args(), getenv)
 	if err != nil {
@@ -104,8 +100,8 @@ func (c *probeConfig) build(args []string, getenv func(string) string) (*probe.C
 			errs = append(errs, fmt.Errorf("%q: want HOST:PORT, e.g. db.example.com:5432 or [2001:db8::1]:5432", args[0]))
 			break
 		}
-		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-			errs = append(errs, fmt.Errorf("%q: port %q is not a number from 1 to 65535", args[0], port))
+		if _, err := netaddr.Port(port, 1); err != nil {
+			errs = append(errs, fmt.Errorf("%q: %w", args[0], err))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("one server at a time: got %s", strings.Join(args, " ")))

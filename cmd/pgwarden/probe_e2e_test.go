@@ -11,9 +11,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/pgwarden/pgwarden/internal/fakepg"
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
 // runProbeBinary runs `pgwarden probe args...` and returns stdout and the exit

@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
 // TestSIGHUPReloadsAllowlist edits the config file's allow list and sends

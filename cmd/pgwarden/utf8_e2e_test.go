@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/proxy/pgtest"
+	"github.com/pgwarden/pgwarden/internal/pgtest"
 )
 
 // A user name that is not valid UTF-8 is logged with its exact bytes, the
@@ -32,7 +32,7 @@ func TestInvalidUTF8UserLoggedExactly(t *testing.T) {
 	defer cancel()
 	_, err = pgconn.ConnectConfig(ctx, cfg)
 	require.Error(t, err)
-	require.Equal(t, "28P01", pgCode(err), "%v", err)
+	require.Equal(t, "28P01", pgtest.Code(err), "%v", err)
 	// postgres saw (and logged) these very bytes.
 	require.True(t, pg.WaitLogContains(`password authentication failed for user "`+user+`"`, 10*time.Second), pg.LogTail(10))
 

@@ -6,6 +6,8 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // ClassifyDialError attributes a failed dial of address to resolve or tcp.
@@ -23,11 +25,11 @@ func ClassifyDialError(err error, address string, timeout time.Duration) error {
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return layerErr(LayerTCP, nil, "connection to %s refused (nothing listens there, or a firewall rejects it)", address)
-	case IsTimeout(err) || errors.Is(err, context.DeadlineExceeded):
+	case netconn.IsTimeout(err) || errors.Is(err, context.DeadlineExceeded):
 		return layerErr(LayerTCP, nil, "no answer from %s within %s (a firewall dropping packets, or a wrong address)", address, timeout)
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return layerErr(LayerTCP, err, "%s is unreachable from here (routing)", address)
-	case IsReset(err):
+	case netconn.IsReset(err):
 		return layerErr(LayerTCP, err, "%s", ResetAtAccept)
 	}
 	return layerErr(LayerTCP, err, "connecting to %s", address)

@@ -10,6 +10,9 @@ import (
 	"reflect"
 	"strings"
 	"sync/atomic"
+
+	"github.com/pgwarden/pgwarden/certs"
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // ALPN is the IANA-registered ALPN protocol id for PostgreSQL. It is offered
@@ -17,17 +20,9 @@ import (
 // where the server must agree to it (PostgreSQL 17 backend_startup.c).
 const ALPN = "postgresql"
 
-// aeadSuites are the TLS 1.2 suites offered: ECDHE for forward secrecy and
-// an AEAD cipher, as pgwarden serve accepts. TLS 1.3 suites are all AEAD
-// and not configurable in Go.
-var aeadSuites = []uint16{
-	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-}
+// aeadSuites are the TLS 1.2 suites offered: those pgwarden serve
+// accepts.
+var aeadSuites = certs.AEADSuites()
 
 // Config is how a client reaches a server over TLS.
 type Config struct {
@@ -134,11 +129,11 @@ func classifyHandshake(err error, c *Config, info *HandshakeInfo, bytesRead int6
 		return ClientCertRefused(err, info)
 	}
 	switch {
-	case c.DirectTLS && bytesRead == 0 && IsReset(err):
+	case c.DirectTLS && bytesRead == 0 && netconn.IsReset(err):
 		return layerErr(LayerTCP, err, "connected, then %s", ResetAtAccept)
-	case IsTimeout(err) || errors.Is(err, context.DeadlineExceeded):
+	case netconn.IsTimeout(err) || errors.Is(err, context.DeadlineExceeded):
 		return layerErr(LayerTLS, nil, "the TLS handshake did not finish in time")
-	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || IsReset(err):
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || netconn.IsReset(err):
 		return layerErr(LayerTLS, err, "the server closed the connection during the TLS handshake")
 	case strings.Contains(err.Error(), "unsupported protocol version") || isAlert(err, alertProtocolVersion):
 		return layerErr(LayerTLS, err, "no common TLS version: this client speaks TLS 1.2 and 1.3 only, and the server offers something older")

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
-	"syscall"
 	"unicode"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // maxPreTLSErrorLen bounds an ErrorResponse a server sends instead of
@@ -107,29 +107,15 @@ func readPreTLSError(conn net.Conn) (*ServerError, error) {
 // allowlist or a ban); anything else is the negotiation.
 func firstReadError(err error, doing string) error {
 	switch {
-	case IsReset(err):
+	case netconn.IsReset(err):
 		return layerErr(LayerTCP, err, "connected, then %s", ResetAtAccept)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return layerErr(LayerNegotiate, nil, "the server closed the connection without answering the SSLRequest")
-	case IsTimeout(err):
+	case netconn.IsTimeout(err):
 		return layerErr(LayerNegotiate, nil, "no answer to the SSLRequest in time (is it a PostgreSQL server? for one that speaks only direct TLS use --direct-tls)")
 	default:
 		return layerErr(LayerNegotiate, err, "%s", doing)
 	}
-}
-
-// IsReset reports a connection reset (or a write into a reset connection).
-func IsReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
-// IsTimeout reports a deadline expiry.
-func IsTimeout(err error) bool {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // Sanitize makes a string a server sent safe to print on one line: control

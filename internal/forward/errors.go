@@ -1,11 +1,9 @@
 package forward
 
 import (
-	"io"
 	"net"
-	"time"
 
-	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // SQLSTATEs sent to local clients.
@@ -16,33 +14,13 @@ const (
 	codeCannotConnectNow  = "57P03" // cannot_connect_now
 )
 
-// sendFatal writes a FATAL ErrorResponse under a short deadline, then
+// sendFatal writes a FATAL ErrorResponse (none when quiet), then
 // half-closes and briefly drains before closing, so the client reads the
 // message instead of an RST (closing with unread bytes would send one).
 func sendFatal(conn net.Conn, e *fatalError) {
-	if !e.quiet {
-		msg := &pgproto3.ErrorResponse{
-			Severity:            "FATAL",
-			SeverityUnlocalized: "FATAL",
-			Code:                e.code,
-			Message:             e.message,
-			Hint:                e.hint,
-		}
-		if buf, err := msg.Encode(nil); err == nil {
-			_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = conn.Write(buf)
-		}
+	if e.quiet {
+		netconn.LingerClose(conn)
+		return
 	}
-	lingerClose(conn)
-}
-
-// lingerClose sends FIN and discards what the peer still sends, for at most
-// half a second and 64 KiB, then closes.
-func lingerClose(conn net.Conn) {
-	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	_, _ = io.CopyN(io.Discard, conn, 64<<10)
-	_ = conn.Close()
+	netconn.Fatal(conn, e.code, e.message, e.hint)
 }

@@ -20,9 +20,10 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/pgwarden/pgwarden/certs"
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/pgwarden/pgwarden/internal/clienttls"
 	"github.com/pgwarden/pgwarden/internal/fakepg"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // gatewayTLS is a server TLS config for "localhost" and 127.0.0.1 that asks
@@ -351,8 +352,8 @@ func TestParseListen(t *testing.T) {
 	for _, tc := range tests {
 		la, err := ParseListen(tc.spec, tc.remote)
 		if tc.wantErr != "" {
-			require.ErrorContains(t, err, tc.wantErr, tc.spec)
-			require.Contains(t, err.Error(), "--listen", tc.spec)
+			require.Contains(t, flagText(err), tc.wantErr, tc.spec)
+			require.Contains(t, flagText(err), "--listen", tc.spec)
 			continue
 		}
 		require.NoError(t, err, tc.spec)
@@ -454,4 +455,9 @@ func TestForwardCancelTakesTheSessionPath(t *testing.T) {
 		require.Equal(t, conns[i].PID(), cancels[0].ProcessID)
 		require.Equal(t, sources[i], cancels[0].From.(*net.TCPAddr).IP.String())
 	}
+}
+
+// flagText renders err as pgwarden connect names the fields.
+func flagText(err error) string {
+	return fielderr.Render(err, fielderr.Names{FieldListen: "--listen", FieldAllowRemote: "--allow-remote-listen"})
 }

@@ -178,3 +178,27 @@ func (f *Forwarder) untrack(s *session) {
 	delete(f.sessions, s)
 	f.mu.Unlock()
 }
+
+// Run serves lns until ctx ends or one of them fails, then closes them all
+// and lets sessions in flight finish for at most drain before closing them.
+// It returns the listener's failure, if one ended it.
+func (f *Forwarder) Run(ctx context.Context, lns []net.Listener, drain time.Duration) error {
+	serveErr := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { serveErr <- f.Serve(ln) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+		f.log.Info("shutting down: listeners closed, draining sessions", zap.Int("sessions", f.Sessions()), zap.Duration("drain_timeout", drain))
+	case err = <-serveErr:
+		f.log.Error("listener failed", zap.Error(err))
+	}
+	f.Shutdown()
+	dctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	if n := f.Drain(dctx); n > 0 {
+		f.log.Warn("drain timeout passed; remaining sessions closed", zap.Int("sessions", n))
+	}
+	return err
+}

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/internal/clienttls"
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // maxBackendKeyData bounds a BackendKeyData body: a 4-byte pid and a key of
@@ -205,7 +206,7 @@ func startupFatal(to string, err error, info *clienttls.HandshakeInfo) *fatalErr
 	if alert, ok := clienttls.AlertCode(err); ok && info != nil && info.CertRequested && clienttls.IsClientCertAlert(alert, info.CertSent != nil) {
 		return gatewayFatal(to, clienttls.ClientCertRefused(err, info))
 	}
-	if clienttls.IsTimeout(err) {
+	if netconn.IsTimeout(err) {
 		return &fatalError{code: codeConnectionFailure, message: fmt.Sprintf("pgwarden connect: the gateway %s did not answer the startup in time", to)}
 	}
 	return &fatalError{code: codeConnectionFailure, message: fmt.Sprintf("pgwarden connect: the gateway %s closed the connection during the startup: %v", to, err)}

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgwarden/pgwarden/internal/clienttls"
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // applicationName marks the probe's sessions in the server's logs and
@@ -134,7 +135,7 @@ func (p *prober) loginFailed(err error, info *clienttls.HandshakeInfo) {
 			method = strings.TrimSuffix(msg[i+len("server requested "):], ")")
 		}
 		p.fail(clienttls.LayerAuth, fmt.Sprintf("the server asks for a password (%s) and none was given: name an environment variable holding it with --password-env", method))
-	case clienttls.IsTimeout(err) || errors.Is(err, context.DeadlineExceeded):
+	case netconn.IsTimeout(err) || errors.Is(err, context.DeadlineExceeded):
 		p.fail(clienttls.LayerAuth, fmt.Sprintf("no answer to the startup within %s", p.cfg.Timeout))
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 		p.fail(clienttls.LayerAuth, "the server closed the connection during the startup without saying why")

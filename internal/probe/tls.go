@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgwarden/pgwarden/internal/clienttls"
+	"github.com/pgwarden/pgwarden/internal/netconn"
 )
 
 // alertWait is how long the probe listens for a TLS alert after a TLS 1.3
@@ -193,7 +194,7 @@ func waitForAlert(tc *tls.Conn) error {
 	defer func() { _ = tc.SetReadDeadline(time.Time{}) }()
 	var b [1]byte
 	_, err := tc.Read(b[:])
-	if err == nil || clienttls.IsTimeout(err) {
+	if err == nil || netconn.IsTimeout(err) {
 		return nil
 	}
 	return err

@@ -1,0 +1,22 @@
+// Package admin is the gateway's admin HTTP endpoint (--admin) and the Go
+// client that `pgwarden bans` uses.
+//
+// It is plain HTTP without authentication, so it only ever listens on
+// loopback, and answers only requests whose Host is loopback: whoever can
+// reach it can ban and unban.
+//
+//	GET    /bans        200 [{"ip": "...", "until": "RFC3339", "failures": N, "bans": N}]
+//	POST   /bans        201 {"ip": ..., "until": ...}; body {"ip": "IP or CIDR", "for": "1h"} ("for" optional)
+//	DELETE /bans/{ip}   204; 404 if not banned (ip may be a URL-escaped CIDR)
+//	GET    /healthz     200 "ok": the process is up
+//	GET    /readyz      200 "ready", or 503 with the reason (not listening, upstream down, draining)
+//	GET    /metrics     Prometheus text format
+//
+// Errors are {"error": "..."} with 400 (bad address or duration), 403
+// (non-loopback Host), 404, 415 (POST without a JSON content type), 503
+// (jail closed) or 500.
+//
+// Each resource is one file: its handlers, registered by a method of
+// Server (bans.go, health.go); resources served by other packages come in
+// as Config.Handlers.
+package admin

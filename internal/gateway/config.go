@@ -1,0 +1,253 @@
+package gateway
+
+import (
+	"errors"
+	"runtime"
+	"time"
+
+	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/certs"
+	"github.com/pgwarden/pgwarden/internal/admin"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/proxy"
+)
+
+// RouteConfig is one listen → upstream service, as stunnel's services are:
+// its own listeners, upstream, allowlist and TLS files.
+type RouteConfig struct {
+	Name                string
+	Listen              []string // HOST:PORT; HOST an IP, a name, or a go-sockaddr template
+	Upstream            string   // HOST:PORT on loopback, or a unix socket (see parseUpstream)
+	AllowRemoteUpstream bool
+	Allow               []string // acl.ParseAllowlist entries
+	TLSCert, TLSKey     string
+	TLSMinVersion       string // "1.2" (default) or "1.3"
+	TLSClientCA         string
+	TLSAllowCN          []string
+	TLSAllowSAN         []string
+	TLSMapUser          []string
+	TLSMapFile          string
+	TLSClientCRL        string
+	CancelPlaintext     string // "allow", "deny" or "auto" (default)
+}
+
+// Config is everything a gateway takes, as the operator writes it.
+type Config struct {
+	Route  RouteConfig   // the top-level route keys, inherited by Routes
+	Routes []RouteConfig // more routes
+
+	HandshakeTimeout    time.Duration
+	AuthTimeout         time.Duration
+	AuthStepTimeout     time.Duration
+	DrainTimeout        time.Duration
+	MaxStartups         int
+	MaxStartupsPerIP    int
+	MaxUpstreamStartups int
+
+	BanMaxRetry   int
+	BanFindTime   time.Duration
+	BanTime       time.Duration
+	BanTimeFactor float64
+	BanMaxTime    time.Duration
+	BanIgnore     []string
+	BanState      string
+	BanIPv6Prefix int
+	BanMaxTracked int
+
+	Admin string // loopback HOST:PORT of the admin endpoint; "" for none
+
+	CancelRate              float64
+	CancelBurst             int
+	CancelUnknownPerFailure int
+
+	Relay string // "auto" (default), "loop" or "goroutines"
+}
+
+// Defaults for the fields the proxy and the jail do not define.
+const (
+	DefaultDrainTimeout = 30 * time.Second
+	defaultMinVersion   = "1.2"
+)
+
+// The fields this package's errors name, beyond those of acl, certs and
+// admin (fielderr.Render).
+var (
+	FieldName                    = field("Name")
+	FieldListen                  = field("Listen")
+	FieldUpstream                = field("Upstream")
+	FieldAllowRemoteUpstream     = field("AllowRemoteUpstream")
+	FieldCancelPlaintext         = field("CancelPlaintext")
+	FieldHandshakeTimeout        = field("HandshakeTimeout")
+	FieldAuthTimeout             = field("AuthTimeout")
+	FieldAuthStepTimeout         = field("AuthStepTimeout")
+	FieldDrainTimeout            = field("DrainTimeout")
+	FieldMaxStartups             = field("MaxStartups")
+	FieldMaxStartupsPerIP        = field("MaxStartupsPerIP")
+	FieldMaxUpstreamStartups     = field("MaxUpstreamStartups")
+	FieldCancelRate              = field("CancelRate")
+	FieldCancelBurst             = field("CancelBurst")
+	FieldCancelUnknownPerFailure = field("CancelUnknownPerFailure")
+	FieldRelay                   = field("Relay")
+	// MakeCertificate is not a field but the advice on how to make a
+	// certificate and key, which only the caller knows how to give.
+	MakeCertificate = field("a certificate and key from your CA")
+)
+
+func field(name string) fielderr.Field { return fielderr.Field{Pkg: "gateway", Name: name} }
+
+var errorf = fielderr.Errorf
+
+// ConfigError is a problem with the configuration, found before anything
+// listens (the command line exits 2 for it). Others are runtime failures.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// configError marks err as a ConfigError (nil stays nil).
+func configError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &ConfigError{err}
+}
+
+// AllRoutes returns the routes to serve: the top-level one (if it has any
+// listener, or there are no others) and the other routes. A route inherits
+// the top-level TLS, allow and upstream settings it does not set itself, as
+// stunnel's services inherit global options.
+func (c *Config) AllRoutes() []RouteConfig {
+	var out []RouteConfig
+	top := c.Route
+	if len(c.Routes) == 0 || len(top.Listen) > 0 {
+		if top.Name == "" {
+			top.Name = "default"
+		}
+		out = append(out, top)
+	}
+	for _, r := range c.Routes {
+		inherit(&r.Upstream, top.Upstream)
+		inherit(&r.TLSCert, top.TLSCert)
+		inherit(&r.TLSKey, top.TLSKey)
+		inherit(&r.TLSClientCA, top.TLSClientCA)
+		inherit(&r.TLSMapFile, top.TLSMapFile)
+		inherit(&r.TLSClientCRL, top.TLSClientCRL)
+		inherit(&r.TLSMinVersion, top.TLSMinVersion)
+		inheritList(&r.Allow, top.Allow)
+		inheritList(&r.TLSAllowCN, top.TLSAllowCN)
+		inheritList(&r.TLSAllowSAN, top.TLSAllowSAN)
+		inheritList(&r.TLSMapUser, top.TLSMapUser)
+		inherit(&r.CancelPlaintext, top.CancelPlaintext)
+		r.AllowRemoteUpstream = r.AllowRemoteUpstream || top.AllowRemoteUpstream
+		out = append(out, r)
+	}
+	return out
+}
+
+func inherit(dst *string, top string) {
+	if *dst == "" {
+		*dst = top
+	}
+}
+
+func inheritList(dst *[]string, top []string) {
+	if len(*dst) == 0 {
+		*dst = top
+	}
+}
+
+// routePrefix is how an error names its route: not at all when there is
+// only the top-level one.
+func (c *Config) routePrefix(r RouteConfig) string {
+	if len(c.Routes) > 0 {
+		return "route " + r.Name + ": "
+	}
+	return ""
+}
+
+// Validate checks what can be checked without touching the network or
+// files, collecting every problem; each names its field and the fix.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, errorf(format, a...)) }
+	for _, r := range c.AllRoutes() {
+		at := c.routePrefix(r)
+		if len(r.Listen) == 0 {
+			add("%s%s is required: add %s HOST:PORT (e.g. %s '{{ GetPrivateIP }}:5432')", at, FieldListen, FieldListen, FieldListen)
+		}
+		if r.Upstream == "" {
+			add("%s%s is required: add %s 127.0.0.1:5432 (or the postgres unix socket directory)", at, FieldUpstream, FieldUpstream)
+		}
+		if len(r.Allow) == 0 {
+			add("%sno allowlist: add %s CIDR for the sources that may connect (e.g. %s 10.0.0.0/8)", at, acl.FieldAllow, acl.FieldAllow)
+		}
+		if r.TLSCert == "" || r.TLSKey == "" {
+			add("%s%s and %s are required: TLS is mandatory (%s)", at, certs.FieldCert, certs.FieldKey, MakeCertificate)
+		}
+		if _, err := parsePlaintextCancel(r.CancelPlaintext); err != nil {
+			add("%s%w", at, err)
+		}
+	}
+	if c.HandshakeTimeout <= 0 {
+		add("%s must be positive, e.g. 10s", FieldHandshakeTimeout)
+	}
+	if c.AuthTimeout < c.HandshakeTimeout {
+		add("%s (%s) must be at least %s (%s)", FieldAuthTimeout, c.AuthTimeout, FieldHandshakeTimeout, c.HandshakeTimeout)
+	}
+	if c.DrainTimeout < 0 {
+		add("%s must not be negative", FieldDrainTimeout)
+	}
+	if c.MaxStartups <= 0 || c.MaxStartupsPerIP <= 0 {
+		add("%s and %s must be at least 1", FieldMaxStartups, FieldMaxStartupsPerIP)
+	}
+	if c.AuthStepTimeout <= 0 {
+		add("%s must be positive, e.g. 10s", FieldAuthStepTimeout)
+	}
+	if c.MaxUpstreamStartups <= 0 {
+		add("%s must be at least 1 (e.g. 32 for postgres's default max_connections 100)", FieldMaxUpstreamStartups)
+	}
+	if c.Admin != "" {
+		if _, err := admin.ValidateAddr(c.Admin); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if !(c.CancelRate > 0) || c.CancelBurst < 1 {
+		add("%s must be positive and %s at least 1 (e.g. %s 10 %s 50)", FieldCancelRate, FieldCancelBurst, FieldCancelRate, FieldCancelBurst)
+	}
+	if c.CancelUnknownPerFailure < 0 {
+		add("%s must not be negative (0 never counts unknown cancel keys toward a ban)", FieldCancelUnknownPerFailure)
+	}
+	if _, err := parseRelayMode(c.Relay); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// parsePlaintextCancel reads CancelPlaintext ("" is auto).
+func parsePlaintextCancel(s string) (proxy.PlaintextCancel, error) {
+	switch s {
+	case "", "auto":
+		return proxy.PlaintextCancelAuto, nil
+	case "allow":
+		return proxy.PlaintextCancelAllow, nil
+	case "deny":
+		return proxy.PlaintextCancelDeny, nil
+	}
+	return 0, errorf("%s %q: use allow, deny or auto", FieldCancelPlaintext, s)
+}
+
+// parseRelayMode reads Relay ("" is auto).
+func parseRelayMode(s string) (proxy.RelayMode, error) {
+	switch s {
+	case "", "auto":
+		return proxy.RelayAuto, nil
+	case "goroutines":
+		return proxy.RelayGoroutines, nil
+	case "loop":
+		if runtime.GOOS != "linux" {
+			return 0, errorf("%s loop needs Linux (epoll); use %s auto or %s goroutines", FieldRelay, FieldRelay, FieldRelay)
+		}
+		return proxy.RelayLoop, nil
+	}
+	return 0, errorf("%s %q: use auto, loop or goroutines", FieldRelay, s)
+}

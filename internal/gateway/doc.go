@@ -1,0 +1,17 @@
+// Package gateway is a running `pgwarden serve`: its routes (listeners in
+// front of proxy servers, each route with its allowlist, certificates and
+// upstream), the state they share (ban jail, cancel keys and limits, the
+// upstream startup cap), the admin endpoint, and the lifecycle: New checks
+// the whole configuration and binds every listener, Run serves until its
+// context ends and then drains, Reload re-reads what may change while
+// running (certificates, client CAs, allowlists), Ready answers readiness
+// probes.
+//
+// Config holds the operator's settings as written (flags and YAML keys map
+// onto it one to one); every problem with them is a field error
+// (fielderr) naming the field, which the command line renders with its
+// flag names. Hooks let a supervisor follow the lifecycle (systemd's
+// READY, RELOADING and STOPPING), Options.Listen lets it hand over
+// listening sockets, and Routes describes what runs, for a configuration
+// check.
+package gateway

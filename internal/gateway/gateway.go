@@ -1,0 +1,291 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/certs"
+	"github.com/pgwarden/pgwarden/internal/admin"
+	"github.com/pgwarden/pgwarden/internal/banpolicy"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/internal/metrics"
+	"github.com/pgwarden/pgwarden/proxy"
+)
+
+// Hooks follow the gateway's lifecycle; each may be nil. They run on the
+// gateway's goroutines and must not block.
+type Hooks struct {
+	// Ready: every listener is bound and serving (systemd READY=1).
+	Ready func()
+	// Reloading and Reloaded bracket a Reload (systemd RELOADING=1, then
+	// READY=1).
+	Reloading, Reloaded func()
+	// Stopping: the listeners are closed and sessions drain (systemd
+	// STOPPING=1).
+	Stopping func()
+}
+
+// Options are how the gateway is wired, beyond its Config.
+type Options struct {
+	// Logger receives everything; nil means none.
+	Logger *zap.Logger
+	// Version is logged at start.
+	Version string
+	// Reread returns the configuration as it is now, for Reload to take
+	// the allowlists from (the command line re-reads its file); nil keeps
+	// them.
+	Reread func() (*Config, error)
+	// Listen opens a listening socket for a route's address; nil means
+	// net.Listen("tcp", addr). A supervisor that passes sockets in
+	// (systemd socket activation) returns those.
+	Listen func(addr string) (net.Listener, error)
+	// Hooks follow the lifecycle.
+	Hooks Hooks
+	// Names are the caller's names of the configuration fields, for the
+	// gateway's own log messages (errors carry fields and are rendered by
+	// the caller).
+	Names fielderr.Names
+}
+
+// Gateway is a running `pgwarden serve`.
+type Gateway struct {
+	cfg      *Config
+	opts     Options
+	log      *zap.Logger
+	routes   []*route
+	cancels  *proxy.CancelRegistry
+	upstream *proxy.UpstreamLimiter // shared: routes to one postgres share its cap
+	metrics  *metrics.Prometheus
+	jail     *acl.Jail
+	admin    *admin.Server // nil without an admin address
+	draining atomic.Bool
+
+	// cancel rate-limits cancel requests; shared, so that a source has one
+	// budget whichever route it reaches.
+	cancel *proxy.CancelLimiter
+}
+
+// New checks the whole configuration, loads certificates, opens the ban
+// state and binds every listener: Build, then Listen. Every configuration
+// problem is returned (as a *ConfigError) before anything listens.
+func New(cfg *Config, opts Options) (*Gateway, error) {
+	g, err := Build(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.Listen(); err != nil {
+		_ = g.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// Build checks the whole configuration, loads certificates and opens the
+// ban state, binding nothing: what a configuration check needs (see
+// Routes). Every configuration problem is returned, as a *ConfigError.
+// Close releases what Build took, unless Run does.
+func Build(cfg *Config, opts Options) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, configError(err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Listen == nil {
+		opts.Listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+	}
+	log := opts.Logger
+	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
+		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups)}
+	jail, err := newJail(cfg, log, g.metrics.OnBan)
+	if err != nil {
+		return nil, err
+	}
+	g.jail = jail
+	g.metrics.SetBanStore(jail)
+	if g.cancel, err = newCancelLimiter(cfg, jail); err != nil {
+		_ = jail.Close()
+		return nil, configError(err)
+	}
+	if cfg.Admin != "" {
+		g.admin, err = admin.New(admin.Config{Addr: cfg.Admin, Bans: jail, Ready: g.Ready, Registry: g.metrics.Registry(), Logger: log})
+		if err != nil {
+			_ = jail.Close()
+			return nil, configError(err)
+		}
+	}
+	var errs []error
+	for _, rc := range cfg.AllRoutes() {
+		r, err := g.buildRoute(rc)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		g.routes = append(g.routes, r)
+	}
+	if err := errors.Join(errs...); err != nil {
+		_ = jail.Close()
+		return nil, configError(err)
+	}
+	return g, nil
+}
+
+// Listen binds every route's listeners and starts the admin endpoint.
+func (g *Gateway) Listen() error {
+	if err := g.listen(); err != nil {
+		g.closeListeners()
+		return err
+	}
+	if g.admin != nil {
+		if err := g.admin.Start(); err != nil {
+			g.closeListeners()
+			return err
+		}
+		g.log.Info("admin endpoint listening", zap.Stringer("address", g.admin.Addr()))
+	}
+	return nil
+}
+
+// Close releases what Build took (listeners, the ban state) for a gateway
+// that will not Run.
+func (g *Gateway) Close() error {
+	g.closeListeners()
+	return g.jail.Close()
+}
+
+// newJail builds the ban jail from the Ban* settings. Problems with them
+// are ConfigErrors; a state file locked by another process is a runtime
+// error.
+func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
+	ignore, err := acl.ParseList(acl.FieldIgnore, c.BanIgnore)
+	if err != nil {
+		return nil, configError(err)
+	}
+	jcfg := acl.DefaultJailConfig()
+	jcfg.MaxRetry = c.BanMaxRetry
+	jcfg.FindTime = c.BanFindTime
+	jcfg.BanTime = c.BanTime
+	jcfg.TimeFactor = c.BanTimeFactor
+	jcfg.MaxTime = c.BanMaxTime
+	jcfg.Ignore = ignore
+	jcfg.IPv6Prefix = c.BanIPv6Prefix
+	jcfg.MaxTracked = c.BanMaxTracked
+	jcfg.StatePath = c.BanState
+	jcfg.Logger = log.With(zap.String("component", "jail"))
+	jcfg.OnBan = onBan
+	if err := jcfg.CheckAndSetDefaults(); err != nil {
+		return nil, configError(err)
+	}
+	j, err := acl.NewJail(jcfg)
+	if err != nil {
+		if errors.Is(err, acl.ErrStateLocked) {
+			return nil, err
+		}
+		return nil, configError(err)
+	}
+	return j, nil
+}
+
+// newCancelLimiter builds the process's one cancel limiter (shared by the
+// routes, so a source has one budget), whose unknown-key guesses count in
+// the jail (banpolicy.CancelGuesses).
+func newCancelLimiter(c *Config, jail *acl.Jail) (*proxy.CancelLimiter, error) {
+	l := proxy.DefaultCancelLimits()
+	l.Rate = c.CancelRate
+	l.Burst = c.CancelBurst
+	l.UnknownPerFailure = c.CancelUnknownPerFailure
+	l.OnGuesses = banpolicy.CancelGuesses(jail)
+	return proxy.NewCancelLimiter(l)
+}
+
+// Run serves until ctx is done, then drains: listeners close at once, and
+// sessions in flight get DrainTimeout to finish before they are closed.
+func (g *Gateway) Run(ctx context.Context) error {
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	var wg sync.WaitGroup
+	serveErr := make(chan error, 1)
+	for _, r := range g.routes {
+		wg.Add(3)
+		go func() {
+			defer wg.Done()
+			r.loader.RunExpiryChecks(watchCtx, certs.DefaultExpiryWarning)
+		}()
+		go func() {
+			defer wg.Done()
+			if err := r.loader.Watch(watchCtx); err != nil && !errors.Is(err, context.Canceled) {
+				g.log.Warn("watching certificate files failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if err := r.authz.Watch(watchCtx); err != nil {
+				g.log.Warn("watching the certificate revocation list failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
+			}
+		}()
+		for _, ln := range r.listeners {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := r.server.Serve(ln); err != nil && !errors.Is(err, proxy.ErrServerClosed) {
+					select {
+					case serveErr <- fmt.Errorf("serving %s: %w", ln.Addr(), err):
+					default:
+					}
+				}
+			}()
+		}
+	}
+	g.log.Info("pgwarden started", zap.String("version", g.opts.Version))
+	call(g.opts.Hooks.Ready)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	g.draining.Store(true) // /readyz says 503 from now on
+	call(g.opts.Hooks.Stopping)
+	g.log.Info("shutting down: listeners closed, draining sessions", zap.Duration("drain_timeout", g.cfg.DrainTimeout))
+	dctx, cancel := context.WithTimeout(context.Background(), g.cfg.DrainTimeout)
+	defer cancel()
+	var drain sync.WaitGroup
+	for _, r := range g.routes {
+		drain.Add(1)
+		go func() {
+			defer drain.Done()
+			if err := r.server.Shutdown(dctx); err != nil {
+				g.log.Warn("drain timeout passed; remaining sessions closed", zap.String("route", r.cfg.Name))
+			}
+		}()
+	}
+	drain.Wait()
+	stopWatch()
+	wg.Wait()
+	if g.admin != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = g.admin.Shutdown(sctx)
+		scancel()
+	}
+	if cerr := g.jail.Close(); cerr != nil {
+		g.log.Error("closing the ban state", zap.Error(cerr))
+	}
+	g.log.Info("pgwarden stopped")
+	return err
+}
+
+// call runs a hook if it is set.
+func call(hook func()) {
+	if hook != nil {
+		hook()
+	}
+}

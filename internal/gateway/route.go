@@ -1,0 +1,146 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/certs"
+	"github.com/pgwarden/pgwarden/internal/banpolicy"
+	"github.com/pgwarden/pgwarden/proxy"
+)
+
+// route is one listen → upstream service at run time.
+type route struct {
+	cfg       RouteConfig
+	upstream  proxy.Upstream
+	policy    *acl.Policy // the route's admission: its allowlist, then the jail
+	loader    *certs.Loader
+	authz     *certs.Authorizer // nil without a client CA
+	server    *proxy.Server
+	addrs     []string
+	listeners []*acl.Listener
+}
+
+// buildRoute turns a route's settings into its run-time parts, without
+// binding anything yet.
+func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
+	prefix := g.cfg.routePrefix(rc)
+	wrap := func(err error) error { return fmt.Errorf("%s%w", prefix, err) }
+	r := &route{cfg: rc}
+	// Collect every problem of the route before giving up, so one run of
+	// the command shows the operator everything to fix.
+	var errs []error
+	allow, err := acl.ParseAllowlist(rc.Allow)
+	if err != nil {
+		errs = append(errs, wrap(err))
+	} else if r.policy, err = acl.NewPolicy(allow, nil, []acl.Denier{g.jail}); err != nil {
+		errs = append(errs, wrap(err))
+	}
+	if r.upstream, err = parseUpstream(rc.Upstream, rc.AllowRemoteUpstream); err != nil {
+		errs = append(errs, wrap(err))
+	}
+	for _, spec := range rc.Listen {
+		addrs, err := resolveListen(spec)
+		if err != nil {
+			errs = append(errs, wrap(err))
+			continue
+		}
+		r.addrs = append(r.addrs, addrs...)
+	}
+	minVersion := rc.TLSMinVersion
+	if minVersion == "" {
+		minVersion = defaultMinVersion
+	}
+	policy := certs.Policy{
+		ClientCAFile:  rc.TLSClientCA,
+		AllowCN:       rc.TLSAllowCN,
+		AllowSAN:      rc.TLSAllowSAN,
+		MapUser:       rc.TLSMapUser,
+		MapFile:       rc.TLSMapFile,
+		ClientCRLFile: rc.TLSClientCRL,
+	}
+	if policy.MinVersion, err = certs.ParseMinVersion(minVersion); err != nil {
+		errs = append(errs, wrap(err))
+	}
+	log := g.log.With(zap.String("route", rc.Name))
+	if r.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, log); err != nil {
+		errs = append(errs, wrap(err))
+	}
+	if r.authz, err = certs.NewAuthorizer(policy, log); err != nil {
+		errs = append(errs, wrap(err))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	tlsConfig, err := certs.ServerConfig(r.loader, policy)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	pcfg := proxy.Config{
+		Name:             rc.Name,
+		Upstream:         r.upstream,
+		TLS:              tlsConfig,
+		Logger:           g.log,
+		Cancels:          g.cancels,
+		Metrics:          g.metrics,
+		Observer:         g.metrics,
+		AuthGate:         banpolicy.Gate{Jail: g.jail},
+		UpstreamLimiter:  g.upstream,
+		HandshakeTimeout: g.cfg.HandshakeTimeout,
+		AuthTimeout:      g.cfg.AuthTimeout,
+		AuthStepTimeout:  g.cfg.AuthStepTimeout,
+		MaxStartups:      g.cfg.MaxStartups,
+		MaxStartupsPerIP: g.cfg.MaxStartupsPerIP,
+		CancelLimiter:    g.cancel,
+	}
+	pcfg.PlaintextCancel, _ = parsePlaintextCancel(rc.CancelPlaintext) // checked by Validate
+	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay)                        // checked by Validate
+	if r.authz != nil {
+		pcfg.Authorizer = r.authz
+	}
+	r.server, err = proxy.New(pcfg)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	return r, nil
+}
+
+// listen binds every route's addresses, each behind the route's admission
+// gate.
+func (g *Gateway) listen() error {
+	for _, r := range g.routes {
+		allow := r.policy.Allowlist()
+		if allow.AllowsAny() {
+			g.log.Warn("allowlist admits every address: this gateway is open to the whole internet; narrow "+g.opts.Names.Of(acl.FieldAllow),
+				zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
+		}
+		for _, addr := range r.addrs {
+			inner, err := g.opts.Listen(addr)
+			if err != nil {
+				return errorf("%s %s: %w", FieldListen, addr, err)
+			}
+			ln, err := acl.NewListener(inner, acl.ListenerConfig{
+				Gate: acl.NewGate(r.policy, g.metrics.OnReject, g.log.With(zap.String("route", r.cfg.Name))),
+			})
+			if err != nil {
+				_ = inner.Close()
+				return errorf("%s %s: %w", FieldListen, addr, err)
+			}
+			r.listeners = append(r.listeners, ln)
+			g.log.Info("listening", zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
+				zap.Stringer("upstream", r.upstream), zap.Stringer("allow", allow))
+		}
+	}
+	return nil
+}
+
+func (g *Gateway) closeListeners() {
+	for _, r := range g.routes {
+		for _, ln := range r.listeners {
+			_ = ln.Close()
+		}
+	}
+}
