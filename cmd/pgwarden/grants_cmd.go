@@ -10,11 +10,12 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/pgwarden/pgwarden/internal/clienttls"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/grantclient"
 )
 
@@ -178,7 +179,7 @@ func (c *grantsRequestConfig) tokens(getenv func(string) string) grantclient.Tok
 	case c.GitHub:
 		aud := c.Audience
 		if aud == "" {
-			aud = urlOrigin(c.URL)
+			aud = grantclient.Origin(c.URL)
 		}
 		return grantclient.GitHubToken{Audience: aud, Getenv: getenv}
 	case c.GitLab != "":
@@ -201,9 +202,9 @@ func (g gitlabToken) Token(ctx context.Context) (string, error) {
 
 // loadCACert reads --cacert, or returns nil (the system roots).
 func loadCACert(file string) (*x509.CertPool, error) {
-	pool, err := loadRootCAs(file)
+	pool, err := clienttls.LoadRootCAs(file)
 	if err != nil {
-		return nil, errors.New(strings.Replace(err.Error(), "--sslrootcert", "--cacert", 1))
+		return nil, fielderr.Rename(err, fielderr.Names{clienttls.FieldRootCert: "--cacert"})
 	}
 	return pool, nil
 }

@@ -19,7 +19,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/pgwarden/pgwarden/internal/grantapi/granttest"
 )
 

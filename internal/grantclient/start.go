@@ -45,7 +45,7 @@ func Start(ctx, bgCtx context.Context, bg *sync.WaitGroup, sc StartConfig, log *
 	if sc.GitHub {
 		aud := sc.Audience
 		if aud == "" {
-			aud = origin(sc.URL)
+			aud = Origin(sc.URL)
 		}
 		cfg.Tokens = GitHubToken{Audience: aud, Getenv: sc.Getenv}
 	}
@@ -69,8 +69,9 @@ func Start(ctx, bgCtx context.Context, bg *sync.WaitGroup, sc StartConfig, log *
 	return network, nil
 }
 
-// origin is scheme://host[:port] of u (u itself if it does not parse).
-func origin(u string) string {
+// Origin is scheme://host[:port] of u (u itself if it does not parse): the
+// audience asked of GitHub when none is given.
+func Origin(u string) string {
 	p, err := url.Parse(u)
 	if err != nil || p.Host == "" {
 		return u

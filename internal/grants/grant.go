@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // Who made a grant.
@@ -91,6 +92,9 @@ func Permits(g *Grant, user, database string) error {
 	return nil
 }
 
+// FieldSource is a grant's source address or CIDR, as errors name it.
+var FieldSource = fielderr.Field{Pkg: "grants", Name: "source"}
+
 // ParseSource parses a grant's source, an IP address or a CIDR, with the
 // allowlist's strict rules (no zones, hostnames, ports, leading zeros or
 // templates) and normalises it the way peers are normalised: IPv4-mapped
@@ -101,7 +105,7 @@ func ParseSource(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "{{") {
 		return netip.Prefix{}, fmt.Errorf("source %q: templates are not allowed in a grant; write an IP address or CIDR", s)
 	}
-	l, err := acl.ParseList("source", []string{s})
+	l, err := acl.ParseList(FieldSource, []string{s})
 	if err != nil {
 		return netip.Prefix{}, err
 	}

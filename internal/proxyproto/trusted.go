@@ -5,11 +5,12 @@ import (
 	"net/netip"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
-// trustedFlag names the entries in errors and warnings; it is the flag
-// that feeds ParseTrusted.
-const trustedFlag = "--proxy-protocol-from"
+// FieldTrusted is the list ParseTrusted reads; errors and warnings name it
+// (the command line renders it as its flag).
+var FieldTrusted = fielderr.Field{Pkg: "proxyproto", Name: "proxy-protocol-from"}
 
 // Trusted is the set of peers (load balancers) that must start every
 // connection with a PROXY header. It is immutable; swap a new one in on
@@ -22,7 +23,7 @@ type Trusted struct {
 // same strict rules as --allow (acl.ParseList). No entries at all yields
 // (nil, nil): nobody is trusted.
 func ParseTrusted(entries []string) (*Trusted, error) {
-	list, err := acl.ParseList(trustedFlag, entries)
+	list, err := acl.ParseList(FieldTrusted, entries)
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +72,7 @@ func (t *Trusted) Warnings() []string {
 	}
 	w := t.list.Warnings()
 	if t.list.AllowsAny() {
-		w = append(w, trustedFlag+" trusts every source of an address family: any peer can then claim any client address; list only the load balancers")
+		w = append(w, FieldTrusted.Name+" trusts every source of an address family: any peer can then claim any client address; list only the load balancers")
 	}
 	return w
 }

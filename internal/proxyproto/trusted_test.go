@@ -48,7 +48,7 @@ func TestTrustedEmptyAndNil(t *testing.T) {
 	require.Nil(t, tr)
 	// Blank entries are errors, as for --allow.
 	_, err = ParseTrusted([]string{" "})
-	require.ErrorContains(t, err, "--proxy-protocol-from")
+	require.ErrorContains(t, err, "proxy-protocol-from")
 	// A nil Trusted trusts nobody and answers every method.
 	require.False(t, tr.Contains(&net.TCPAddr{IP: net.IPv4(10, 0, 0, 1)}))
 	require.Zero(t, tr.Len())
@@ -59,9 +59,9 @@ func TestTrustedEmptyAndNil(t *testing.T) {
 func TestTrustedErrorsAndWarnings(t *testing.T) {
 	t.Parallel()
 	_, err := ParseTrusted([]string{"10.0.0.0/33"})
-	require.ErrorContains(t, err, "--proxy-protocol-from")
+	require.ErrorContains(t, err, "proxy-protocol-from")
 	_, err = ParseTrusted([]string{"010.0.0.1"})
-	require.ErrorContains(t, err, "--proxy-protocol-from")
+	require.ErrorContains(t, err, "proxy-protocol-from")
 
 	tr, err := ParseTrusted([]string{"0.0.0.0/0"})
 	require.NoError(t, err)

@@ -18,7 +18,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pgwarden/pgwarden/certs/certstest"
+	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/pgwarden/pgwarden/internal/fakeclock"
 	"github.com/pgwarden/pgwarden/internal/grantapi"
 	"github.com/pgwarden/pgwarden/internal/grants"
