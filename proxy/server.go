@@ -31,7 +31,7 @@ type Server struct {
 
 	mu           sync.Mutex
 	shuttingDown bool
-	listeners    map[net.Listener]struct{}
+	listeners    map[net.Listener]*acceptLoop
 	sessions     map[*session]struct{}
 	startups     int
 	startupsByIP map[netip.Addr]int
@@ -60,7 +60,7 @@ func New(cfg Config) (*Server, error) {
 		logs:         newLogSampler(cfg.LogSampling, cfg.Logger, cfg.Name),
 		bytesUp:      cfg.Metrics.BytesCounter(cfg.Name, true),
 		bytesDown:    cfg.Metrics.BytesCounter(cfg.Name, false),
-		listeners:    make(map[net.Listener]struct{}),
+		listeners:    make(map[net.Listener]*acceptLoop),
 		sessions:     make(map[*session]struct{}),
 		startupsByIP: make(map[netip.Addr]int),
 	}, nil
@@ -80,7 +80,8 @@ func (s *Server) Serve(ln net.Listener) error {
 		_ = ln.Close()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
+	loop := newAcceptLoop(ln)
+	s.listeners[ln] = loop
 	s.mu.Unlock()
 
 	var backoff time.Duration
@@ -89,6 +90,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		if err != nil {
 			if s.closing() {
 				return ErrServerClosed
+			}
+			if loop.answer(err) {
+				continue // a liveness poke (alive.go), not a failure
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || !errors.Is(err, net.ErrClosed) {

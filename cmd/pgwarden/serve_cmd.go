@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/internal/gateway"
+	"github.com/pgwarden/pgwarden/internal/systemd"
 )
 
 // runServe is `pgwarden serve`.
@@ -39,10 +40,27 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		printConfigError(stderr, err)
 		return exitUsage
 	}
-	gw, err := gateway.New(&cfg.Config, gateway.Options{
-		Logger:  log,
-		Version: buildVersion(),
-		Names:   flagNames,
+	// Under systemd: READY, RELOADING, STOPPING, STATUS and the watchdog
+	// (Type=notify), and sockets it passes in (--listen systemd:NAME).
+	notify := systemd.NewNotifier(log)
+	sockets := &systemd.Sockets{}
+	watchCtx, stopWatchdog := context.WithCancel(context.Background())
+	defer stopWatchdog()
+	var gw *gateway.Gateway
+	gw, err = gateway.New(&cfg.Config, gateway.Options{
+		Logger:    log,
+		Version:   buildVersion(),
+		Names:     flagNames,
+		Inherited: sockets.Take,
+		Hooks: gateway.Hooks{
+			Ready: func() {
+				notify.Ready()
+				go notify.RunWatchdog(watchCtx, gw.Alive)
+			},
+			Reloading: notify.Reloading,
+			Reloaded:  notify.Ready,
+			Stopping:  notify.Stopping,
+		},
 		// SIGHUP re-reads the command line and its file for the allowlists.
 		Reread: func() (*gateway.Config, error) {
 			c, err := parseServeArgs(args)
@@ -55,6 +73,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		printConfigError(stderr, err)
 		return exitCode(err)
+	}
+	notify.Status = gw.Status
+	if unused := sockets.Unused(); len(unused) > 0 {
+		log.Warn("systemd passed sockets that no --listen systemd:NAME takes; they stay unused", zap.Strings("sockets", unused))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -48,6 +48,10 @@ type Options struct {
 	// net.Listen("tcp", addr). A supervisor that passes sockets in
 	// (systemd socket activation) returns those.
 	Listen func(addr string) (net.Listener, error)
+	// Inherited returns the listening sockets a supervisor passed in under
+	// name ("" for all of them), for a listen address "systemd:NAME"
+	// (systemd socket activation); nil means there are none.
+	Inherited func(name string) ([]net.Listener, error)
 	// Hooks follow the lifecycle.
 	Hooks Hooks
 	// Names are the caller's names of the configuration fields, for the

@@ -124,3 +124,25 @@ func (g *Gateway) AdminAddr() net.Addr {
 // StateDB is the ban state file (BanState), open while the gateway runs,
 // for other state kept beside the bans; nil without one (see acl.Jail.DB).
 func (g *Gateway) StateDB() *bolt.DB { return g.jail.DB() }
+
+// Alive returns nil when every accept loop and every event loop of the
+// gateway answer before ctx ends, each from its own goroutine (see
+// proxy.Server.Alive): the systemd watchdog's question.
+func (g *Gateway) Alive(ctx context.Context) error {
+	for _, r := range g.routes {
+		if err := r.server.Alive(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Status is a one-line summary for a supervisor (systemd's STATUS=):
+// connections being handled and active bans.
+func (g *Gateway) Status() string {
+	sessions := 0
+	for _, r := range g.routes {
+		sessions += r.server.Sessions()
+	}
+	return fmt.Sprintf("%d sessions, %d bans", sessions, g.jail.ActiveBans())
+}

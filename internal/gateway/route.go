@@ -3,6 +3,8 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"net"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -118,23 +120,42 @@ func (g *Gateway) listen() error {
 				zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
 		}
 		for _, addr := range r.addrs {
-			inner, err := g.opts.Listen(addr)
+			inners, err := g.bind(addr)
 			if err != nil {
 				return errorf("%s %s: %w", FieldListen, addr, err)
 			}
-			ln, err := acl.NewListener(inner, acl.ListenerConfig{
-				Gate: acl.NewGate(r.policy, g.metrics.OnReject, g.log.With(zap.String("route", r.cfg.Name))),
-			})
-			if err != nil {
-				_ = inner.Close()
-				return errorf("%s %s: %w", FieldListen, addr, err)
+			for _, inner := range inners {
+				ln, err := acl.NewListener(inner, acl.ListenerConfig{
+					Gate: acl.NewGate(r.policy, g.metrics.OnReject, g.log.With(zap.String("route", r.cfg.Name))),
+				})
+				if err != nil {
+					_ = inner.Close()
+					return errorf("%s %s: %w", FieldListen, addr, err)
+				}
+				r.listeners = append(r.listeners, ln)
+				g.log.Info("listening", zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
+					zap.Stringer("upstream", r.upstream), zap.Stringer("allow", allow))
 			}
-			r.listeners = append(r.listeners, ln)
-			g.log.Info("listening", zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
-				zap.Stringer("upstream", r.upstream), zap.Stringer("allow", allow))
 		}
 	}
 	return nil
+}
+
+// bind opens the listening sockets of one resolved listen address: one
+// socket, or those a supervisor passed in for "systemd:NAME".
+func (g *Gateway) bind(addr string) ([]net.Listener, error) {
+	name, inherited := strings.CutPrefix(addr, InheritedPrefix)
+	if !inherited {
+		ln, err := g.opts.Listen(addr)
+		if err != nil {
+			return nil, err
+		}
+		return []net.Listener{ln}, nil
+	}
+	if g.opts.Inherited == nil {
+		return nil, errors.New("no sockets were passed in: this address needs systemd socket activation (a .socket unit)")
+	}
+	return g.opts.Inherited(name)
 }
 
 func (g *Gateway) closeListeners() {
