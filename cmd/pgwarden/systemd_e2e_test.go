@@ -317,4 +317,3 @@ func waitLine(t *testing.T, lines <-chan string, want string) string {
 		}
 	}
 }
-
