@@ -61,10 +61,14 @@ var flagNames = fielderr.Names{
 	certs.FieldForce:      "--force",
 
 	admin.FieldAddr: "--admin",
+	fieldStale:      "--stale",
 
 	forward.FieldListen:      "--listen",
 	forward.FieldAllowRemote: "--allow-remote-listen",
 }
+
+// fieldStale is `pgwarden rules --stale`.
+var fieldStale = fielderr.Field{Pkg: "main", Name: "stale"}
 
 // clientFlagNames are connect's and probe's: a client certificate is
 // --sslcert and --sslkey there, as libpq's parameters.

@@ -23,6 +23,7 @@ Usage:
   pgwarden connect --to HOST:PORT [flags]  local plaintext listener carrying clients to a gateway over TLS (stunnel client = yes)
   pgwarden probe HOST:PORT [flags]         check a postgres endpoint layer by layer: why can't I connect?
   pgwarden bans list|ban|unban ...          inspect and change bans through the admin endpoint
+  pgwarden rules [--stale DUR]              allowlist entries and grants that admitted nothing lately
   pgwarden grants request --url URL [flags] from a CI job: ask for a time-boxed grant for this runner's address
   pgwarden certs init|issue ...             make a private CA, server and client certificates
   pgwarden version                          print the version
@@ -48,6 +49,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runProbe(args[1:], stdout, stderr)
 	case "bans":
 		return runBans(args[1:], stdout, stderr)
+	case "rules":
+		return runRules(args[1:], stdout, stderr)
 	case "grants":
 		return runGrants(args[1:], stdout, stderr)
 	case "certs":

@@ -8,6 +8,7 @@
 //	GET    /bans        200 [{"ip": "...", "until": "RFC3339", "failures": N, "bans": N}]
 //	POST   /bans        201 {"ip": ..., "until": ...}; body {"ip": "IP or CIDR", "for": "1h"} ("for" optional)
 //	DELETE /bans/{ip}   204; 404 if not banned (ip may be a URL-escaped CIDR)
+//	GET    /rules       200 [{"route": "...", "entry": "10.0.0.0/8", "hits": N, "last_hit": "RFC3339" or null, "since": "RFC3339"}]
 //	GET    /healthz     200 "ok": the process is up
 //	GET    /readyz      200 "ready", or 503 with the reason (not listening, upstream down, draining)
 //	GET    /metrics     Prometheus text format

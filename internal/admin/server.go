@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/netaddr"
+	"github.com/pgwarden/pgwarden/internal/rulehits"
 )
 
 // BanStore is what the endpoint needs from the ban jail.
@@ -47,6 +48,8 @@ type Config struct {
 	Ready func() error
 	// Registry is served at /metrics. Required.
 	Registry *prometheus.Registry
+	// Rules, if set, lists what each admission rule admitted (GET /rules).
+	Rules func() []rulehits.Hits
 	// Handlers are more resources.
 	Handlers []Handler
 	// Logger receives the endpoint's errors; nil means none.
@@ -158,6 +161,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	s.registerBans(mux)
 	s.registerHealth(mux)
+	s.registerRules(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{
 		ErrorLog:            zap.NewStdLog(s.log.With(zap.String("component", "metrics"))),
 		ErrorHandling:       promhttp.ContinueOnError,

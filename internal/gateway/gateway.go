@@ -18,6 +18,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/metrics"
+	"github.com/pgwarden/pgwarden/internal/rulehits"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -70,7 +71,8 @@ type Gateway struct {
 	upstream *proxy.UpstreamLimiter // shared: routes to one postgres share its cap
 	metrics  *metrics.Prometheus
 	jail     *acl.Jail
-	admin    *admin.Server // nil without an admin address
+	hits     *rulehits.Counter // connections admitted per route and rule
+	admin    *admin.Server     // nil without an admin address
 	draining atomic.Bool
 
 	// cancel rate-limits cancel requests; shared, so that a source has one
@@ -116,12 +118,18 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	}
 	g.jail = jail
 	g.metrics.SetBanStore(jail)
+	if g.hits, err = rulehits.New(rulehits.Config{DB: jail.DB(), Logger: log.With(zap.String("component", "rulehits"))}); err != nil {
+		_ = jail.Close()
+		return nil, err
+	}
+	g.metrics.Registry().MustRegister(g.hits.Collector())
 	if g.cancel, err = newCancelLimiter(cfg, jail); err != nil {
 		_ = jail.Close()
 		return nil, configError(err)
 	}
 	if cfg.Admin != "" {
-		g.admin, err = admin.New(admin.Config{Addr: cfg.Admin, Bans: jail, Ready: g.Ready, Registry: g.metrics.Registry(), Logger: log})
+		g.admin, err = admin.New(admin.Config{Addr: cfg.Admin, Bans: jail, Ready: g.Ready, Registry: g.metrics.Registry(),
+			Rules: g.hits.List, Logger: log})
 		if err != nil {
 			_ = jail.Close()
 			return nil, configError(err)
@@ -218,6 +226,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer stopWatch()
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		g.hits.Run(watchCtx) // flushes once more when the drain is over
+	}()
 	for _, r := range g.routes {
 		wg.Add(3)
 		go func() {

@@ -85,6 +85,7 @@ func (g *Gateway) reloadAllowlists() {
 		}
 		old := r.policy.Allowlist()
 		r.policy.SetAllowlist(allow)
+		r.hits.SetAllowlist(allow)
 		if allow.String() != old.String() {
 			g.log.Info("allowlist reloaded", zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
 		}

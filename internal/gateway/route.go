@@ -11,6 +11,7 @@ import (
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
+	"github.com/pgwarden/pgwarden/internal/rulehits"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -18,7 +19,8 @@ import (
 type route struct {
 	cfg       RouteConfig
 	upstream  proxy.Upstream
-	policy    *acl.Policy // the route's admission: its allowlist, then the jail
+	policy    *acl.Policy     // the route's admission: its allowlist, then the jail
+	hits      *rulehits.Route // what each of its rules admitted
 	loader    *certs.Loader
 	authz     *certs.Authorizer // nil without a client CA
 	server    *proxy.Server
@@ -40,6 +42,9 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		errs = append(errs, wrap(err))
 	} else if r.policy, err = acl.NewPolicy(allow, nil, []acl.Denier{g.jail}); err != nil {
 		errs = append(errs, wrap(err))
+	} else {
+		r.hits = g.hits.Route(rc.Name)
+		r.hits.SetAllowlist(allow)
 	}
 	if r.upstream, err = parseUpstream(rc.Upstream, rc.AllowRemoteUpstream); err != nil {
 		errs = append(errs, wrap(err))
@@ -125,9 +130,9 @@ func (g *Gateway) listen() error {
 				return errorf("%s %s: %w", FieldListen, addr, err)
 			}
 			for _, inner := range inners {
-				ln, err := acl.NewListener(inner, acl.ListenerConfig{
-					Gate: acl.NewGate(r.policy, g.metrics.OnReject, g.log.With(zap.String("route", r.cfg.Name))),
-				})
+				gate := acl.NewGate(r.policy, g.metrics.OnReject, g.log.With(zap.String("route", r.cfg.Name)))
+				gate.OnAdmit(r.hits.Hit)
+				ln, err := acl.NewListener(inner, acl.ListenerConfig{Gate: gate})
 				if err != nil {
 					_ = inner.Close()
 					return errorf("%s %s: %w", FieldListen, addr, err)
