@@ -143,10 +143,10 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 		a.ip = normalize(ip)
 		a.host, a.agg = j.keys(a.ip)
 	}
-	limited := a.ip.IsValid() && !j.cfg.Ignore.Allows(a.ip)
+	limited := a.ip.IsValid() && !j.config().Ignore.Allows(a.ip)
 	waited := false
 	for {
-		now := j.cfg.Now()
+		now := j.config().Now()
 		j.mu.Lock()
 		if !a.ip.IsValid() || j.closed {
 			// Untracked: nothing to count, nothing to revoke.
@@ -179,7 +179,7 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 		if aggFull {
 			wakeAgg = j.auths.wakeChan(a.agg)
 		}
-		inflight, failures := j.auths.inflight[a.host], j.tracker.count(a.host, now, j.cfg.FindTime)
+		inflight, failures := j.auths.inflight[a.host], j.tracker.count(a.host, now, j.config().FindTime)
 		j.mu.Unlock()
 		if !waited {
 			waited = true
@@ -199,7 +199,7 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 // fullLocked reports whether key (if valid) has no retry left that an
 // attempt in progress is not already using.
 func (j *Jail) fullLocked(key netip.Prefix, now time.Time) bool {
-	return key.IsValid() && j.tracker.count(key, now, j.cfg.FindTime)+j.auths.inflight[key] >= j.cfg.MaxRetry
+	return key.IsValid() && j.tracker.count(key, now, j.config().FindTime)+j.auths.inflight[key] >= j.config().MaxRetry
 }
 
 // admitLocked registers a as in progress, holding a slot when limited.
@@ -245,7 +245,7 @@ func (j *Jail) endLocked(a *AuthAttempt) {
 func (j *Jail) revokeLocked(key netip.Prefix, manual bool) []*AuthAttempt {
 	var out []*AuthAttempt
 	for a := range j.auths.attempts {
-		if key.Contains(a.ip) && (manual || !j.cfg.Ignore.Allows(a.ip)) {
+		if key.Contains(a.ip) && (manual || !j.config().Ignore.Allows(a.ip)) {
 			out = append(out, a)
 		}
 	}

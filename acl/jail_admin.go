@@ -51,7 +51,7 @@ func ceilSecond(t time.Time) time.Time {
 
 // List returns the active bans, sorted by address (IPv4 first).
 func (j *Jail) List() []BanInfo {
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.RLock()
 	keys := make([]netip.Prefix, 0, len(j.bans))
 	for k, b := range j.bans {
@@ -70,7 +70,7 @@ func (j *Jail) List() []BanInfo {
 
 // ActiveBans is the number of unexpired bans (for a gauge).
 func (j *Jail) ActiveBans() int {
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.RLock()
 	defer j.mu.RUnlock()
 	n := 0
@@ -96,7 +96,7 @@ func (j *Jail) Ban(prefixOrIP string, d time.Duration) (BanInfo, error) {
 	if d < 0 {
 		return BanInfo{}, fmt.Errorf("banning %s: duration %s is negative", key, d)
 	}
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
@@ -122,7 +122,7 @@ func (j *Jail) Unban(prefixOrIP string) error {
 	if err != nil {
 		return fmt.Errorf("unbanning %q: %w", prefixOrIP, err)
 	}
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -18,6 +19,7 @@ import (
 // several listeners; Shutdown stops them all and drains the sessions.
 type Server struct {
 	cfg  Config
+	tun  atomic.Pointer[Tunables] // what a reload may change (tunables.go)
 	log  *zap.Logger
 	logs *logSampler // for connection lines (logsample.go)
 
@@ -51,7 +53,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
+	s := &Server{
 		relay:        rl,
 		ctx:          ctx,
 		cancelCtx:    cancel,
@@ -63,7 +65,10 @@ func New(cfg Config) (*Server, error) {
 		listeners:    make(map[net.Listener]*acceptLoop),
 		sessions:     make(map[*session]struct{}),
 		startupsByIP: make(map[netip.Addr]int),
-	}, nil
+	}
+	tun := cfg.tunables()
+	s.tun.Store(&tun)
+	return s, nil
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -172,9 +177,10 @@ func (s *Server) Sessions() int {
 // source, without waiting. The session is tracked from here on so Shutdown
 // can close it.
 func (s *Server) acquireStartup(ip netip.Addr) (release func(), ok bool) {
+	tun := s.tun.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.startups >= s.cfg.MaxStartups || s.startupsByIP[ip] >= s.cfg.MaxStartupsPerIP {
+	if s.startups >= tun.MaxStartups || s.startupsByIP[ip] >= tun.MaxStartupsPerIP {
 		return nil, false
 	}
 	s.startups++

@@ -53,7 +53,7 @@ func TestSIGHUPReloadsAllowlist(t *testing.T) {
 	require.NoError(t, g.cmd.Process.Signal(syscall.SIGHUP))
 	require.Eventually(t, func() bool {
 		for _, l := range g.logLines() {
-			if l["msg"] == "allowlist reload failed; keeping the current one" {
+			if l["msg"] == "configuration reload failed; the running configuration stays in force, nothing changed" {
 				return true
 			}
 		}

@@ -61,11 +61,14 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 			Reloaded:  notify.Ready,
 			Stopping:  notify.Stopping,
 		},
-		// SIGHUP re-reads the command line and its file for the allowlists.
+		// SIGHUP re-reads the command line and its file.
 		Reread: func() (*gateway.Config, error) {
 			c, err := parseServeArgs(args)
 			if err != nil {
 				return nil, err
+			}
+			if c.LogFormat != cfg.LogFormat || c.LogLevel != cfg.LogLevel {
+				log.Warn("--log-format and --log-level take effect only after a restart")
 			}
 			return &c.Config, nil
 		},

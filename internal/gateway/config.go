@@ -88,6 +88,7 @@ var (
 	FieldCancelBurst             = field("CancelBurst")
 	FieldCancelUnknownPerFailure = field("CancelUnknownPerFailure")
 	FieldRelay                   = field("Relay")
+	FieldBanState                = field("BanState")
 	// MakeCertificate is not a field but the advice on how to make a
 	// certificate and key, which only the caller knows how to give.
 	MakeCertificate = field("a certificate and key from your CA")

@@ -13,7 +13,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/acl"
-	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
@@ -75,6 +74,15 @@ type Gateway struct {
 	admin    *admin.Server     // nil without an admin address
 	draining atomic.Bool
 
+	// mu serialises reloads and guards what they replace: applied, and
+	// each route's reloadable parts; watchCtx and watchWG are Run's, for
+	// the watches of files a reload adds (nil outside Run).
+	mu           sync.Mutex
+	applied      *Config
+	drainTimeout atomic.Int64 // DrainTimeout in force
+	watchCtx     context.Context
+	watchWG      *sync.WaitGroup
+
 	// cancel rate-limits cancel requests; shared, so that a source has one
 	// budget whichever route it reaches.
 	cancel *proxy.CancelLimiter
@@ -111,7 +119,8 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	}
 	log := opts.Logger
 	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
-		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups)}
+		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups), applied: cfg.clone()}
+	g.drainTimeout.Store(int64(cfg.DrainTimeout))
 	jail, err := newJail(cfg, log, g.metrics.OnBan)
 	if err != nil {
 		return nil, err
@@ -174,13 +183,12 @@ func (g *Gateway) Close() error {
 	return g.jail.Close()
 }
 
-// newJail builds the ban jail from the Ban* settings. Problems with them
-// are ConfigErrors; a state file locked by another process is a runtime
-// error.
-func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
+// jailConfig is the jail's configuration from the Ban* settings, checked
+// (a reload checks the new one this way before putting it in force).
+func jailConfig(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (acl.JailConfig, error) {
 	ignore, err := acl.ParseList(acl.FieldIgnore, c.BanIgnore)
 	if err != nil {
-		return nil, configError(err)
+		return acl.JailConfig{}, err
 	}
 	jcfg := acl.DefaultJailConfig()
 	jcfg.MaxRetry = c.BanMaxRetry
@@ -195,6 +203,17 @@ func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Ti
 	jcfg.Logger = log.With(zap.String("component", "jail"))
 	jcfg.OnBan = onBan
 	if err := jcfg.CheckAndSetDefaults(); err != nil {
+		return acl.JailConfig{}, err
+	}
+	return jcfg, nil
+}
+
+// newJail builds the ban jail from the Ban* settings. Problems with them
+// are ConfigErrors; a state file locked by another process is a runtime
+// error.
+func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
+	jcfg, err := jailConfig(c, log, onBan)
+	if err != nil {
 		return nil, configError(err)
 	}
 	j, err := acl.NewJail(jcfg)
@@ -231,24 +250,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		defer wg.Done()
 		g.hits.Run(watchCtx) // flushes once more when the drain is over
 	}()
+	g.mu.Lock()
+	g.watchCtx, g.watchWG = watchCtx, &wg
 	for _, r := range g.routes {
-		wg.Add(3)
-		go func() {
-			defer wg.Done()
-			r.loader.RunExpiryChecks(watchCtx, certs.DefaultExpiryWarning)
-		}()
-		go func() {
-			defer wg.Done()
-			if err := r.loader.Watch(watchCtx); err != nil && !errors.Is(err, context.Canceled) {
-				g.log.Warn("watching certificate files failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			if err := r.authz.Watch(watchCtx); err != nil {
-				g.log.Warn("watching the certificate revocation list failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
-			}
-		}()
+		g.watch(watchCtx, r, &wg)
+	}
+	g.mu.Unlock()
+	for _, r := range g.routes {
 		for _, ln := range r.listeners {
 			wg.Add(1)
 			go func() {
@@ -272,8 +280,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	g.draining.Store(true) // /readyz says 503 from now on
 	call(g.opts.Hooks.Stopping)
-	g.log.Info("shutting down: listeners closed, draining sessions", zap.Duration("drain_timeout", g.cfg.DrainTimeout))
-	dctx, cancel := context.WithTimeout(context.Background(), g.cfg.DrainTimeout)
+	drainTimeout := time.Duration(g.drainTimeout.Load())
+	g.log.Info("shutting down: listeners closed, draining sessions", zap.Duration("drain_timeout", drainTimeout))
+	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
 	var drain sync.WaitGroup
 	for _, r := range g.routes {
@@ -286,6 +295,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}()
 	}
 	drain.Wait()
+	g.mu.Lock()
+	g.watchCtx = nil // a reload from now on starts no watch
+	g.mu.Unlock()
 	stopWatch()
 	wg.Wait()
 	if g.admin != nil {

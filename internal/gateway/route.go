@@ -1,10 +1,13 @@
 package gateway
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 
 	"go.uber.org/zap"
 
@@ -15,17 +18,72 @@ import (
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
-// route is one listen → upstream service at run time.
+// route is one listen → upstream service at run time. The fields a
+// reload replaces (cfg's reloadable settings, loader, authz, policy) are
+// guarded by Gateway.mu.
 type route struct {
 	cfg       RouteConfig
 	upstream  proxy.Upstream
 	policy    *acl.Policy     // the route's admission: its allowlist, then the jail
 	hits      *rulehits.Route // what each of its rules admitted
-	loader    *certs.Loader
-	authz     *certs.Authorizer // nil without a client CA
+	tls       tlsParts
 	server    *proxy.Server
 	addrs     []string
 	listeners []*acl.Listener
+	stopWatch func() // stops the watches of tls's files; nil before Run
+}
+
+// tlsParts are a route's server certificate, client-certificate rules and
+// the TLS configuration built from them.
+type tlsParts struct {
+	loader *certs.Loader
+	authz  *certs.Authorizer // nil without a client CA
+	policy certs.Policy
+	config *tls.Config
+}
+
+// authorizer is authz as the proxy takes it: a nil interface without a
+// client CA (a typed nil would look like one to the proxy).
+func (t tlsParts) authorizer() proxy.Authorizer {
+	if t.authz == nil {
+		return nil
+	}
+	return t.authz
+}
+
+// tlsPolicy is a route's TLS policy from its settings.
+func tlsPolicy(rc RouteConfig) (certs.Policy, error) {
+	minVersion := rc.TLSMinVersion
+	if minVersion == "" {
+		minVersion = defaultMinVersion
+	}
+	p := certs.Policy{
+		ClientCAFile:  rc.TLSClientCA,
+		AllowCN:       rc.TLSAllowCN,
+		AllowSAN:      rc.TLSAllowSAN,
+		MapUser:       rc.TLSMapUser,
+		MapFile:       rc.TLSMapFile,
+		ClientCRLFile: rc.TLSClientCRL,
+	}
+	var err error
+	p.MinVersion, err = certs.ParseMinVersion(minVersion)
+	return p, err
+}
+
+// tunables are the proxy settings of route rc under c that a reload may
+// change.
+func tunables(c *Config, rc RouteConfig, t tlsParts) proxy.Tunables {
+	tun := proxy.Tunables{
+		TLS:              t.config,
+		Authorizer:       t.authorizer(),
+		HandshakeTimeout: c.HandshakeTimeout,
+		AuthTimeout:      c.AuthTimeout,
+		AuthStepTimeout:  c.AuthStepTimeout,
+		MaxStartups:      c.MaxStartups,
+		MaxStartupsPerIP: c.MaxStartupsPerIP,
+	}
+	tun.PlaintextCancel, _ = parsePlaintextCancel(rc.CancelPlaintext) // checked by Validate
+	return tun
 }
 
 // buildRoute turns a route's settings into its run-time parts, without
@@ -57,62 +115,74 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		}
 		r.addrs = append(r.addrs, addrs...)
 	}
-	minVersion := rc.TLSMinVersion
-	if minVersion == "" {
-		minVersion = defaultMinVersion
-	}
-	policy := certs.Policy{
-		ClientCAFile:  rc.TLSClientCA,
-		AllowCN:       rc.TLSAllowCN,
-		AllowSAN:      rc.TLSAllowSAN,
-		MapUser:       rc.TLSMapUser,
-		MapFile:       rc.TLSMapFile,
-		ClientCRLFile: rc.TLSClientCRL,
-	}
-	if policy.MinVersion, err = certs.ParseMinVersion(minVersion); err != nil {
+	if r.tls.policy, err = tlsPolicy(rc); err != nil {
 		errs = append(errs, wrap(err))
 	}
 	log := g.log.With(zap.String("route", rc.Name))
-	if r.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, log); err != nil {
+	if r.tls.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, log); err != nil {
 		errs = append(errs, wrap(err))
 	}
-	if r.authz, err = certs.NewAuthorizer(policy, log); err != nil {
+	if r.tls.authz, err = certs.NewAuthorizer(r.tls.policy, log); err != nil {
 		errs = append(errs, wrap(err))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	tlsConfig, err := certs.ServerConfig(r.loader, policy)
-	if err != nil {
+	if r.tls.config, err = certs.ServerConfig(r.tls.loader, r.tls.policy); err != nil {
 		return nil, wrap(err)
 	}
+	tun := tunables(g.cfg, rc, r.tls)
 	pcfg := proxy.Config{
 		Name:             rc.Name,
 		Upstream:         r.upstream,
-		TLS:              tlsConfig,
+		TLS:              tun.TLS,
+		Authorizer:       tun.Authorizer,
 		Logger:           g.log,
 		Cancels:          g.cancels,
 		Metrics:          g.metrics,
 		Observer:         g.metrics,
 		AuthGate:         banpolicy.Gate{Jail: g.jail},
 		UpstreamLimiter:  g.upstream,
-		HandshakeTimeout: g.cfg.HandshakeTimeout,
-		AuthTimeout:      g.cfg.AuthTimeout,
-		AuthStepTimeout:  g.cfg.AuthStepTimeout,
-		MaxStartups:      g.cfg.MaxStartups,
-		MaxStartupsPerIP: g.cfg.MaxStartupsPerIP,
+		HandshakeTimeout: tun.HandshakeTimeout,
+		AuthTimeout:      tun.AuthTimeout,
+		AuthStepTimeout:  tun.AuthStepTimeout,
+		MaxStartups:      tun.MaxStartups,
+		MaxStartupsPerIP: tun.MaxStartupsPerIP,
+		PlaintextCancel:  tun.PlaintextCancel,
 		CancelLimiter:    g.cancel,
 	}
-	pcfg.PlaintextCancel, _ = parsePlaintextCancel(rc.CancelPlaintext) // checked by Validate
-	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay)                        // checked by Validate
-	if r.authz != nil {
-		pcfg.Authorizer = r.authz
-	}
+	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay) // checked by Validate
 	r.server, err = proxy.New(pcfg)
 	if err != nil {
 		return nil, wrap(err)
 	}
 	return r, nil
+}
+
+// watch starts watching the files of the route's TLS parts (certificate,
+// CRL) and the certificate's expiry, until ctx ends or stopWatch is
+// called; wg counts the goroutines. The caller holds g.mu.
+func (g *Gateway) watch(ctx context.Context, r *route, wg *sync.WaitGroup) {
+	ctx, cancel := context.WithCancel(ctx)
+	r.stopWatch = cancel
+	t := r.tls
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		t.loader.RunExpiryChecks(ctx, certs.DefaultExpiryWarning)
+	}()
+	go func() {
+		defer wg.Done()
+		if err := t.loader.Watch(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			g.log.Warn("watching certificate files failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := t.authz.Watch(ctx); err != nil {
+			g.log.Warn("watching the certificate revocation list failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
+		}
+	}()
 }
 
 // listen binds every route's addresses, each behind the route's admission
