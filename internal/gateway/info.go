@@ -9,7 +9,6 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
-
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/proxy"
 )
