@@ -186,10 +186,9 @@ func (g *Gateway) Close() error {
 // jailConfig is the jail's configuration from the Ban* settings, checked
 // (a reload checks the new one this way before putting it in force).
 func jailConfig(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (acl.JailConfig, error) {
-	ignore, err := acl.ParseList(acl.FieldIgnore, c.BanIgnore)
-	if err != nil {
-		return acl.JailConfig{}, err
-	}
+	// Both the ignore list and the numbers are checked, so every problem
+	// is reported at once.
+	ignore, ignoreErr := acl.ParseList(acl.FieldIgnore, c.BanIgnore)
 	jcfg := acl.DefaultJailConfig()
 	jcfg.MaxRetry = c.BanMaxRetry
 	jcfg.FindTime = c.BanFindTime
@@ -202,7 +201,7 @@ func jailConfig(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time
 	jcfg.StatePath = c.BanState
 	jcfg.Logger = log.With(zap.String("component", "jail"))
 	jcfg.OnBan = onBan
-	if err := jcfg.CheckAndSetDefaults(); err != nil {
+	if err := errors.Join(ignoreErr, jcfg.CheckAndSetDefaults()); err != nil {
 		return acl.JailConfig{}, err
 	}
 	return jcfg, nil
