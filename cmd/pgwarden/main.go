@@ -20,6 +20,7 @@ const usage = `pgwarden: a TLS-terminating access gateway for PostgreSQL
 
 Usage:
   pgwarden serve [--config FILE] [flags]   run the gateway (pgwarden serve --help lists the flags)
+  pgwarden check [--config FILE] [flags]   check that configuration, and postgres's exposure, from this host
   pgwarden connect --to HOST:PORT [flags]  local plaintext listener carrying clients to a gateway over TLS (stunnel client = yes)
   pgwarden probe HOST:PORT [flags]         check a postgres endpoint layer by layer: why can't I connect?
   pgwarden bans list|ban|unban ...          inspect and change bans through the admin endpoint
@@ -43,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return runServe(args[1:], stdout, stderr)
+	case "check":
+		return runCheck(args[1:], stdout, stderr)
 	case "connect":
 		return runConnect(args[1:], stdout, stderr)
 	case "probe":

@@ -173,3 +173,13 @@ func baseNames(paths []string) []string {
 	}
 	return out
 }
+
+// ResolveListen is the addresses a listen setting binds (see
+// resolveListen), for a configuration check.
+func ResolveListen(spec string) ([]string, error) { return resolveListen(spec) }
+
+// ParseUpstream is the upstream an upstream setting names (see
+// parseUpstream), for a configuration check.
+func ParseUpstream(spec string, allowRemote bool) (proxy.Upstream, error) {
+	return parseUpstream(spec, allowRemote)
+}
