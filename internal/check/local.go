@@ -326,4 +326,3 @@ func splitLines(s string) []string {
 	}
 	return out
 }
-
