@@ -157,6 +157,15 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		_ = jail.Close()
 		return nil, configError(err)
 	}
+	for _, r := range g.routes {
+		g.metrics.CertificateExpiry(r.cfg.Name, func() time.Time {
+			g.mu.Lock()
+			l := r.tls.loader // a reload may give the route another
+			g.mu.Unlock()
+			return l.Current().Leaf.NotAfter
+		})
+		g.metrics.UpstreamUp(r.cfg.Name, func() bool { return r.upstreamAccepts() == nil })
+	}
 	return g, nil
 }
 

@@ -23,15 +23,22 @@ func (g *Gateway) Ready() error {
 		return errors.New("draining: shutting down")
 	}
 	for _, r := range g.routes {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		c, err := r.upstream.Dial(ctx)
-		cancel()
-		if err != nil {
+		if err := r.upstreamAccepts(); err != nil {
 			return fmt.Errorf("route %s: upstream %s: %w", r.cfg.Name, r.upstream, err)
 		}
-		_ = c.Close()
 	}
 	return nil
+}
+
+// upstreamAccepts connects to the route's upstream and closes at once.
+func (r *route) upstreamAccepts() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := r.upstream.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // RouteInfo describes one route as it runs.

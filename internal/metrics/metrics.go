@@ -32,6 +32,10 @@ import (
 //	pgwarden_handshake_seconds{route}                  histogram accept → TLS handshake done
 //	pgwarden_sessions_active{route}                    gauge     connections being handled now
 //	pgwarden_cancel_requests_total{result}             counter   CancelRequests, "forwarded" or "dropped"
+//	pgwarden_certificate_expiry_timestamp_seconds{route} gauge   the end of the route's server certificate (Unix time), read at scrape time
+//	pgwarden_upstream_up{route}                        gauge     1 if the route's upstream accepts a connection at scrape time, else 0
+//	pgwarden_allow_hits_total{route,entry}             counter   connections each admission rule let in (package rulehits)
+//	pgwarden_allow_last_hit_timestamp_seconds{route,entry} gauge the last of them (package rulehits)
 //
 // plus the standard go_* and process_* collectors.
 const (
@@ -46,6 +50,8 @@ const (
 	metricHandshake          = "pgwarden_handshake_seconds"
 	metricSessionsActive     = "pgwarden_sessions_active"
 	metricCancelRequests     = "pgwarden_cancel_requests_total"
+	metricCertExpiry         = "pgwarden_certificate_expiry_timestamp_seconds"
+	metricUpstreamUp         = "pgwarden_upstream_up"
 )
 
 // Handshakes are accept → TLS done: a LAN round trip plus crypto is a few
@@ -252,6 +258,35 @@ func (m *Prometheus) ObserveAuth(o proxy.AuthOutcome) {
 	if o.Result == proxy.AuthFailed {
 		m.AuthFailure(o.SQLState)
 	}
+}
+
+// CertificateExpiry exports the end of route's server certificate
+// (pgwarden_certificate_expiry_timestamp_seconds{route}); notAfter is read
+// at each scrape, so a reloaded certificate shows at once. Dashboards show
+// the days left, alerts fire before it ends.
+func (m *Prometheus) CertificateExpiry(route string, notAfter func() time.Time) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        metricCertExpiry,
+		Help:        "When the route's server certificate expires (Unix time).",
+		ConstLabels: prometheus.Labels{"route": route},
+	}, func() float64 { return float64(notAfter().Unix()) }))
+}
+
+// UpstreamUp exports whether route's upstream accepts a connection
+// (pgwarden_upstream_up{route}), asked at each scrape as /readyz asks: a
+// connection opened and closed without a byte, which postgres does not
+// log as an error.
+func (m *Prometheus) UpstreamUp(route string, up func() bool) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        metricUpstreamUp,
+		Help:        "1 if the route's upstream accepts a connection at scrape time, else 0.",
+		ConstLabels: prometheus.Labels{"route": route},
+	}, func() float64 {
+		if up() {
+			return 1
+		}
+		return 0
+	}))
 }
 
 // BanImposed counts one ban (automatic or manual).
