@@ -164,7 +164,6 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 			g.mu.Unlock()
 			return l.Current().Leaf.NotAfter
 		})
-		g.metrics.UpstreamUp(r.cfg.Name, func() bool { return r.upstreamAccepts() == nil })
 	}
 	return g, nil
 }

@@ -23,7 +23,9 @@ func (g *Gateway) Ready() error {
 		return errors.New("draining: shutting down")
 	}
 	for _, r := range g.routes {
-		if err := r.upstreamAccepts(); err != nil {
+		err := r.upstreamAccepts()
+		g.metrics.UpstreamDialed(r.cfg.Name, err == nil)
+		if err != nil {
 			return fmt.Errorf("route %s: upstream %s: %w", r.cfg.Name, r.upstream, err)
 		}
 	}

@@ -33,7 +33,7 @@ import (
 //	pgwarden_sessions_active{route}                    gauge     connections being handled now
 //	pgwarden_cancel_requests_total{result}             counter   CancelRequests, "forwarded" or "dropped"
 //	pgwarden_certificate_expiry_timestamp_seconds{route} gauge   the end of the route's server certificate (Unix time), read at scrape time
-//	pgwarden_upstream_up{route}                        gauge     1 if the route's upstream accepts a connection at scrape time, else 0
+//	pgwarden_upstream_up{route}                        gauge     1 if the last connection to the route's upstream (a login's, /readyz's) opened, 0 if it failed
 //	pgwarden_allow_hits_total{route,entry}             counter   connections each admission rule let in (package rulehits)
 //	pgwarden_allow_last_hit_timestamp_seconds{route,entry} gauge the last of them (package rulehits)
 //
@@ -83,6 +83,7 @@ type Prometheus struct {
 	handshake    *prometheus.HistogramVec
 	sessions     *prometheus.GaugeVec
 	cancels      *prometheus.CounterVec
+	upstreamUp   *prometheus.GaugeVec
 
 	// banStore is read by the pgwarden_bans_active GaugeFunc. It is set
 	// after construction (SetBanStore) because the jail is built with
@@ -139,6 +140,10 @@ func New() *Prometheus {
 			Name: metricCancelRequests,
 			Help: "CancelRequests received, by result (forwarded, dropped).",
 		}, []string{"result"}),
+		upstreamUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: metricUpstreamUp,
+			Help: "1 if the last connection to the route's upstream (a login's, or /readyz's) opened, 0 if it failed.",
+		}, []string{"route"}),
 	}
 	bansActive := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: metricBansActive,
@@ -148,7 +153,7 @@ func New() *Prometheus {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.connections, m.connDuration, m.rejections, m.auth, m.authFailures,
-		m.bans, bansActive, m.relayBytes, m.handshake, m.sessions, m.cancels,
+		m.bans, bansActive, m.relayBytes, m.handshake, m.sessions, m.cancels, m.upstreamUp,
 	)
 	// Series that exist from the start read 0 instead of being absent, so
 	// rate() and alerts work before the first event.
@@ -272,21 +277,17 @@ func (m *Prometheus) CertificateExpiry(route string, notAfter func() time.Time) 
 	}, func() float64 { return float64(notAfter().Unix()) }))
 }
 
-// UpstreamUp exports whether route's upstream accepts a connection
-// (pgwarden_upstream_up{route}), asked at each scrape as /readyz asks: a
-// connection opened and closed without a byte, which postgres does not
-// log as an error.
-func (m *Prometheus) UpstreamUp(route string, up func() bool) {
-	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name:        metricUpstreamUp,
-		Help:        "1 if the route's upstream accepts a connection at scrape time, else 0.",
-		ConstLabels: prometheus.Labels{"route": route},
-	}, func() float64 {
-		if up() {
-			return 1
-		}
-		return 0
-	}))
+// UpstreamDialed implements proxy.Metrics: pgwarden_upstream_up{route}
+// is 1 when the last connection the gateway opened to the route's
+// upstream (for a login, or for /readyz) succeeded, 0 when it failed, and
+// absent before the first. The gateway never dials postgres just for a
+// scrape: every connection shows in postgres's log.
+func (m *Prometheus) UpstreamDialed(route string, ok bool) {
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	m.upstreamUp.WithLabelValues(route).Set(v)
 }
 
 // BanImposed counts one ban (automatic or manual).
