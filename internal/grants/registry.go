@@ -298,9 +298,9 @@ func (r *Registry) Add(req AddRequest) (AddResult, error) {
 
 	r.fireExpired(expired)
 	if extending {
-		r.audit("grant extended", g, zap.Duration("ttl", ttl), zap.Time("previous_until", old.Until))
+		r.announce(Change{Kind: ChangeExtended, Grant: g}, zap.Duration("ttl", ttl), zap.Time("previous_until", old.Until))
 	} else {
-		r.audit("grant created", g, zap.Duration("ttl", ttl))
+		r.announce(Change{Kind: ChangeCreated, Grant: g}, zap.Duration("ttl", ttl))
 	}
 	return AddResult{Grant: g.clone(), Extended: extending, TTL: ttl}, nil
 }
@@ -351,10 +351,7 @@ func (r *Registry) Revoke(target string, opts RevokeOptions) ([]Grant, error) {
 	}
 	slices.SortFunc(revoked, func(a, b Grant) int { return strings.Compare(a.ID, b.ID) })
 	for _, g := range revoked {
-		r.audit("grant revoked", g, zap.String("by", opts.By), zap.Bool("keep_sessions", opts.KeepSessions))
-		if r.cfg.OnRevoke != nil {
-			r.cfg.OnRevoke(g.clone(), opts.KeepSessions)
-		}
+		r.announce(Change{Kind: ChangeRevoked, Grant: g, KeepSessions: opts.KeepSessions, By: opts.By})
 	}
 	return revoked, errors.Join(errs...)
 }
