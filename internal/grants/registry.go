@@ -387,6 +387,20 @@ func (r *Registry) List() []Grant {
 	return out
 }
 
+// Active is the number of grants in force now (pgwarden_grants_active).
+func (r *Registry) Active() int {
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, g := range r.byID {
+		if g.Active(now) {
+			n++
+		}
+	}
+	return n
+}
+
 // Len is the number of grants held, expired ones the sweeper has not
 // removed yet included (for the grants_active gauge, call after Sweep or
 // count List).
