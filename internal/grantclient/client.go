@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -79,7 +80,11 @@ type Config struct {
 	// "tcp6" (a grant is for the source address the server sees, so it
 	// must be the family the database connection will use), or "tcp".
 	Network string
-	// HTTPClient overrides the client built from RootCAs and Network.
+	// LocalAddr, if valid, is the local address the request leaves from
+	// (a runner with several addresses); it must be of Network's family.
+	LocalAddr netip.Addr
+	// HTTPClient overrides the client built from RootCAs, Network and
+	// LocalAddr.
 	HTTPClient *http.Client
 }
 
@@ -116,6 +121,13 @@ func New(cfg Config) (*Client, error) {
 			network = "tcp"
 		}
 		d := &net.Dialer{Timeout: requestTimeout}
+		if cfg.LocalAddr.IsValid() {
+			local := cfg.LocalAddr.Unmap()
+			if (network == "tcp4" && !local.Is4()) || (network == "tcp6" && !local.Is6()) {
+				return nil, fmt.Errorf("local address %s is not of the family the grant is asked from (%s)", local, network)
+			}
+			d.LocalAddr = &net.TCPAddr{IP: local.AsSlice()}
+		}
 		client = &http.Client{
 			Timeout: requestTimeout,
 			Transport: &http.Transport{
