@@ -144,7 +144,14 @@ func runGrantsRequest(args []string, stdout, stderr io.Writer, getenv func(strin
 		fmt.Fprintf(stderr, "pgwarden grants request: %v\n", err)
 		return exitRuntime
 	}
-	if err := json.NewEncoder(stdout).Encode(g); err != nil {
+	// The server's grant as it came (route, rule and claims included), on
+	// one line.
+	out := append(append([]byte(nil), g.JSON...), '\n')
+	if len(g.JSON) == 0 {
+		out, _ = json.Marshal(g)
+		out = append(out, '\n')
+	}
+	if _, err := stdout.Write(out); err != nil {
 		fmt.Fprintf(stderr, "pgwarden grants request: writing the grant: %v\n", err)
 		return exitRuntime
 	}

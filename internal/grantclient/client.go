@@ -33,6 +33,9 @@ type Grant struct {
 	Users     []string  `json:"users"`
 	Databases []string  `json:"databases"`
 	CreatedBy string    `json:"created_by"`
+	// JSON is the server's answer as it came, with the fields above and
+	// any others (route, rule, claims).
+	JSON json.RawMessage `json:"-"`
 }
 
 // APIError is an error answer of the grant endpoint.
@@ -189,6 +192,10 @@ func (c *Client) Request(ctx context.Context) (*Grant, error) {
 	}
 	if g.Until.IsZero() {
 		return nil, errors.New("the grant has no \"until\"")
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, data); err == nil {
+		g.JSON = compact.Bytes()
 	}
 	return &g, nil
 }
