@@ -1,6 +1,7 @@
 package grants
 
 import (
+	"encoding/json"
 	"sync"
 	"testing"
 	"time"
@@ -55,4 +56,24 @@ func TestOnChangeSeesEveryChange(t *testing.T) {
 		"expired 203.0.113.8/32 ",
 	}, seen)
 	require.Equal(t, []string{"grant created", "grant extended", "grant created", "grant revoked", "grant expired"}, r.auditEvents())
+}
+
+// TestUntilIsWholeSeconds: until is rounded up to the second, so the JSON
+// reads as plain RFC 3339 and a grant never ends before the time asked.
+func TestUntilIsWholeSeconds(t *testing.T) {
+	t.Parallel()
+	r := newTestRegistry(t)
+	r.clock.Advance(1500 * time.Millisecond) // 12:00:01.5
+	res, err := r.Add(adminReq("203.0.113.7", 10*time.Second))
+	require.NoError(t, err)
+	require.Equal(t, time.Date(2026, 5, 1, 12, 0, 12, 0, time.UTC), res.Grant.Until)
+	data, err := json.Marshal(res.Grant)
+	require.NoError(t, err)
+	require.Contains(t, string(data), `"until":"2026-05-01T12:00:12Z"`)
+	r.clock.Advance(10*time.Second + 499*time.Millisecond) // 12:00:11.999
+	_, ok := r.Covering("", addr("203.0.113.7"))
+	require.True(t, ok)
+	r.clock.Advance(time.Millisecond)
+	_, ok = r.Covering("", addr("203.0.113.7"))
+	require.False(t, ok)
 }

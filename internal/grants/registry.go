@@ -242,7 +242,10 @@ func (r *Registry) Add(req AddRequest) (AddResult, error) {
 		return AddResult{}, err
 	}
 	now := r.cfg.Now()
-	until := now.Add(ttl).UTC()
+	// Whole seconds, rounded up: the API shows until as plain RFC 3339
+	// (2026-08-01T10:00:00Z, as bans do), and what it shows is what is
+	// enforced; rounding up never ends a grant before the time asked.
+	until := ceilSecond(now.Add(ttl))
 
 	r.mu.Lock()
 	if r.closed {
@@ -280,7 +283,7 @@ func (r *Registry) Add(req AddRequest) (AddResult, error) {
 		g = Grant{
 			ID: id, Source: req.Source, Route: req.Route, Users: users, Databases: databases,
 			Until: until, Reason: req.Reason, CreatedBy: req.CreatedBy, Via: req.Via, Rule: req.Rule,
-			Claims: maps.Clone(req.Claims), Created: now.UTC(), used: new(atomic.Bool),
+			Claims: maps.Clone(req.Claims), Created: now.UTC().Truncate(time.Second), used: new(atomic.Bool),
 		}
 	}
 	if r.cfg.Store != nil {
@@ -354,6 +357,15 @@ func (r *Registry) Revoke(target string, opts RevokeOptions) ([]Grant, error) {
 		r.announce(Change{Kind: ChangeRevoked, Grant: g, KeepSessions: opts.KeepSessions, By: opts.By})
 	}
 	return revoked, errors.Join(errs...)
+}
+
+// ceilSecond is t in UTC, rounded up to the second.
+func ceilSecond(t time.Time) time.Time {
+	t = t.UTC().Round(0)
+	if tr := t.Truncate(time.Second); tr.Before(t) {
+		return tr.Add(time.Second)
+	}
+	return t
 }
 
 // Get returns the active grant with id.
