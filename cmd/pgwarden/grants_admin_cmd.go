@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -93,15 +92,7 @@ func runGrantsAdmin(sub string, args []string, stdout, stderr io.Writer, getenv 
 			fmt.Fprintf(stdout, "revoked %s%s\n", fs.Arg(0), kept)
 		}
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "pgwarden: %s\n", flagText(err))
-		var ae *admin.APIError
-		if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
-			return exitUsage // the endpoint refused what was typed
-		}
-		return exitRuntime
-	}
-	return exitOK
+	return adminExit(stderr, err)
 }
 
 // validate checks the arguments before anything is sent, naming the flag.

@@ -73,15 +73,8 @@ func (s *Server) listGrants(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) addGrant(w http.ResponseWriter, r *http.Request) {
-	// As for POST /bans: a JSON content type forces a browser's CORS
-	// preflight, which this endpoint never answers.
-	if ct := r.Header.Get("Content-Type"); !isJSONContentType(ct) {
-		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("content type %q: send application/json", ct))
-		return
-	}
 	var req GrantRequest
-	if err := decodeStrict(http.MaxBytesReader(w, r.Body, maxBodyBytes), &req); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("decoding the request body: %v", err))
+	if !readBody(w, r, &req) {
 		return
 	}
 	add, err := req.toAdd()
