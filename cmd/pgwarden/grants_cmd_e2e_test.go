@@ -189,6 +189,16 @@ func TestGrantsRequestUsage(t *testing.T) {
 		{[]string{"request", "--url", "https://db.example.com", "--github", "--cacert", ca}, []string{"--cacert", "no PEM CERTIFICATE"}},
 		{[]string{"request", "--url", "https://db.example.com", "--github", "extra"}, []string{`unexpected argument "extra"`}},
 		{[]string{"request", "--nope"}, []string{"unknown flag: --nope", "--help lists the flags"}},
+		{[]string{"request", "--url", "https://db.example.com", "--github", "--bind", "eth0"}, []string{`--bind "eth0": want a local IP address`}},
+		{[]string{"request", "--url", "https://127.0.0.1:8443", "--token-env", "T", "--bind", "::1"}, []string{"--bind ::1: the database connection will use IPv4"}},
+		{[]string{"add", "203.0.113.7", "--reason", "x"}, []string{"--ttl is required"}},
+		{[]string{"add", "--ttl", "1h", "--reason", "x"}, []string{"expected one SOURCE"}},
+		{[]string{"add", "0.0.0.0/0", "--ttl", "1h", "--reason", "x"}, []string{"use --allow"}},
+		{[]string{"add", "203.0.113.7", "--ttl", "1h"}, []string{"--reason is required"}},
+		{[]string{"add", "203.0.113.7", "--ttl", "1h", "--reason", "x", "--admin", "nope"}, []string{`--admin "nope": expected HOST:PORT`}},
+		{[]string{"list", "extra"}, []string{`unexpected argument "extra"`}},
+		{[]string{"revoke"}, []string{"expected one grant ID"}},
+		{[]string{"revoke", "g-1", "--keep"}, []string{"unknown flag: --keep"}},
 	}
 	for _, tc := range tests {
 		t.Run(fmt.Sprint(tc.args), func(t *testing.T) {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 
@@ -19,6 +20,7 @@ type route struct {
 	policy    *acl.Policy // the route's admission: its allowlist, then the jail
 	loader    *certs.Loader
 	authz     *certs.Authorizer // nil without a client CA
+	tls       *tls.Config       // the route's TLS (its loader's certificate)
 	server    *proxy.Server
 	addrs     []string
 	listeners []*acl.Listener
@@ -36,7 +38,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	allow, err := acl.ParseAllowlist(rc.Allow)
 	if err != nil {
 		errs = append(errs, wrap(err))
-	} else if r.policy, err = acl.NewPolicy(allow, nil, []acl.Denier{g.jail}); err != nil {
+	} else if r.policy, err = acl.NewPolicy(allow, []acl.Allower{grantAllower{g.grants, rc.Name}}, []acl.Denier{g.jail}); err != nil {
 		errs = append(errs, wrap(err))
 	}
 	if r.upstream, err = parseUpstream(rc.Upstream, rc.AllowRemoteUpstream); err != nil {
@@ -79,6 +81,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
+	r.tls = tlsConfig
 	pcfg := proxy.Config{
 		Name:             rc.Name,
 		Upstream:         r.upstream,
@@ -95,6 +98,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		MaxStartups:      g.cfg.MaxStartups,
 		MaxStartupsPerIP: g.cfg.MaxStartupsPerIP,
 		CancelLimiter:    g.cancel,
+		StartupPolicy:    grantLimits{g.grants, rc.Name, r.policy},
 	}
 	pcfg.PlaintextCancel, _ = parsePlaintextCancel(rc.CancelPlaintext) // checked by Validate
 	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay)                        // checked by Validate
@@ -143,4 +147,5 @@ func (g *Gateway) closeListeners() {
 			_ = ln.Close()
 		}
 	}
+	g.closeGrantListener()
 }

@@ -71,6 +71,15 @@ const (
 	OutcomeError       Outcome = "error"
 )
 
+// Outcomes lists every outcome, for metrics that pre-register their
+// labels.
+func Outcomes() []Outcome {
+	return []Outcome{
+		OutcomeGranted, OutcomeExtended, OutcomeBadRequest, OutcomeNotFound, OutcomeBanned, OutcomeRateLimited,
+		OutcomeTooLarge, OutcomeBadToken, OutcomeNoRule, OutcomeReplayed, OutcomeUnavailable, OutcomeError,
+	}
+}
+
 // Config configures a Handler.
 type Config struct {
 	Verifier TokenVerifier // required
