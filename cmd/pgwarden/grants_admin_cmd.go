@@ -79,7 +79,7 @@ func runGrantsAdmin(sub string, args []string, stdout, stderr io.Writer, getenv 
 			if g.Extended {
 				verb = "extended"
 			}
-			fmt.Fprintf(stderr, "pgwarden: %s %s until %s (grant %s)\n", verb, g.Source, g.Until.UTC().Format(time.RFC3339), g.ID)
+			fmt.Fprintf(stderr, "pgwarden: %s %s until %s (grant %s)\n", verb, grants.SourceString(g.Source), g.Until.UTC().Format(time.RFC3339), g.ID)
 		}
 	case "list":
 		err = listGrants(cl, stdout, c.JSON)
@@ -163,7 +163,7 @@ func listGrants(c *admin.Client, stdout io.Writer, asJSON bool) error {
 		if route == "" {
 			route = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Source, route, g.Until.UTC().Format(time.RFC3339),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, grants.SourceString(g.Source), route, g.Until.UTC().Format(time.RFC3339),
 			any(g.Users), any(g.Databases), clipCell(g.CreatedBy), clipCell(g.Reason))
 	}
 	return tw.Flush()

@@ -257,7 +257,7 @@ func TestGrantsSelfServiceEndToEnd(t *testing.T) {
 	code, stdout, stderr := e.request(t, runner, tok, "--ttl", "20m")
 	require.Equal(t, 0, code, "stderr: %s", stderr)
 	g := decodeGrant(t, stdout)
-	require.Equal(t, runner+"/32", g["source"], "the address the request came from")
+	require.Equal(t, runner, g["source"], "the address the request came from")
 	require.Equal(t, []any{pg.User}, g["users"])
 	require.Equal(t, []any{pg.Database}, g["databases"])
 	require.Equal(t, "repo:acme/app:environment:production", g["created_by"])
@@ -345,7 +345,7 @@ func TestGrantsSelfServiceEndToEnd(t *testing.T) {
 	// one for its first use.
 	created := e.logsWith("grant created")
 	require.Len(t, created, 1)
-	require.Equal(t, runner+"/32", created[0]["source"])
+	require.Equal(t, runner, created[0]["source"])
 	require.Equal(t, "repo:acme/app:environment:production", created[0]["created_by"])
 	require.Contains(t, created[0]["reason"], "run_id 4242")
 	require.Equal(t, map[string]any{"repository_id": "123456", "ref": "refs/heads/main"}, created[0]["claims"])
@@ -461,7 +461,7 @@ func TestGrantsAdminCLIAndRestartEndToEnd(t *testing.T) {
 		require.Contains(t, g, k)
 	}
 	require.Regexp(t, `^g-[0-9a-f]{16}$`, g["id"])
-	require.Equal(t, source+"/32", g["source"])
+	require.Equal(t, source, g["source"])
 	until, err := time.Parse(time.RFC3339, g["until"].(string))
 	require.NoError(t, err)
 	require.WithinDuration(t, time.Now().Add(time.Hour), until, time.Minute)

@@ -43,10 +43,7 @@ type GrantRequest struct {
 // ({"id", "source", "until", "reason", "users", "databases",
 // "created_by", "route", "via", "rule", ...}) and, for POST, whether an
 // existing grant of the source and route was extended.
-type GrantJSON struct {
-	grants.Grant
-	Extended bool `json:"extended"`
-}
+type GrantJSON = grants.Answer
 
 // AdminCreator is the created_by of grants made here.
 const AdminCreator = "admin"

@@ -89,7 +89,7 @@ func TestGrantsAPI(t *testing.T) {
 	var g map[string]any
 	require.NoError(t, json.Unmarshal([]byte(body), &g))
 	require.Regexp(t, `^g-[0-9a-f]{16}$`, g["id"])
-	require.Equal(t, "203.0.113.7/32", g["source"])
+	require.Equal(t, "203.0.113.7", g["source"])
 	require.Equal(t, admintest.Now.Add(30*time.Minute).Format(time.RFC3339), g["until"])
 	require.Equal(t, "hotfix", g["reason"])
 	require.Equal(t, []any{"migrator"}, g["users"])

@@ -188,7 +188,7 @@ func (g *Gateway) endGrantSessions(gr grants.Grant, why string) {
 	}
 	if n > 0 {
 		g.log.Info("sessions ended with their access grant", zap.String("grant_id", gr.ID),
-			zap.String("source", gr.Source.String()), zap.String("why", why), zap.Int("sessions", n))
+			zap.String("source", grants.SourceString(gr.Source)), zap.String("why", why), zap.Int("sessions", n))
 	}
 }
 

@@ -183,12 +183,6 @@ func DefaultSource(r *http.Request) (netip.Addr, bool) {
 	return ap.Addr().Unmap().WithZone(""), true
 }
 
-// grantJSON is the 201 answer: the grant and whether it was extended.
-type grantJSON struct {
-	grants.Grant
-	Extended bool `json:"extended"`
-}
-
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
@@ -327,7 +321,7 @@ func (h *Handler) grant(w http.ResponseWriter, log *zap.Logger, src netip.Addr, 
 	h.cfg.OnOutcome(out)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
-	_ = json.NewEncoder(w).Encode(grantJSON{Grant: res.Grant, Extended: res.Extended})
+	_ = json.NewEncoder(w).Encode(grants.Answer{Grant: res.Grant, Extended: res.Extended})
 }
 
 // fail writes {"error": msg} with status.

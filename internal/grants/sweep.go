@@ -83,7 +83,7 @@ func (r *Registry) audit(event string, g Grant, extra ...zap.Field) {
 	fields := []zap.Field{
 		zap.String("audit", "grant"),
 		zap.String("grant_id", g.ID),
-		zap.String("source", g.Source.String()),
+		zap.String("source", SourceString(g.Source)),
 		zap.String("route", g.Route),
 		zap.Time("until", g.Until),
 		zap.String("reason", logtext.Escape(g.Reason)),
