@@ -470,7 +470,7 @@ func TestGrantsAdminCLIAndRestartEndToEnd(t *testing.T) {
 	require.Equal(t, []any{pg.Database}, g["databases"])
 	require.Equal(t, "admin", g["created_by"])
 	require.Equal(t, "default", g["route"])
-	require.Contains(t, stderr, "granted "+source+"/32 until")
+	require.Contains(t, stderr, "granted "+source+" until")
 	id := g["id"].(string)
 
 	code, stdout, stderr = e.cli(t, "list")
