@@ -75,6 +75,7 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.IntVar(&c.CancelBurst, "cancel-burst", proxy.DefaultCancelBurst, "cancel requests one source may send at once before --cancel-rate applies")
 	fs.IntVar(&c.CancelUnknownPerFailure, "cancel-unknown-per-failure", proxy.DefaultCancelUnknownPerFailure, "every N cancel requests with an unknown key from one source count as one failed login toward --ban-max-retry (0: never)")
 	fs.StringVar(&c.Relay, "relay", "auto", "what relays authenticated sessions: auto (event loops on Linux, goroutines elsewhere), loop, or goroutines (two per session; relies on nothing crypto/tls does not promise)")
+	grantFlags(fs, &c.Config)
 	return fs
 }
 
@@ -143,6 +144,10 @@ func applyFile(c *serveConfig, fs *pflag.FlagSet, fromCLI map[string]bool, notKe
 				return err
 			}
 			c.Routes = routes
+		case key == oidcKey:
+			if err := applyOIDC(c, where, &node, doc, fromCLI); err != nil {
+				return err
+			}
 		case key == "config" || fs.Lookup(key) == nil || notKeys != nil && notKeys.Lookup(key) != nil:
 			return fmt.Errorf("%s: unknown key %q (keys are the flag names, e.g. listen, upstream, allow, tls-cert; see pgwarden serve --help)", where, key)
 		case fromCLI[key]:

@@ -48,6 +48,8 @@ type Config struct {
 	Ready func() error
 	// Registry is served at /metrics. Required.
 	Registry *prometheus.Registry
+	// Grants are the access grants (/grants); nil serves none.
+	Grants GrantStore
 	// Rules, if set, lists what each admission rule admitted (GET /rules).
 	Rules func() []rulehits.Hits
 	// Handlers are more resources.
@@ -160,6 +162,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	s.registerBans(mux)
+	s.registerGrants(mux)
 	s.registerHealth(mux)
 	s.registerRules(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{

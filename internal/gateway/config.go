@@ -9,6 +9,7 @@ import (
 	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/internal/oidcauth"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -61,6 +62,30 @@ type Config struct {
 	CancelUnknownPerFailure int
 
 	Relay string // "auto" (default), "loop" or "goroutines"
+
+	// Access grants (grants.go): a source outside a route's allowlist
+	// may connect while a grant covers it.
+	GrantMaxTTL      time.Duration // longest grant; 0 means grants.DefaultMaxTTL
+	GrantEndSessions bool          // an expiring grant also ends the sessions it admitted
+	GrantListen      string        // HOST:PORT of the self-service endpoint; "" for none
+	GrantTLSCert     string        // the endpoint's certificate; "" uses the first route's
+	GrantTLSKey      string
+	OIDC             OIDCConfig // whose tokens the endpoint accepts, and its rules
+}
+
+// OIDCConfig is the self-service endpoint's token issuer and rules (the
+// `oidc:` section of the configuration file; the issuer, audience and key
+// set may also come from flags).
+type OIDCConfig struct {
+	Issuer   string
+	Audience string
+	JWKS     string // a file, an https URL, or "" for OIDC discovery
+	Rules    []oidcauth.RuleConfig
+}
+
+// set reports whether any of it is set.
+func (o OIDCConfig) set() bool {
+	return o.Issuer != "" || o.Audience != "" || o.JWKS != "" || len(o.Rules) > 0
 }
 
 // Defaults for the fields the proxy and the jail do not define.
@@ -89,6 +114,14 @@ var (
 	FieldCancelUnknownPerFailure = field("CancelUnknownPerFailure")
 	FieldRelay                   = field("Relay")
 	FieldBanState                = field("BanState")
+	FieldGrantMaxTTL             = field("GrantMaxTTL")
+	FieldGrantEndSessions        = field("GrantEndSessions")
+	FieldGrantListen             = field("GrantListen")
+	FieldGrantTLSCert            = field("GrantTLSCert")
+	FieldGrantTLSKey             = field("GrantTLSKey")
+	// FieldOIDC is the OIDC section; its rules' errors follow it as
+	// ".rules[N]...".
+	FieldOIDC = field("OIDC")
 	// MakeCertificate is not a field but the advice on how to make a
 	// certificate and key, which only the caller knows how to give.
 	MakeCertificate = field("a certificate and key from your CA")
@@ -221,6 +254,7 @@ func (c *Config) Validate() error {
 	if _, err := parseRelayMode(c.Relay); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.validateGrants())
 	return errors.Join(errs...)
 }
 

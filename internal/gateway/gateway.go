@@ -16,6 +16,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/internal/metrics"
 	"github.com/pgwarden/pgwarden/internal/rulehits"
 	"github.com/pgwarden/pgwarden/proxy"
@@ -83,6 +84,14 @@ type Gateway struct {
 	watchCtx     context.Context
 	watchWG      *sync.WaitGroup
 
+	// grants are the access grants (grants.go); grantAPI is their
+	// self-service endpoint, nil without GrantListen. servers are the
+	// routes' proxy servers once built, for ending a grant's sessions.
+	grants           *grants.Registry
+	grantAPI         *grantEndpoint
+	servers          atomic.Pointer[[]*proxy.Server]
+	grantEndSessions atomic.Bool // GrantEndSessions in force
+
 	// cancel rate-limits cancel requests; shared, so that a source has one
 	// budget whichever route it reaches.
 	cancel *proxy.CancelLimiter
@@ -121,6 +130,7 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
 		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups), applied: cfg.clone()}
 	g.drainTimeout.Store(int64(cfg.DrainTimeout))
+	g.grantEndSessions.Store(cfg.GrantEndSessions)
 	jail, err := newJail(cfg, log, g.metrics.OnBan)
 	if err != nil {
 		return nil, err
@@ -136,41 +146,50 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		_ = jail.Close()
 		return nil, configError(err)
 	}
-	if cfg.Admin != "" {
-		g.admin, err = admin.New(admin.Config{Addr: cfg.Admin, Bans: jail, Ready: g.Ready, Registry: g.metrics.Registry(),
-			Rules: g.hits.List, Logger: log})
-		if err != nil {
-			_ = jail.Close()
-			return nil, configError(err)
-		}
+	if err := g.newGrants(); err != nil {
+		_ = jail.Close()
+		return nil, err
 	}
 	var errs []error
+	var servers []*proxy.Server
+	var routeNames []string
 	for _, rc := range cfg.AllRoutes() {
+		routeNames = append(routeNames, rc.Name)
 		r, err := g.buildRoute(rc)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		g.routes = append(g.routes, r)
+		servers = append(servers, r.server)
+	}
+	if len(errs) == 0 {
+		errs = append(errs, g.buildGrantEndpoint())
+	}
+	if cfg.Admin != "" {
+		g.admin, err = admin.New(admin.Config{Addr: cfg.Admin, Bans: jail, Ready: g.Ready, Registry: g.metrics.Registry(),
+			Grants: adminGrants{g.grants, routeNames}, Rules: g.hits.List, Logger: log})
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
-		_ = jail.Close()
+		g.closeState()
 		return nil, configError(err)
 	}
+	g.servers.Store(&servers)
 	for _, r := range g.routes {
-		g.metrics.CertificateExpiry(r.cfg.Name, func() time.Time {
-			g.mu.Lock()
-			l := r.tls.loader // a reload may give the route another
-			g.mu.Unlock()
-			return l.Current().Leaf.NotAfter
-		})
+		g.metrics.CertificateExpiry(r.cfg.Name, func() time.Time { return r.cert.Load().Current().Leaf.NotAfter })
 	}
 	return g, nil
 }
 
-// Listen binds every route's listeners and starts the admin endpoint.
+// Listen binds every route's listeners and the grant endpoint, and starts
+// the admin endpoint.
 func (g *Gateway) Listen() error {
 	if err := g.listen(); err != nil {
+		g.closeListeners()
+		return err
+	}
+	if err := g.listenGrants(); err != nil {
 		g.closeListeners()
 		return err
 	}
@@ -184,10 +203,19 @@ func (g *Gateway) Listen() error {
 	return nil
 }
 
-// Close releases what Build took (listeners, the ban state) for a gateway
-// that will not Run.
+// Close releases what Build took (listeners, the grants, the ban state)
+// for a gateway that will not Run.
 func (g *Gateway) Close() error {
 	g.closeListeners()
+	return g.closeState()
+}
+
+// closeState closes the grant registry, then the ban jail, whose state
+// file the registry writes to.
+func (g *Gateway) closeState() error {
+	if g.grants != nil {
+		_ = g.grants.Close()
+	}
 	return g.jail.Close()
 }
 
@@ -277,6 +305,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 			}()
 		}
 	}
+	g.runGrants(watchCtx, &wg)
 	g.log.Info("pgwarden started", zap.String("version", g.opts.Version))
 	call(g.opts.Hooks.Ready)
 
@@ -287,6 +316,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	g.draining.Store(true) // /readyz says 503 from now on
 	call(g.opts.Hooks.Stopping)
+	g.shutdownGrants()
 	drainTimeout := time.Duration(g.drainTimeout.Load())
 	g.log.Info("shutting down: listeners closed, draining sessions", zap.Duration("drain_timeout", drainTimeout))
 	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
@@ -312,7 +342,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		_ = g.admin.Shutdown(sctx)
 		scancel()
 	}
-	if cerr := g.jail.Close(); cerr != nil {
+	if cerr := g.closeState(); cerr != nil {
 		g.log.Error("closing the ban state", zap.Error(cerr))
 	}
 	g.log.Info("pgwarden stopped")

@@ -60,6 +60,12 @@ var configSettings = map[string]setting{
 	"CancelBurst":             {FieldCancelBurst, true},
 	"CancelUnknownPerFailure": {FieldCancelUnknownPerFailure, true},
 	"Relay":                   {FieldRelay, false},
+	"GrantMaxTTL":             {FieldGrantMaxTTL, true},
+	"GrantEndSessions":        {FieldGrantEndSessions, true},
+	"GrantListen":             {FieldGrantListen, false},
+	"GrantTLSCert":            {FieldGrantTLSCert, false},
+	"GrantTLSKey":             {FieldGrantTLSKey, false},
+	"OIDC":                    {FieldOIDC, true},
 }
 
 var routeSettings = map[string]setting{
@@ -146,6 +152,7 @@ type routePlan struct {
 type reloadPlan struct {
 	cfg     *Config
 	routes  []routePlan
+	grants  grantPlan
 	jail    acl.JailConfig
 	applied []string // settings that change now
 	restart []string // settings that changed but wait for a restart
@@ -195,6 +202,9 @@ func (g *Gateway) prepare(cfg *Config) (*reloadPlan, error) {
 	var errs []error
 	var err error
 	if plan.jail, err = jailConfig(cfg, g.log, nil); err != nil {
+		errs = append(errs, err)
+	}
+	if plan.grants, err = g.prepareGrants(cfg); err != nil {
 		errs = append(errs, err)
 	}
 	limits := g.cancel.Limits()
@@ -352,6 +362,7 @@ func (g *Gateway) commit(plan *reloadPlan) {
 		g.log.Error("cancel limits not reloaded", zap.Error(err))
 	}
 	g.upstream.SetMax(cfg.MaxUpstreamStartups)
+	g.commitGrants(plan.grants)
 	g.drainTimeout.Store(int64(cfg.DrainTimeout))
 	for _, rp := range plan.routes {
 		r := rp.r
@@ -373,6 +384,7 @@ func (g *Gateway) commit(plan *reloadPlan) {
 		}
 		filesChanged := rp.tls.loader != r.tls.loader || rp.tls.authz != r.tls.authz
 		r.tls = rp.tls
+		r.cert.Store(rp.tls.loader)
 		r.cfg = rp.cfg
 		if filesChanged && r.stopWatch != nil && g.watchCtx != nil {
 			r.stopWatch()

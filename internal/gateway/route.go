@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -27,6 +28,7 @@ type route struct {
 	policy    *acl.Policy     // the route's admission: its allowlist, then the jail
 	hits      *rulehits.Route // what each of its rules admitted
 	tls       tlsParts
+	cert      atomic.Pointer[certs.Loader] // tls.loader, for readers outside Gateway.mu
 	server    *proxy.Server
 	addrs     []string
 	listeners []*acl.Listener
@@ -98,7 +100,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	allow, err := acl.ParseAllowlist(rc.Allow)
 	if err != nil {
 		errs = append(errs, wrap(err))
-	} else if r.policy, err = acl.NewPolicy(allow, nil, []acl.Denier{g.jail}); err != nil {
+	} else if r.policy, err = acl.NewPolicy(allow, []acl.Allower{grantAllower{g.grants, rc.Name}}, []acl.Denier{g.jail}); err != nil {
 		errs = append(errs, wrap(err))
 	} else {
 		r.hits = g.hits.Route(rc.Name)
@@ -131,6 +133,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	if r.tls.config, err = certs.ServerConfig(r.tls.loader, r.tls.policy); err != nil {
 		return nil, wrap(err)
 	}
+	r.cert.Store(r.tls.loader)
 	tun := tunables(g.cfg, rc, r.tls)
 	pcfg := proxy.Config{
 		Name:             rc.Name,
@@ -150,6 +153,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		MaxStartupsPerIP: tun.MaxStartupsPerIP,
 		PlaintextCancel:  tun.PlaintextCancel,
 		CancelLimiter:    g.cancel,
+		StartupPolicy:    grantLimits{g.grants, rc.Name, r.policy},
 	}
 	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay) // checked by Validate
 	r.server, err = proxy.New(pcfg)
@@ -239,4 +243,5 @@ func (g *Gateway) closeListeners() {
 			_ = ln.Close()
 		}
 	}
+	g.closeGrantListener()
 }
