@@ -186,6 +186,7 @@ func Run(cfg *gateway.Config, opts Options) *Report {
 	for _, rc := range c.routes {
 		c.checkListen(rc)
 	}
+	c.checkGrantListen()
 	for _, rc := range c.routes {
 		c.checkCertificate(rc)
 	}

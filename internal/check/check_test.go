@@ -244,9 +244,11 @@ func TestCheckListenInUse(t *testing.T) {
 	f := newFixture(t, pg.Addr())
 	f.cfg.Route.Listen = []string{ln.Addr().String()}
 	f.cfg.Admin = ln.Addr().String()
+	f.cfg.GrantListen = ln.Addr().String()
 	rep := f.run(env())
 	requireOne(t, rep, "listen", Fail, ln.Addr().String()+" is in use by another program", "choose another")
 	requireOne(t, rep, "admin", Fail, "in use by another program")
+	requireOne(t, rep, "grant-listen", Fail, ln.Addr().String()+" is in use by another program", "choose another GrantListen")
 }
 
 // TestCheckCertificates: each certificate problem is its own verdict.

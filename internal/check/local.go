@@ -42,12 +42,26 @@ func (c *checker) checkListen(rc gateway.RouteConfig) {
 	}
 }
 
+// checkGrantListen: the grant endpoint's address can be bound (or a
+// running pgwarden holds it).
+func (c *checker) checkGrantListen() {
+	if c.cfg.GrantListen == "" {
+		return
+	}
+	c.checkBindAs("grant-listen", nil, c.cfg.GrantListen, c.name(gateway.FieldGrantListen))
+}
+
 func (c *checker) checkBind(rc gateway.RouteConfig, addr string) {
-	listenFlag := c.name(gateway.FieldListen)
+	c.checkBindAs("listen", &rc, addr, c.name(gateway.FieldListen))
+}
+
+// checkBindAs binds addr for a check named check; listenFlag is the
+// setting that names it.
+func (c *checker) checkBindAs(check string, rc *gateway.RouteConfig, addr, listenFlag string) {
 	ln, err := net.Listen("tcp", addr)
 	if err == nil {
 		_ = ln.Close()
-		c.ok("listen", &rc, "%s can be bound", addr)
+		c.ok(check, rc, "%s can be bound", addr)
 		return
 	}
 	switch {
@@ -58,25 +72,25 @@ func (c *checker) checkBind(rc gateway.RouteConfig, addr string) {
 		}
 		what, _ := c.identify(target)
 		if what == "this configuration's gateway" {
-			c.ok("listen", &rc, "%s is in use by a running pgwarden with this configuration (it serves this certificate)", addr)
+			c.ok(check, rc, "%s is in use by a running pgwarden with this configuration (it serves this certificate)", addr)
 			return
 		}
 		if c.adminAnswers() {
-			c.ok("listen", &rc, "%s is in use; the admin endpoint %s of a running pgwarden answers, presumably it holds the address", addr, c.cfg.Admin)
+			c.ok(check, rc, "%s is in use; the admin endpoint %s of a running pgwarden answers, presumably it holds the address", addr, c.cfg.Admin)
 			return
 		}
 		if what == "" {
 			what = "it did not answer an SSLRequest as a postgres server would"
 		}
-		c.result("listen", Fail, &rc, "stop what holds it, or choose another "+listenFlag,
+		c.result(check, Fail, rc, "stop what holds it, or choose another "+listenFlag,
 			"%s is in use by another program (%s)", addr, what)
 	case errors.Is(err, syscall.EACCES):
-		c.result("listen", Fail, &rc, "grant CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE), use socket activation (contrib/systemd/pgwarden.socket), or listen on a port above 1023",
+		c.result(check, Fail, rc, "grant CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE), use socket activation (contrib/systemd/pgwarden.socket), or listen on a port above 1023",
 			"%s: permission denied (a port below 1024 needs a capability)", addr)
 	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		c.result("listen", Fail, &rc, "use an address of this host in "+listenFlag, "%s is not an address of this host", addr)
+		c.result(check, Fail, rc, "use an address of this host in "+listenFlag, "%s is not an address of this host", addr)
 	default:
-		c.result("listen", Fail, &rc, "", "%s cannot be bound: %v", addr, err)
+		c.result(check, Fail, rc, "", "%s cannot be bound: %v", addr, err)
 	}
 }
 
