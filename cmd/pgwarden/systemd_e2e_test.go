@@ -18,39 +18,20 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgwarden/pgwarden/internal/pgtest"
+	"github.com/pgwarden/pgwarden/internal/systemd/sdtest"
 )
 
 // notifySocket is a unixgram socket standing in for systemd's
 // NOTIFY_SOCKET: it collects every datagram the service sends.
 type notifySocket struct {
 	path string
-	conn *net.UnixConn
-	msgs chan string
+	msgs <-chan string
 }
 
 func listenNotify(t *testing.T) *notifySocket {
 	t.Helper()
-	// sun_path holds 107 bytes: keep the path short.
-	dir, err := os.MkdirTemp("", "sdn")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	path := filepath.Join(dir, "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
-	n := &notifySocket{path: path, conn: conn, msgs: make(chan string, 1024)}
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				close(n.msgs)
-				return
-			}
-			n.msgs <- string(buf[:k])
-		}
-	}()
-	return n
+	sock := sdtest.ListenNotify(t)
+	return &notifySocket{path: sock.Path, msgs: sock.Msgs}
 }
 
 // next returns the next datagram that is not a plain watchdog ping (those

@@ -3,9 +3,6 @@ package systemd
 import (
 	"context"
 	"errors"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,31 +10,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/pgwarden/pgwarden/internal/systemd/sdtest"
 )
 
 // notifySocket listens where NOTIFY_SOCKET points for this test.
 func notifySocket(t *testing.T) <-chan string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "sdn")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	path := filepath.Join(dir, "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
-	t.Setenv("NOTIFY_SOCKET", path)
-	msgs := make(chan string, 64)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			msgs <- string(buf[:n])
-		}
-	}()
-	return msgs
+	sock := sdtest.ListenNotify(t)
+	t.Setenv("NOTIFY_SOCKET", sock.Path)
+	return sock.Msgs
 }
 
 func next(t *testing.T, msgs <-chan string) string {
