@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -18,8 +19,9 @@ type Allowlist struct {
 
 // ParseAllowlist parses allowlist entries (FieldAllow): each is an IP, a
 // CIDR, or a go-sockaddr template rendered now. Every address is validated
-// strictly; errors are *EntryError values naming the offending entry and
-// the fix. An empty list is ErrNoAllowlist: the gateway fails closed.
+// strictly; every bad entry is an *EntryError naming it and the fix, all of
+// them joined (errors.Join), so one run shows everything to correct. An
+// empty list is ErrNoAllowlist: the gateway fails closed.
 func ParseAllowlist(entries []string) (*Allowlist, error) {
 	if len(nonBlank(entries)) == 0 {
 		return nil, ErrNoAllowlist
@@ -33,17 +35,22 @@ func ParseAllowlist(entries []string) (*Allowlist, error) {
 func ParseList(field fielderr.Field, entries []string) (*Allowlist, error) {
 	r := defaultRenderer()
 	a := &Allowlist{}
+	var errs []error
 	for _, raw := range entries {
 		entry := strings.TrimSpace(raw)
 		ps, warns, err := r.entry(entry)
 		if err != nil {
 			err.Field, err.Entry = field, entry
-			return nil, err
+			errs = append(errs, err)
+			continue
 		}
 		for _, w := range warns {
 			a.warnings = append(a.warnings, field.Name+" "+w)
 		}
 		a.prefixes = append(a.prefixes, ps...)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	a.prefixes = dedupe(a.prefixes)
 	a.warnings = append(a.warnings, a.coverageWarnings(field.Name)...)

@@ -172,6 +172,23 @@ func TestParseListNamesFlag(t *testing.T) {
 	}
 }
 
+// TestParseListReportsEveryBadEntry: one line per bad entry, in the
+// order given, and the good entries do not hide the bad ones.
+func TestParseListReportsEveryBadEntry(t *testing.T) {
+	t.Parallel()
+	_, err := ParseAllowlist([]string{"010.0.0.1", "10.0.0.0/8", "host.example", "10.0.0.0/33"})
+	require.Error(t, err)
+	lines := strings.Split(flagText(err), "\n")
+	require.Len(t, lines, 3, "%q", flagText(err))
+	require.True(t, strings.HasPrefix(lines[0], `--allow "010.0.0.1": leading zeros`), lines[0])
+	require.True(t, strings.HasPrefix(lines[1], `--allow "host.example": hostnames are not allowed`), lines[1])
+	require.True(t, strings.HasPrefix(lines[2], `--allow "10.0.0.0/33": prefix length 33 is out of range`), lines[2])
+	require.ErrorIs(t, err, ErrInvalidEntry)
+	var ee *EntryError
+	require.ErrorAs(t, err, &ee)
+	require.Equal(t, "010.0.0.1", ee.Entry)
+}
+
 func TestAllowlistString(t *testing.T) {
 	t.Parallel()
 	a, err := ParseAllowlist([]string{"2001:db8::/32", "10.0.0.1"})

@@ -146,11 +146,11 @@ func (g *Gateway) Listen() error {
 		return err
 	}
 	if g.admin != nil {
+		// admin.Start logs "admin endpoint listening" itself.
 		if err := g.admin.Start(); err != nil {
 			g.closeListeners()
 			return err
 		}
-		g.log.Info("admin endpoint listening", zap.Stringer("address", g.admin.Addr()))
 	}
 	return nil
 }

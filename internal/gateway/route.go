@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"reflect"
 
 	"go.uber.org/zap"
 
@@ -28,7 +29,7 @@ type route struct {
 // binding anything yet.
 func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	prefix := g.cfg.routePrefix(rc)
-	wrap := func(err error) error { return fmt.Errorf("%s%w", prefix, err) }
+	wrap := func(err error) error { return prefixEach(prefix, err) }
 	r := &route{cfg: rc}
 	// Collect every problem of the route before giving up, so one run of
 	// the command shows the operator everything to fix.
@@ -106,6 +107,27 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		return nil, wrap(err)
 	}
 	return r, nil
+}
+
+// joinType is the type errors.Join returns, to tell a list of problems
+// (one line each) from an error that merely wraps several causes.
+var joinType = reflect.TypeOf(errors.Join(errors.New("")))
+
+// prefixEach puts prefix (the route's name) before every problem in err:
+// before each error errors.Join joined into it, else before err itself.
+func prefixEach(prefix string, err error) error {
+	if prefix == "" || err == nil {
+		return err
+	}
+	if reflect.TypeOf(err) == joinType {
+		parts := err.(interface{ Unwrap() []error }).Unwrap()
+		out := make([]error, len(parts))
+		for i, p := range parts {
+			out[i] = prefixEach(prefix, p)
+		}
+		return errors.Join(out...)
+	}
+	return fmt.Errorf("%s%w", prefix, err)
 }
 
 // listen binds every route's addresses, each behind the route's admission
