@@ -14,7 +14,7 @@ import (
 // swap a whole new one in on reload (Listener.SetAllowlist).
 type Allowlist struct {
 	prefixes []netip.Prefix // masked, unmapped, deduplicated, sorted
-	warnings []string
+	warnings []error        // field errors (fielderr), though none is fatal
 }
 
 // ParseAllowlist parses allowlist entries (FieldAllow): each is an IP, a
@@ -45,7 +45,7 @@ func ParseList(field fielderr.Field, entries []string) (*Allowlist, error) {
 			continue
 		}
 		for _, w := range warns {
-			a.warnings = append(a.warnings, field.Name+" "+w)
+			a.warnings = append(a.warnings, fielderr.Errorf("%s %s", field, w))
 		}
 		a.prefixes = append(a.prefixes, ps...)
 	}
@@ -53,7 +53,7 @@ func ParseList(field fielderr.Field, entries []string) (*Allowlist, error) {
 		return nil, errors.Join(errs...)
 	}
 	a.prefixes = dedupe(a.prefixes)
-	a.warnings = append(a.warnings, a.coverageWarnings(field.Name)...)
+	a.warnings = append(a.warnings, a.coverageWarnings(field)...)
 	return a, nil
 }
 
@@ -111,6 +111,20 @@ func (a *Allowlist) Warnings() []string {
 	if a == nil {
 		return nil
 	}
+	out := make([]string, len(a.warnings))
+	for i, w := range a.warnings {
+		out[i] = w.Error()
+	}
+	return out
+}
+
+// WarningErrors are the Warnings as field errors (fielderr), for a caller
+// that names the list its own way: log each with zap.Error through
+// fielderr.Core, and it names the flag.
+func (a *Allowlist) WarningErrors() []error {
+	if a == nil {
+		return nil
+	}
 	return slices.Clone(a.warnings)
 }
 
@@ -128,7 +142,7 @@ func (a *Allowlist) String() string {
 
 // coverageWarnings points out that ::/0 does not admit IPv4 peers: netip (and
 // this package) never match an IPv4 address against an IPv6 prefix.
-func (a *Allowlist) coverageWarnings(flag string) []string {
+func (a *Allowlist) coverageWarnings(field fielderr.Field) []error {
 	var any4, any6 bool
 	for _, p := range a.prefixes {
 		if p.Bits() == 0 {
@@ -137,7 +151,7 @@ func (a *Allowlist) coverageWarnings(flag string) []string {
 		}
 	}
 	if any6 && !any4 {
-		return []string{flag + " ::/0 matches every IPv6 source but no IPv4 source; add 0.0.0.0/0 to match those too"}
+		return []error{fielderr.Errorf("%s ::/0 matches every IPv6 source but no IPv4 source; add 0.0.0.0/0 to match those too", field)}
 	}
 	return nil
 }

@@ -133,7 +133,8 @@ func TestAllowlistAllowsAnyAndWarnings(t *testing.T) {
 		{name: "all v4", entries: []string{"0.0.0.0/0"}, wantAny: true},
 		{name: "all v6 only", entries: []string{"::/0"}, wantAny: true, wantWarn: "add 0.0.0.0/0"},
 		{name: "both", entries: []string{"::/0", "0.0.0.0/0"}, wantAny: true},
-		{name: "host bits", entries: []string{"10.9.9.9/8"}, wantWarn: `has host bits set; using 10.0.0.0/8`},
+		{name: "host bits", entries: []string{"10.9.9.9/8"}, wantWarn: `allowlist "10.9.9.9/8" has host bits set: it matches every address in 10.0.0.0/8; write 10.9.9.9/32 for the one host, or 10.0.0.0/8 for the network`},
+		{name: "host bits v6", entries: []string{"2001:db8::1/64"}, wantWarn: `"2001:db8::1/64" has host bits set: it matches every address in 2001:db8::/64; write 2001:db8::1/128 for the one host`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -155,6 +156,17 @@ func TestAllowlistAllowsAnyAndWarnings(t *testing.T) {
 	if a.Allows(netip.MustParseAddr("10.0.0.1")) || a.Allows(netip.MustParseAddr("::ffff:10.0.0.1")) {
 		t.Fatal("::/0 must not match IPv4 peers")
 	}
+}
+
+// TestWarningsNameTheFlag: the warnings render with the caller's names,
+// as errors do.
+func TestWarningsNameTheFlag(t *testing.T) {
+	t.Parallel()
+	a, err := ParseList(FieldIgnore, []string{"192.0.2.7/24"})
+	require.NoError(t, err)
+	ws := a.WarningErrors()
+	require.Len(t, ws, 1)
+	require.Equal(t, `--ban-ignore "192.0.2.7/24" has host bits set: it matches every address in 192.0.2.0/24; write 192.0.2.7/32 for the one host, or 192.0.2.0/24 for the network`, flagText(ws[0]))
 }
 
 func TestParseListNamesFlag(t *testing.T) {

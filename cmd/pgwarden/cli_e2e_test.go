@@ -305,6 +305,24 @@ admin: 127.0.0.1:0
 	}
 }
 
+// TestServeWarnsOfHostBits: a CIDR with host bits set starts, with a
+// warning naming the flag, what it matches, and the /32 for one host.
+func TestServeWarnsOfHostBits(t *testing.T) {
+	certFile, keyFile, _ := tlsFiles(t)
+	p := startBinary(t, "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--allow", "127.0.0.1/8",
+		"--ban-ignore", "10.1.2.3/8", "--tls-cert", certFile, "--tls-key", keyFile)
+	var warnings []string
+	for _, l := range p.logLines() {
+		if l["msg"] == "configuration warning" {
+			warnings = append(warnings, fmt.Sprint(l["error"]))
+		}
+	}
+	require.ElementsMatch(t, []string{
+		`--ban-ignore "10.1.2.3/8" has host bits set: it matches every address in 10.0.0.0/8; write 10.1.2.3/32 for the one host, or 10.0.0.0/8 for the network`,
+		`--allow "127.0.0.1/8" has host bits set: it matches every address in 127.0.0.0/8; write 127.0.0.1/32 for the one host, or 127.0.0.0/8 for the network`,
+	}, warnings)
+}
+
 func TestVersionAndUsage(t *testing.T) {
 	bin := pgwardenBinary(t)
 	out, err := exec.Command(bin, "version").Output()

@@ -170,6 +170,7 @@ func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Ti
 	if err != nil {
 		return nil, configError(err)
 	}
+	logWarnings(log, ignore)
 	jcfg := acl.DefaultJailConfig()
 	jcfg.MaxRetry = c.BanMaxRetry
 	jcfg.FindTime = c.BanFindTime

@@ -87,6 +87,7 @@ func (g *Gateway) reloadAllowlists() {
 		r.policy.SetAllowlist(allow)
 		if allow.String() != old.String() {
 			g.log.Info("allowlist reloaded", zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
+			logWarnings(g.log.With(zap.String("route", r.cfg.Name)), allow)
 		}
 	}
 }

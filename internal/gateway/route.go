@@ -40,6 +40,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	} else if r.policy, err = acl.NewPolicy(allow, nil, []acl.Denier{g.jail}); err != nil {
 		errs = append(errs, wrap(err))
 	}
+	logWarnings(g.log.With(zap.String("route", rc.Name)), allow)
 	if r.upstream, err = parseUpstream(rc.Upstream, rc.AllowRemoteUpstream); err != nil {
 		errs = append(errs, wrap(err))
 	}
@@ -107,6 +108,14 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		return nil, wrap(err)
 	}
 	return r, nil
+}
+
+// logWarnings logs what parsing a list noticed but accepted (an entry with
+// host bits set, ::/0 without 0.0.0.0/0), each naming its flag.
+func logWarnings(log *zap.Logger, list *acl.Allowlist) {
+	for _, w := range list.WarningErrors() {
+		log.Warn("configuration warning", zap.Error(w))
+	}
 }
 
 // joinType is the type errors.Join returns, to tell a list of problems
