@@ -164,7 +164,7 @@ func TestBansEndToEnd(t *testing.T) {
 	metrics := e.get(t, "/metrics", http.StatusOK)
 	require.Contains(t, metrics, "pgwarden_bans_active 1")
 	require.Contains(t, metrics, `pgwarden_auth_failures_total{sqlstate="28P01"} 3`)
-	require.Contains(t, metrics, `pgwarden_rejections_total{reason="banned"} 1`)
+	require.Contains(t, metrics, `pgwarden_rejections_total{reason="banned",route="default"} 1`)
 	require.Equal(t, "ok", strings.TrimSpace(e.get(t, "/healthz", http.StatusOK)))
 	e.get(t, "/readyz", http.StatusOK)
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -321,6 +322,47 @@ func TestServeWarnsOfHostBits(t *testing.T) {
 		`--ban-ignore "10.1.2.3/8" has host bits set: it matches every address in 10.0.0.0/8; write 10.1.2.3/32 for the one host, or 10.0.0.0/8 for the network`,
 		`--allow "127.0.0.1/8" has host bits set: it matches every address in 127.0.0.0/8; write 127.0.0.1/32 for the one host, or 127.0.0.0/8 for the network`,
 	}, warnings)
+}
+
+// TestRefusalsVisibleAtInfo: a source outside the allowlist is reset
+// without a byte, and at the default log level an info line says so,
+// naming the route, the reason and the source; the counter carries the
+// route.
+func TestRefusalsVisibleAtInfo(t *testing.T) {
+	certFile, keyFile, _ := tlsFiles(t)
+	port, admin := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	p := startBinary(t, "--name", "app", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--upstream", "127.0.0.1:1",
+		"--allow", "127.0.0.3/32", "--tls-cert", certFile, "--tls-key", keyFile, "--admin", admin)
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	if c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, _ := c.Read(make([]byte, 1))
+		require.Zero(t, n, "a refused source got a byte")
+		_ = c.Close()
+	}
+	waitLog(t, p, 0, "refusal summary", func(l map[string]any) bool {
+		if l["msg"] != "connections refused at accept" || l["level"] != "info" {
+			return false
+		}
+		reasons, _ := l["by_reason"].([]any)
+		sources, _ := l["top_sources"].([]any)
+		return len(reasons) == 1 && len(sources) == 1 &&
+			fmt.Sprint(reasons[0]) == "map[count:1 reason:not_allowed route:app]" &&
+			fmt.Sprint(sources[0]) == "map[count:1 source:127.0.0.2]"
+	})
+	require.Equal(t, 1.0, metricValue(t, admin, `pgwarden_rejections_total{reason="not_allowed",route="app"}`))
+	require.Contains(t, metricsText(t, admin), `pgwarden_rejections_total{reason="banned",route="app"} 0`)
+}
+
+// metricsText is the admin endpoint's /metrics.
+func metricsText(t *testing.T, admin string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(body)
 }
 
 func TestVersionAndUsage(t *testing.T) {

@@ -68,6 +68,8 @@ type Gateway struct {
 	jail     *acl.Jail
 	admin    *admin.Server // nil without an admin address
 	draining atomic.Bool
+	// refusals sums up the accept-time refusals of every route at info.
+	refusals *acl.RefusalLog
 
 	// cancel rate-limits cancel requests; shared, so that a source has one
 	// budget whichever route it reaches.
@@ -105,7 +107,8 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	}
 	log := opts.Logger
 	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
-		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups)}
+		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups),
+		refusals: acl.NewRefusalLog(acl.RefusalLogConfig{}, log)}
 	jail, err := newJail(cfg, log, g.metrics.OnBan)
 	if err != nil {
 		return nil, err
@@ -125,6 +128,7 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	}
 	var errs []error
 	for _, rc := range cfg.AllRoutes() {
+		g.metrics.AddRoute(rc.Name)
 		r, err := g.buildRoute(rc)
 		if err != nil {
 			errs = append(errs, err)
@@ -277,6 +281,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		_ = g.admin.Shutdown(sctx)
 		scancel()
 	}
+	g.refusals.Close()
 	if cerr := g.jail.Close(); cerr != nil {
 		g.log.Error("closing the ban state", zap.Error(cerr))
 	}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
 
 	"go.uber.org/zap"
@@ -154,7 +155,7 @@ func (g *Gateway) listen() error {
 				return errorf("%s %s: %w", FieldListen, addr, err)
 			}
 			ln, err := acl.NewListener(inner, acl.ListenerConfig{
-				Gate: acl.NewGate(r.policy, g.metrics.OnReject, g.log.With(zap.String("route", r.cfg.Name))),
+				Gate: acl.NewGate(r.policy, g.onReject(r.cfg.Name), g.log.With(zap.String("route", r.cfg.Name))),
 			})
 			if err != nil {
 				_ = inner.Close()
@@ -166,6 +167,16 @@ func (g *Gateway) listen() error {
 		}
 	}
 	return nil
+}
+
+// onReject is told of each of route's accept-time refusals: counted in
+// pgwarden_rejections_total and summed up in the info log.
+func (g *Gateway) onReject(route string) func(acl.Decision, netip.Addr) {
+	count, note := g.metrics.OnReject(route), g.refusals.OnReject(route)
+	return func(d acl.Decision, ip netip.Addr) {
+		count(d, ip)
+		note(d, ip)
+	}
 }
 
 func (g *Gateway) closeListeners() {
