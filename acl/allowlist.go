@@ -57,6 +57,25 @@ func ParseList(field fielderr.Field, entries []string) (*Allowlist, error) {
 	return a, nil
 }
 
+// WithAddrs returns a new list holding a's prefixes and each of addrs as a
+// single address (/32, /128): exact addresses, never the networks around
+// them. a may be nil.
+func (a *Allowlist) WithAddrs(addrs []netip.Addr) *Allowlist {
+	out := &Allowlist{}
+	if a != nil {
+		out.prefixes = slices.Clone(a.prefixes)
+		out.warnings = slices.Clone(a.warnings)
+	}
+	for _, ip := range addrs {
+		if ip.IsValid() {
+			ip = normalize(ip)
+			out.prefixes = append(out.prefixes, netip.PrefixFrom(ip, ip.BitLen()))
+		}
+	}
+	out.prefixes = dedupe(out.prefixes)
+	return out
+}
+
 // Allows reports whether ip lies inside one of the prefixes. ip is
 // normalised first (IPv4-mapped IPv6 is unmapped, any zone is dropped), so a
 // dual-stack listener's ::ffff:10.1.2.3 matches 10.0.0.0/8. A nil Allowlist

@@ -65,6 +65,7 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.Float64Var(&c.BanTimeFactor, "ban-time-factor", acl.DefaultBanTimeFactor, "each repeat ban of a source multiplies the last by this (fail2ban bantime.increment)")
 	fs.DurationVar(&c.BanMaxTime, "ban-max-time", acl.DefaultBanMaxTime, "cap on an escalated ban (fail2ban bantime.maxtime)")
 	fs.StringArrayVar(&c.BanIgnore, "ban-ignore", nil, "source IP or CIDR never banned (repeatable; fail2ban ignoreip)")
+	fs.BoolVar(&c.BanIgnoreSelf, "ban-ignore-self", true, "never count or ban the host's own addresses (every address of its interfaces, e.g. 127.0.0.1 and ::1; re-read on SIGHUP; fail2ban ignoreself)")
 	pathVar(fs, &c.BanState, "ban-state", "file where bans and ban history persist (bbolt); empty keeps them in memory")
 	fs.IntVar(&c.BanIPv6Prefix, "ban-ipv6-prefix", acl.DefaultIPv6Prefix, "IPv6 sources are also counted and banned per prefix of this length (32-128)")
 	fs.IntVar(&c.BanMaxTracked, "ban-max-tracked", acl.DefaultMaxTracked, "sources whose failures are tracked at once; the oldest are forgotten first")

@@ -31,6 +31,7 @@ var flagNames = fielderr.Names{
 	gateway.FieldCancelBurst:             "--cancel-burst",
 	gateway.FieldCancelUnknownPerFailure: "--cancel-unknown-per-failure",
 	gateway.FieldRelay:                   "--relay",
+	gateway.FieldBanIgnoreSelf:           "--ban-ignore-self",
 	gateway.MakeCertificate:              "`pgwarden certs init --dir DIR --host NAME` makes a pair",
 
 	acl.FieldAllow:      "--allow",

@@ -50,6 +50,10 @@ type Config struct {
 	BanTimeFactor float64
 	BanMaxTime    time.Duration
 	BanIgnore     []string
+	// BanIgnoreSelf adds the host's own addresses (every address of its
+	// interfaces, exact, re-read on Reload) to BanIgnore, as fail2ban's
+	// ignoreself does. The command line's default is true.
+	BanIgnoreSelf bool
 	BanState      string
 	BanIPv6Prefix int
 	BanMaxTracked int
@@ -88,6 +92,7 @@ var (
 	FieldCancelBurst             = field("CancelBurst")
 	FieldCancelUnknownPerFailure = field("CancelUnknownPerFailure")
 	FieldRelay                   = field("Relay")
+	FieldBanIgnoreSelf           = field("BanIgnoreSelf")
 	// MakeCertificate is not a field but the advice on how to make a
 	// certificate and key, which only the caller knows how to give.
 	MakeCertificate = field("a certificate and key from your CA")

@@ -18,6 +18,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/metrics"
+	"github.com/pgwarden/pgwarden/internal/netaddr"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -54,6 +55,10 @@ type Options struct {
 	// gateway's own log messages (errors carry fields and are rendered by
 	// the caller).
 	Names fielderr.Names
+
+	// ownAddrs reads the host's own addresses (BanIgnoreSelf); nil means
+	// netaddr.LocalAddrs. Tests replace it.
+	ownAddrs func() ([]netip.Addr, error)
 }
 
 // Gateway is a running `pgwarden serve`.
@@ -70,6 +75,12 @@ type Gateway struct {
 	draining atomic.Bool
 	// refusals sums up the accept-time refusals of every route at info.
 	refusals *acl.RefusalLog
+
+	// banIgnore is BanIgnore as parsed; with BanIgnoreSelf the jail
+	// ignores it plus self, the host's own addresses (reload.go).
+	banIgnore *acl.Allowlist
+	selfMu    sync.Mutex
+	self      []netip.Addr
 
 	// cancel rate-limits cancel requests; shared, so that a source has one
 	// budget whichever route it reaches.
@@ -105,11 +116,25 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	if opts.Listen == nil {
 		opts.Listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 	}
+	if opts.ownAddrs == nil {
+		opts.ownAddrs = netaddr.LocalAddrs
+	}
 	log := opts.Logger
 	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
 		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups),
 		refusals: acl.NewRefusalLog(acl.RefusalLogConfig{}, log)}
-	jail, err := newJail(cfg, log, g.metrics.OnBan)
+	var err error
+	if g.banIgnore, err = acl.ParseList(acl.FieldIgnore, cfg.BanIgnore); err != nil {
+		return nil, configError(err)
+	}
+	logWarnings(log, g.banIgnore)
+	if cfg.BanIgnoreSelf {
+		if g.self, err = opts.ownAddrs(); err != nil {
+			return nil, err
+		}
+		g.logSelf("the host's own addresses are never banned")
+	}
+	jail, err := newJail(cfg, g.banIgnore.WithAddrs(g.self), log, g.metrics.OnBan)
 	if err != nil {
 		return nil, err
 	}
@@ -166,15 +191,10 @@ func (g *Gateway) Close() error {
 	return g.jail.Close()
 }
 
-// newJail builds the ban jail from the Ban* settings. Problems with them
-// are ConfigErrors; a state file locked by another process is a runtime
-// error.
-func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
-	ignore, err := acl.ParseList(acl.FieldIgnore, c.BanIgnore)
-	if err != nil {
-		return nil, configError(err)
-	}
-	logWarnings(log, ignore)
+// newJail builds the ban jail from the Ban* settings, ignoring the sources
+// in ignore. Problems with them are ConfigErrors; a state file locked by
+// another process is a runtime error.
+func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
 	jcfg := acl.DefaultJailConfig()
 	jcfg.MaxRetry = c.BanMaxRetry
 	jcfg.FindTime = c.BanFindTime
