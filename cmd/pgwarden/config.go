@@ -70,6 +70,7 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.IntVar(&c.BanIPv6Prefix, "ban-ipv6-prefix", acl.DefaultIPv6Prefix, "IPv6 sources are also counted and banned per prefix of this length (32-128)")
 	fs.IntVar(&c.BanMaxTracked, "ban-max-tracked", acl.DefaultMaxTracked, "sources whose failures are tracked at once; the oldest are forgotten first")
 	fs.StringVar(&c.Admin, "admin", "", "loopback HOST:PORT for the admin HTTP endpoint (bans, /healthz, /readyz, /metrics)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "HOST:PORT, any address (':9188' for every interface), for /metrics, /healthz and /readyz alone: for Prometheus and container probes; no authentication")
 	fs.Float64Var(&c.CancelRate, "cancel-rate", proxy.DefaultCancelRate, "cancel requests per second one source (IPv4 address, IPv6 /64) may send; more are dropped")
 	fs.IntVar(&c.CancelBurst, "cancel-burst", proxy.DefaultCancelBurst, "cancel requests one source may send at once before --cancel-rate applies")
 	fs.IntVar(&c.CancelUnknownPerFailure, "cancel-unknown-per-failure", proxy.DefaultCancelUnknownPerFailure, "every N cancel requests with an unknown key from one source count as one failed login toward --ban-max-retry (0: never)")

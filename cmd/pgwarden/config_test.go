@@ -49,6 +49,11 @@ func TestParseServeArgsErrors(t *testing.T) {
 		{"relay auto", append(base, "--relay", "auto"), ""},
 		{"relay loop", append(base, "--relay", "loop"), ""},
 		{"bad relay", append(base, "--relay", "epoll"), `--relay "epoll": use auto, loop or goroutines`},
+		{"metrics on every interface", append(base, "--metrics-listen", "0.0.0.0:9188"), ""},
+		{"metrics on a private address", append(base, "--metrics-listen", "10.0.0.5:9188"), ""},
+		{"bad metrics address", append(base, "--metrics-listen", "9188"), `--metrics-listen "9188": expected HOST:PORT`},
+		{"admin stays loopback", append(base, "--admin", "0.0.0.0:9187"), `--admin "0.0.0.0:9187": the admin endpoint must listen on a loopback address`},
+		{"ban-ignore-self off", append(base, "--ban-ignore-self=false"), ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

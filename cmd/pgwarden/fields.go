@@ -61,7 +61,8 @@ var flagNames = fielderr.Names{
 	certs.FieldNextUpdate: "--next-update",
 	certs.FieldForce:      "--force",
 
-	admin.FieldAddr: "--admin",
+	admin.FieldAddr:        "--admin",
+	admin.FieldMetricsAddr: "--metrics-listen",
 
 	forward.FieldListen:      "--listen",
 	forward.FieldAllowRemote: "--allow-remote-listen",

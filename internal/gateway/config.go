@@ -59,6 +59,9 @@ type Config struct {
 	BanMaxTracked int
 
 	Admin string // loopback HOST:PORT of the admin endpoint; "" for none
+	// MetricsListen is HOST:PORT, any address, of the read-only endpoint
+	// (/metrics, /healthz, /readyz; admin.NewMetrics); "" for none.
+	MetricsListen string
 
 	CancelRate              float64
 	CancelBurst             int
@@ -213,6 +216,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Admin != "" {
 		if _, err := admin.ValidateAddr(c.Admin); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, err := admin.ValidateMetricsAddr(c.MetricsListen); err != nil {
 			errs = append(errs, err)
 		}
 	}

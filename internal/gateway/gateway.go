@@ -72,6 +72,7 @@ type Gateway struct {
 	metrics  *metrics.Prometheus
 	jail     *acl.Jail
 	admin    *admin.Server // nil without an admin address
+	public   *admin.Server // the read-only endpoint; nil without MetricsListen
 	draining atomic.Bool
 	// refusals sums up the accept-time refusals of every route at info.
 	refusals *acl.RefusalLog
@@ -151,6 +152,13 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 			return nil, configError(err)
 		}
 	}
+	if cfg.MetricsListen != "" {
+		g.public, err = admin.NewMetrics(admin.MetricsConfig{Addr: cfg.MetricsListen, Ready: g.Ready, Registry: g.metrics.Registry(), Logger: log})
+		if err != nil {
+			_ = jail.Close()
+			return nil, configError(err)
+		}
+	}
 	var errs []error
 	for _, rc := range cfg.AllRoutes() {
 		g.metrics.AddRoute(rc.Name)
@@ -178,6 +186,13 @@ func (g *Gateway) Listen() error {
 		// admin.Start logs "admin endpoint listening" itself.
 		if err := g.admin.Start(); err != nil {
 			g.closeListeners()
+			return err
+		}
+	}
+	if g.public != nil {
+		if err := g.public.Start(); err != nil {
+			g.closeListeners()
+			g.shutdownEndpoints()
 			return err
 		}
 	}
@@ -296,17 +311,25 @@ func (g *Gateway) Run(ctx context.Context) error {
 	drain.Wait()
 	stopWatch()
 	wg.Wait()
-	if g.admin != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = g.admin.Shutdown(sctx)
-		scancel()
-	}
+	g.shutdownEndpoints()
 	g.refusals.Close()
 	if cerr := g.jail.Close(); cerr != nil {
 		g.log.Error("closing the ban state", zap.Error(cerr))
 	}
 	g.log.Info("pgwarden stopped")
 	return err
+}
+
+// shutdownEndpoints stops the admin and metrics endpoints (each a no-op if
+// absent or never started).
+func (g *Gateway) shutdownEndpoints() {
+	for _, s := range []*admin.Server{g.admin, g.public} {
+		if s != nil {
+			sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = s.Shutdown(sctx)
+			scancel()
+		}
+	}
 }
 
 // call runs a hook if it is set.

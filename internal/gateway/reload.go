@@ -151,6 +151,14 @@ func (g *Gateway) AdminAddr() net.Addr {
 	return g.admin.Addr()
 }
 
+// MetricsAddr is the read-only endpoint's bound address, nil without one.
+func (g *Gateway) MetricsAddr() net.Addr {
+	if g.public == nil {
+		return nil
+	}
+	return g.public.Addr()
+}
+
 // StateDB is the ban state file (BanState), open while the gateway runs,
 // for other state kept beside the bans; nil without one (see acl.Jail.DB).
 func (g *Gateway) StateDB() *bolt.DB { return g.jail.DB() }
