@@ -353,36 +353,33 @@ func TestBadStartupLengths(t *testing.T) {
 	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) { c.Metrics = metrics })
 	before := pg.TCPConnectionsReceived()
 	closed := 0
-	// Out of range: postgres logs "invalid length of startup packet" and
-	// closes without a reply (ProcessStartupPacket), before TLS and in it.
-	for _, length := range []uint32{0, 3, 7, 10001, 10005, 0x7fffffff, 0xffffffff, 0x80000000} {
-		t.Run(fmt.Sprint(length), func(t *testing.T) {
-			conn := g.dialRaw(t, "")
-			// Only the length word: the close must not wait for the body.
-			_, err := conn.Write(binary.BigEndian.AppendUint32(nil, length))
-			require.NoError(t, err)
-			requireSilentClose(t, conn)
-			closed++
-			waitFor(t, "bad_startup_length counted", func() bool { return metrics.count("bad_startup_length") == closed })
-			require.Zero(t, metrics.count("timeout"), "the gateway waited for more")
-		})
-	}
-	t.Run("inside TLS", func(t *testing.T) {
-		tconn := g.sslRequest(t, g.dialRaw(t, ""))
-		_, err := tconn.Write(binary.BigEndian.AppendUint32(nil, 0x58000000))
+	// badLength sends b on conn (then half-closes it if eof), and requires
+	// a close without a byte, counted as bad_startup_length.
+	badLength := func(t *testing.T, conn net.Conn, b []byte, eof bool) {
+		t.Helper()
+		_, err := conn.Write(b)
 		require.NoError(t, err)
-		requireSilentClose(t, tconn)
-		closed++
-		waitFor(t, "bad_startup_length counted", func() bool { return metrics.count("bad_startup_length") == closed })
-	})
-	t.Run("partial length word", func(t *testing.T) {
-		conn := g.dialRaw(t, "")
-		_, err := conn.Write([]byte{0, 0})
-		require.NoError(t, err)
-		require.NoError(t, conn.(*net.TCPConn).CloseWrite())
+		if eof {
+			require.NoError(t, conn.(*net.TCPConn).CloseWrite())
+		}
 		requireSilentClose(t, conn)
 		closed++
 		waitFor(t, "bad_startup_length counted", func() bool { return metrics.count("bad_startup_length") == closed })
+		require.Zero(t, metrics.count("timeout"), "the gateway waited for more")
+	}
+	// Out of range: postgres logs "invalid length of startup packet" and
+	// closes without a reply (ProcessStartupPacket), before TLS and in it.
+	// Only the length word is sent: the close must not wait for the body.
+	for _, length := range []uint32{0, 3, 7, 10001, 10005, 0x7fffffff, 0xffffffff, 0x80000000} {
+		t.Run(fmt.Sprint(length), func(t *testing.T) {
+			badLength(t, g.dialRaw(t, ""), binary.BigEndian.AppendUint32(nil, length), false)
+		})
+	}
+	t.Run("inside TLS", func(t *testing.T) {
+		badLength(t, g.sslRequest(t, g.dialRaw(t, "")), binary.BigEndian.AppendUint32(nil, 0x58000000), false)
+	})
+	t.Run("partial length word", func(t *testing.T) {
+		badLength(t, g.dialRaw(t, ""), []byte{0, 0}, true)
 	})
 	t.Run("no bytes at all", func(t *testing.T) {
 		// A port probe: not a bad startup, just a client that left.
@@ -398,12 +395,7 @@ func TestBadStartupLengths(t *testing.T) {
 		// length word reads 0x58000000. Postgres closes without a word and
 		// the client ends cleanly; an ErrorResponse where it waits for 'S'
 		// or 'N' makes it throw.
-		conn := g.dialRaw(t, "")
-		_, err := conn.Write(append([]byte{'X', 0, 0, 0, 4}, packet(80877103, nil)...))
-		require.NoError(t, err)
-		requireSilentClose(t, conn)
-		closed++
-		waitFor(t, "bad_startup_length counted", func() bool { return metrics.count("bad_startup_length") == closed })
+		badLength(t, g.dialRaw(t, ""), append([]byte{'X', 0, 0, 0, 4}, packet(80877103, nil)...), false)
 	})
 	// Bad contents after a valid length keep postgres's FATAL replies.
 	t.Run("SSLRequest of 12 bytes", func(t *testing.T) {
