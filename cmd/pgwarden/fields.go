@@ -32,6 +32,7 @@ var flagNames = fielderr.Names{
 	gateway.FieldCancelBurst:             "--cancel-burst",
 	gateway.FieldCancelUnknownPerFailure: "--cancel-unknown-per-failure",
 	gateway.FieldRelay:                   "--relay",
+	gateway.FieldBanIgnoreSelf:           "--ban-ignore-self",
 	gateway.MakeCertificate:              "`pgwarden certs init --dir DIR --host NAME` makes a pair",
 	gateway.FieldGrantMaxTTL:             "--grant-max-ttl",
 	gateway.FieldGrantEndSessions:        "--grant-end-sessions",
@@ -71,7 +72,8 @@ var flagNames = fielderr.Names{
 	certs.FieldNextUpdate: "--next-update",
 	certs.FieldForce:      "--force",
 
-	admin.FieldAddr: "--admin",
+	admin.FieldAddr:        "--admin",
+	admin.FieldMetricsAddr: "--metrics-listen",
 
 	forward.FieldListen:      "--listen",
 	forward.FieldAllowRemote: "--allow-remote-listen",
