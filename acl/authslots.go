@@ -143,7 +143,7 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 		a.ip = normalize(ip)
 		a.host, a.agg = j.keys(a.ip)
 	}
-	limited := a.ip.IsValid() && !j.config().Ignore.Allows(a.ip)
+	limited := a.ip.IsValid() && !j.ignored(a.ip)
 	waited := false
 	for {
 		now := j.config().Now()
@@ -245,7 +245,7 @@ func (j *Jail) endLocked(a *AuthAttempt) {
 func (j *Jail) revokeLocked(key netip.Prefix, manual bool) []*AuthAttempt {
 	var out []*AuthAttempt
 	for a := range j.auths.attempts {
-		if key.Contains(a.ip) && (manual || !j.config().Ignore.Allows(a.ip)) {
+		if key.Contains(a.ip) && (manual || !j.ignored(a.ip)) {
 			out = append(out, a)
 		}
 	}

@@ -45,7 +45,7 @@ func runCheckEnv(args []string, stdout, stderr io.Writer, env check.Env) int {
 	case errors.Is(err, errHelp):
 		fmt.Fprint(stdout, checkUsage+extra.FlagUsages())
 		return exitOK
-	case err != nil && exitCode(err) == exitUsage:
+	case err != nil && !errors.As(err, new(fileError)):
 		printConfigError(stderr, err)
 		return exitUsage
 	case err != nil:

@@ -66,7 +66,7 @@ func TestCheckCommand(t *testing.T) {
 	require.NoError(t, os.WriteFile(cfgFile, []byte("listen: [127.0.0.1:0]\njson: true\n"), 0o600))
 	code, out, _ = run("--config", cfgFile)
 	require.Equal(t, 1, code, out)
-	require.Contains(t, out, `config             FAIL  --config `+cfgFile+`: unknown key "json"`)
+	require.Contains(t, out, `config             FAIL  --config `+cfgFile+`: line 2: unknown key "json"`)
 
 	// A command line that does not parse: exit 2, as serve.
 	code, _, errOut := run("--no-such-flag")

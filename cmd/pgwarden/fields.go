@@ -33,6 +33,7 @@ var flagNames = fielderr.Names{
 	gateway.FieldCancelUnknownPerFailure: "--cancel-unknown-per-failure",
 	gateway.FieldRelay:                   "--relay",
 	gateway.FieldBanState:                "--ban-state",
+	gateway.FieldBanIgnoreSelf:           "--ban-ignore-self",
 	gateway.MakeCertificate:              "`pgwarden certs init --dir DIR --host NAME` makes a pair",
 	gateway.FieldGrantMaxTTL:             "--grant-max-ttl",
 	gateway.FieldGrantEndSessions:        "--grant-end-sessions",
@@ -72,8 +73,9 @@ var flagNames = fielderr.Names{
 	certs.FieldNextUpdate: "--next-update",
 	certs.FieldForce:      "--force",
 
-	admin.FieldAddr: "--admin",
-	fieldStale:      "--stale",
+	admin.FieldAddr:        "--admin",
+	admin.FieldMetricsAddr: "--metrics-listen",
+	fieldStale:             "--stale",
 
 	forward.FieldListen:      "--listen",
 	forward.FieldAllowRemote: "--allow-remote-listen",

@@ -55,7 +55,7 @@ func TestRuleHitsSurviveRestart(t *testing.T) {
 		c.Close()
 	}
 	require.Eventually(t, func() bool {
-		return strings.Contains(httpGet(t, "http://"+admin+"/metrics"), `pgwarden_rejections_total{reason="not_allowed"} 1`)
+		return strings.Contains(httpGet(t, "http://"+admin+"/metrics"), `pgwarden_rejections_total{reason="not_allowed",route="default"} 1`)
 	}, 10*time.Second, 10*time.Millisecond)
 
 	rules := getRules(t, admin)

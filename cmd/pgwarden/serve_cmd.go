@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/pgwarden/pgwarden/internal/gateway"
 	"github.com/pgwarden/pgwarden/internal/systemd"
@@ -28,18 +29,19 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		printConfigError(stderr, err)
 		return exitCode(err)
 	}
-	log, err := newLogger(cfg.LogFormat, cfg.LogLevel, flagNames)
+	if err := cfg.validate(); err != nil {
+		printConfigError(stderr, err)
+		return exitUsage
+	}
+	// Until the gateway has started, log lines are held: a refused start
+	// prints its errors alone.
+	held := newHeldWriter(zapcore.Lock(os.Stderr))
+	log, err := newLoggerTo(held, cfg.LogFormat, cfg.LogLevel, flagNames)
 	if err != nil {
 		printConfigError(stderr, err)
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
-	startDebugServer(log)
-
-	if err := cfg.validate(); err != nil {
-		printConfigError(stderr, err)
-		return exitUsage
-	}
 	// Under systemd: READY, RELOADING, STOPPING, STATUS and the watchdog
 	// (Type=notify), and sockets it passes in (--listen systemd:NAME).
 	notify := systemd.NewNotifier(log)
@@ -74,9 +76,12 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		},
 	})
 	if err != nil {
+		held.Discard()
 		printConfigError(stderr, err)
 		return exitCode(err)
 	}
+	held.Release()
+	startDebugServer(log)
 	notify.Status = gw.Status
 	if unused := sockets.Unused(); len(unused) > 0 {
 		log.Warn("systemd passed sockets that no --listen systemd:NAME takes; they stay unused", zap.Strings("sockets", unused))

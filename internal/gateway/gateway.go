@@ -18,6 +18,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/internal/metrics"
+	"github.com/pgwarden/pgwarden/internal/netaddr"
 	"github.com/pgwarden/pgwarden/internal/rulehits"
 	"github.com/pgwarden/pgwarden/proxy"
 )
@@ -59,6 +60,10 @@ type Options struct {
 	// gateway's own log messages (errors carry fields and are rendered by
 	// the caller).
 	Names fielderr.Names
+
+	// ownAddrs reads the host's own addresses (BanIgnoreSelf); nil means
+	// netaddr.LocalAddrs. Tests replace it.
+	ownAddrs func() ([]netip.Addr, error)
 }
 
 // Gateway is a running `pgwarden serve`.
@@ -73,7 +78,16 @@ type Gateway struct {
 	jail     *acl.Jail
 	hits     *rulehits.Counter // connections admitted per route and rule
 	admin    *admin.Server     // nil without an admin address
+	public   *admin.Server     // the read-only endpoint; nil without MetricsListen
 	draining atomic.Bool
+	// refusals sums up the accept-time refusals of every route at info.
+	refusals *acl.RefusalLog
+
+	// banIgnore is BanIgnore as parsed; with BanIgnoreSelf the jail
+	// ignores it plus self, the host's own addresses (reload.go).
+	banIgnore *acl.Allowlist
+	selfMu    sync.Mutex
+	self      []netip.Addr
 
 	// mu serialises reloads and guards what they replace: applied, and
 	// each route's reloadable parts; watchCtx and watchWG are Run's, for
@@ -126,12 +140,27 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	if opts.Listen == nil {
 		opts.Listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 	}
+	if opts.ownAddrs == nil {
+		opts.ownAddrs = netaddr.LocalAddrs
+	}
 	log := opts.Logger
 	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
-		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups), applied: cfg.clone()}
+		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups),
+		refusals: acl.NewRefusalLog(acl.RefusalLogConfig{}, log), applied: cfg.clone()}
 	g.drainTimeout.Store(int64(cfg.DrainTimeout))
 	g.grantEndSessions.Store(cfg.GrantEndSessions)
-	jail, err := newJail(cfg, log, g.metrics.OnBan)
+	var err error
+	if g.banIgnore, err = acl.ParseList(acl.FieldIgnore, cfg.BanIgnore); err != nil {
+		return nil, configError(err)
+	}
+	logWarnings(log, g.banIgnore)
+	if cfg.BanIgnoreSelf {
+		if g.self, err = opts.ownAddrs(); err != nil {
+			return nil, err
+		}
+		g.logSelf("the host's own addresses are never banned")
+	}
+	jail, err := newJail(cfg, g.banIgnore.WithAddrs(g.self), log, g.metrics.OnBan)
 	if err != nil {
 		return nil, err
 	}
@@ -150,11 +179,19 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		_ = jail.Close()
 		return nil, err
 	}
+	if cfg.MetricsListen != "" {
+		g.public, err = admin.NewMetrics(admin.MetricsConfig{Addr: cfg.MetricsListen, Ready: g.Ready, Registry: g.metrics.Registry(), Logger: log})
+		if err != nil {
+			_ = jail.Close()
+			return nil, configError(err)
+		}
+	}
 	var errs []error
 	var servers []*proxy.Server
 	var routeNames []string
 	for _, rc := range cfg.AllRoutes() {
 		routeNames = append(routeNames, rc.Name)
+		g.metrics.AddRoute(rc.Name)
 		r, err := g.buildRoute(rc)
 		if err != nil {
 			errs = append(errs, err)
@@ -194,11 +231,18 @@ func (g *Gateway) Listen() error {
 		return err
 	}
 	if g.admin != nil {
+		// admin.Start logs "admin endpoint listening" itself.
 		if err := g.admin.Start(); err != nil {
 			g.closeListeners()
 			return err
 		}
-		g.log.Info("admin endpoint listening", zap.Stringer("address", g.admin.Addr()))
+	}
+	if g.public != nil {
+		if err := g.public.Start(); err != nil {
+			g.closeListeners()
+			g.shutdownEndpoints()
+			return err
+		}
 	}
 	return nil
 }
@@ -219,12 +263,10 @@ func (g *Gateway) closeState() error {
 	return g.jail.Close()
 }
 
-// jailConfig is the jail's configuration from the Ban* settings, checked
-// (a reload checks the new one this way before putting it in force).
-func jailConfig(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (acl.JailConfig, error) {
-	// Both the ignore list and the numbers are checked, so every problem
-	// is reported at once.
-	ignore, ignoreErr := acl.ParseList(acl.FieldIgnore, c.BanIgnore)
+// jailConfig is the jail's configuration from the Ban* settings, ignoring
+// the sources in ignore, checked (a reload checks the new one this way
+// before putting it in force).
+func jailConfig(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (acl.JailConfig, error) {
 	jcfg := acl.DefaultJailConfig()
 	jcfg.MaxRetry = c.BanMaxRetry
 	jcfg.FindTime = c.BanFindTime
@@ -237,17 +279,17 @@ func jailConfig(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time
 	jcfg.StatePath = c.BanState
 	jcfg.Logger = log.With(zap.String("component", "jail"))
 	jcfg.OnBan = onBan
-	if err := errors.Join(ignoreErr, jcfg.CheckAndSetDefaults()); err != nil {
+	if err := jcfg.CheckAndSetDefaults(); err != nil {
 		return acl.JailConfig{}, err
 	}
 	return jcfg, nil
 }
 
-// newJail builds the ban jail from the Ban* settings. Problems with them
-// are ConfigErrors; a state file locked by another process is a runtime
-// error.
-func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
-	jcfg, err := jailConfig(c, log, onBan)
+// newJail builds the ban jail from the Ban* settings, ignoring the sources
+// in ignore. Problems with them are ConfigErrors; a state file locked by
+// another process is a runtime error.
+func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
+	jcfg, err := jailConfig(c, ignore, log, onBan)
 	if err != nil {
 		return nil, configError(err)
 	}
@@ -337,16 +379,25 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.mu.Unlock()
 	stopWatch()
 	wg.Wait()
-	if g.admin != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = g.admin.Shutdown(sctx)
-		scancel()
-	}
+	g.shutdownEndpoints()
+	g.refusals.Close()
 	if cerr := g.closeState(); cerr != nil {
 		g.log.Error("closing the ban state", zap.Error(cerr))
 	}
 	g.log.Info("pgwarden stopped")
 	return err
+}
+
+// shutdownEndpoints stops the admin and metrics endpoints (each a no-op if
+// absent or never started).
+func (g *Gateway) shutdownEndpoints() {
+	for _, s := range []*admin.Server{g.admin, g.public} {
+		if s != nil {
+			sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = s.Shutdown(sctx)
+			scancel()
+		}
+	}
 }
 
 // call runs a hook if it is set.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.uber.org/zap"
 	"net"
 	"time"
 
@@ -99,4 +100,17 @@ func (g *Gateway) Status() string {
 		sessions += r.server.Sessions()
 	}
 	return fmt.Sprintf("%d sessions, %d bans", sessions, g.jail.ActiveBans())
+}
+
+// MetricsAddr is the read-only endpoint's bound address, nil without one.
+func (g *Gateway) MetricsAddr() net.Addr {
+	if g.public == nil {
+		return nil
+	}
+	return g.public.Addr()
+}
+
+// logSelf logs the own addresses the jail ignores.
+func (g *Gateway) logSelf(msg string) {
+	g.log.Info(msg+" ("+g.opts.Names.Of(FieldBanIgnoreSelf)+")", zap.Stringers("addresses", g.self))
 }

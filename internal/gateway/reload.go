@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
 	"slices"
 
@@ -60,6 +61,8 @@ var configSettings = map[string]setting{
 	"CancelBurst":             {FieldCancelBurst, true},
 	"CancelUnknownPerFailure": {FieldCancelUnknownPerFailure, true},
 	"Relay":                   {FieldRelay, false},
+	"BanIgnoreSelf":           {FieldBanIgnoreSelf, true},
+	"MetricsListen":           {admin.FieldMetricsAddr, false},
 	"GrantMaxTTL":             {FieldGrantMaxTTL, true},
 	"GrantEndSessions":        {FieldGrantEndSessions, true},
 	"GrantListen":             {FieldGrantListen, false},
@@ -150,12 +153,14 @@ type routePlan struct {
 
 // reloadPlan is a whole reload, checked and ready to commit.
 type reloadPlan struct {
-	cfg     *Config
-	routes  []routePlan
-	grants  grantPlan
-	jail    acl.JailConfig
-	applied []string // settings that change now
-	restart []string // settings that changed but wait for a restart
+	cfg       *Config
+	routes    []routePlan
+	grants    grantPlan
+	jail      acl.JailConfig
+	banIgnore *acl.Allowlist
+	self      []netip.Addr
+	applied   []string // settings that change now
+	restart   []string // settings that changed but wait for a restart
 }
 
 // Reload (SIGHUP) re-reads the configuration and puts it in force whole,
@@ -201,7 +206,15 @@ func (g *Gateway) prepare(cfg *Config) (*reloadPlan, error) {
 	plan := &reloadPlan{cfg: cfg}
 	var errs []error
 	var err error
-	if plan.jail, err = jailConfig(cfg, g.log, nil); err != nil {
+	// The ignore list, and with BanIgnoreSelf the host's own addresses,
+	// read again: interfaces come and go.
+	plan.banIgnore, err = acl.ParseList(acl.FieldIgnore, cfg.BanIgnore)
+	errs = append(errs, err)
+	if cfg.BanIgnoreSelf {
+		plan.self, err = g.opts.ownAddrs()
+		errs = append(errs, err)
+	}
+	if plan.jail, err = jailConfig(cfg, plan.banIgnore.WithAddrs(plan.self), g.log, nil); err != nil {
 		errs = append(errs, err)
 	}
 	if plan.grants, err = g.prepareGrants(cfg); err != nil {
@@ -358,6 +371,14 @@ func (g *Gateway) commit(plan *reloadPlan) {
 		// prepare checked the same configuration.
 		g.log.Error("ban settings not reloaded", zap.Error(err))
 	}
+	logWarnings(g.log, plan.banIgnore)
+	g.selfMu.Lock()
+	selfChanged := !slices.Equal(plan.self, g.self)
+	g.banIgnore, g.self = plan.banIgnore, plan.self
+	g.selfMu.Unlock()
+	if selfChanged && cfg.BanIgnoreSelf {
+		g.logSelf("the host's own addresses changed; they are never banned")
+	}
 	if err := g.cancel.SetLimits(cfg.CancelRate, cfg.CancelBurst, cfg.CancelUnknownPerFailure); err != nil {
 		g.log.Error("cancel limits not reloaded", zap.Error(err))
 	}
@@ -374,6 +395,7 @@ func (g *Gateway) commit(plan *reloadPlan) {
 		r.hits.SetAllowlist(rp.allow)
 		if rp.allow.String() != old.String() {
 			g.log.Info("allowlist reloaded", zap.String("route", r.cfg.Name), zap.Stringer("allow", rp.allow))
+			logWarnings(g.log.With(zap.String("route", r.cfg.Name)), rp.allow)
 			if rp.allow.AllowsAny() {
 				g.log.Warn("allowlist admits every address: this gateway is open to the whole internet; narrow "+g.opts.Names.Of(acl.FieldAllow),
 					zap.String("route", r.cfg.Name), zap.Stringer("allow", rp.allow))
