@@ -85,6 +85,17 @@ local bans = tonumber(redis.call('GET', KEYS[2]) or '0')
 return {n, bans}
 `)
 
+// countScript returns, for each key {P}:fail:<prefix>, its failures within
+// the window, without recording one.
+//
+//	KEYS: {P}:fail:<prefix>...  ARGV[1] window ms
+var countScript = redis.NewScript(luaLib + `
+local floor = now_ms() - tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. floor, '+inf') end
+return out
+`)
+
 // banKeys is the KEYS layout shared by banScript, pushBanScript and
 // unbanScript; failure windows to clear follow from index 8.
 //
@@ -234,5 +245,5 @@ return {now, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3])}
 
 // allScripts are loaded into the script cache on every (re)connect, so
 // pipelined EVALSHA calls find them even after a Redis restart.
-var allScripts = []*redis.Script{failureScript, banScript, pushBanScript, unbanScript,
+var allScripts = []*redis.Script{failureScript, countScript, banScript, pushBanScript, unbanScript,
 	putRecordScript, revokeRecordScript, snapshotScript}

@@ -33,6 +33,13 @@ import (
 //	pgwarden_sessions_active{route}                    gauge     connections being handled now
 //	pgwarden_cancel_requests_total{result}             counter   CancelRequests, "forwarded" or "dropped"
 //
+// and, when the features are configured (several.go):
+//
+//	pgwarden_proxy_header_errors_total{reason}         counter   trusted balancers' connections without a valid PROXY header (proxyproto.Reason)
+//	pgwarden_redis_up                                  gauge     1 while the fleet's Redis answers (--redis)
+//	pgwarden_crowdsec_up                               gauge     1 while the last CrowdSec decision pull succeeded
+//	pgwarden_crowdsec_decisions                        gauge     CrowdSec ban decisions held
+//
 // plus the standard go_* and process_* collectors.
 const (
 	metricConnections        = "pgwarden_connections_total"
@@ -77,6 +84,7 @@ type Prometheus struct {
 	handshake    *prometheus.HistogramVec
 	sessions     *prometheus.GaugeVec
 	cancels      *prometheus.CounterVec
+	proxyHeader  *prometheus.CounterVec // registered by EnableProxyProtocol
 
 	// banStore is read by the pgwarden_bans_active GaugeFunc. It is set
 	// after construction (SetBanStore) because the jail is built with
@@ -146,8 +154,8 @@ func New() *Prometheus {
 	)
 	// Series that exist from the start read 0 instead of being absent, so
 	// rate() and alerts work before the first event.
-	for _, r := range []string{acl.RejectNotAllowed.String(), acl.RejectBanned.String()} {
-		m.rejections.WithLabelValues(r)
+	for _, d := range acl.Rejections() {
+		m.rejections.WithLabelValues(d.String())
 	}
 	for _, o := range proxy.Outcomes() {
 		if o.Refusal() {
