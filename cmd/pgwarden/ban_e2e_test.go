@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -69,13 +68,7 @@ type banEntry struct {
 
 func (e *banEnv) bans(t *testing.T) []banEntry {
 	t.Helper()
-	resp, err := http.Get("http://" + e.admin + "/bans")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	var out []banEntry
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
-	return out
+	return getBans(t, e.admin)
 }
 
 // get fetches an admin endpoint path and requires the status code.

@@ -16,7 +16,9 @@ import (
 	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
+	"github.com/pgwarden/pgwarden/internal/crowdsec"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/internal/fleet"
 	"github.com/pgwarden/pgwarden/internal/metrics"
 	"github.com/pgwarden/pgwarden/proxy"
 )
@@ -69,6 +71,10 @@ type Gateway struct {
 	admin    *admin.Server // nil without an admin address
 	draining atomic.Bool
 
+	fleet    *fleet.Store      // nil without Redis
+	shared   *fleetShared      // the jail's view of fleet
+	crowdsec *crowdsec.Bouncer // nil without a CrowdSec LAPI
+
 	// cancel rate-limits cancel requests; shared, so that a source has one
 	// budget whichever route it reaches.
 	cancel *proxy.CancelLimiter
@@ -106,24 +112,30 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	log := opts.Logger
 	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
 		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups)}
-	jail, err := newJail(cfg, log, g.metrics.OnBan)
+	// A problem with the CrowdSec or Redis settings is reported with the
+	// routes' problems, all at once.
+	var errs []error
+	if err := g.buildSeveral(); err != nil {
+		errs = append(errs, err)
+	}
+	jail, err := newJail(cfg, log, g.metrics.OnBan, g.newShared)
 	if err != nil {
+		g.closeSeveral()
 		return nil, err
 	}
 	g.jail = jail
 	g.metrics.SetBanStore(jail)
 	if g.cancel, err = newCancelLimiter(cfg, jail); err != nil {
-		_ = jail.Close()
+		_ = g.closeState()
 		return nil, configError(err)
 	}
 	if cfg.Admin != "" {
 		g.admin, err = admin.New(admin.Config{Addr: cfg.Admin, Bans: jail, Ready: g.Ready, Registry: g.metrics.Registry(), Logger: log})
 		if err != nil {
-			_ = jail.Close()
+			_ = g.closeState()
 			return nil, configError(err)
 		}
 	}
-	var errs []error
 	for _, rc := range cfg.AllRoutes() {
 		r, err := g.buildRoute(rc)
 		if err != nil {
@@ -133,7 +145,7 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		g.routes = append(g.routes, r)
 	}
 	if err := errors.Join(errs...); err != nil {
-		_ = jail.Close()
+		_ = g.closeState()
 		return nil, configError(err)
 	}
 	return g, nil
@@ -155,17 +167,25 @@ func (g *Gateway) Listen() error {
 	return nil
 }
 
-// Close releases what Build took (listeners, the ban state) for a gateway
-// that will not Run.
+// Close releases what Build took (listeners, the ban state, the Redis
+// client) for a gateway that will not Run.
 func (g *Gateway) Close() error {
 	g.closeListeners()
-	return g.jail.Close()
+	return g.closeState()
 }
 
-// newJail builds the ban jail from the Ban* settings. Problems with them
-// are ConfigErrors; a state file locked by another process is a runtime
-// error.
-func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
+// closeState closes the jail, then the clients it used.
+func (g *Gateway) closeState() error {
+	err := g.jail.Close()
+	g.closeSeveral()
+	return err
+}
+
+// newJail builds the ban jail from the Ban* settings, sharing it through
+// the store newShared returns for the jail's settings (nil: none).
+// Problems with them are ConfigErrors; a state file locked by another
+// process is a runtime error.
+func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time), newShared func(acl.JailConfig) acl.Shared) (*acl.Jail, error) {
 	ignore, err := acl.ParseList(acl.FieldIgnore, c.BanIgnore)
 	if err != nil {
 		return nil, configError(err)
@@ -185,6 +205,7 @@ func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Ti
 	if err := jcfg.CheckAndSetDefaults(); err != nil {
 		return nil, configError(err)
 	}
+	jcfg.Shared = newShared(jcfg)
 	j, err := acl.NewJail(jcfg)
 	if err != nil {
 		if errors.Is(err, acl.ErrStateLocked) {
@@ -214,6 +235,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer stopWatch()
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
+	g.runSeveral(watchCtx, &wg)
 	for _, r := range g.routes {
 		wg.Add(3)
 		go func() {
@@ -276,7 +298,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		_ = g.admin.Shutdown(sctx)
 		scancel()
 	}
-	if cerr := g.jail.Close(); cerr != nil {
+	if cerr := g.closeState(); cerr != nil {
 		g.log.Error("closing the ban state", zap.Error(cerr))
 	}
 	g.log.Info("pgwarden stopped")
