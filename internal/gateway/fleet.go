@@ -37,18 +37,26 @@ const maxPendingUnbans = 10_000
 // next resynchronisation. Without the replay, the fleet would hand a ban
 // lifted here during an outage back at the resync (it never heard of the
 // unban), and the jail would adopt it again.
+//
+// It also remembers when this gateway last lifted each key: a ban event
+// made before that (another gateway pushing, after an outage, a ban this
+// one lifted meanwhile) can reach the stream between the push and the
+// replayed unban, and is stale.
 type fleetShared struct {
 	store *fleet.Store
 	log   *zap.Logger
+	now   func() time.Time
 
 	mu      sync.Mutex
 	pending map[netip.Prefix]struct{}
+	lifted  map[netip.Prefix]time.Time
 }
 
 var _ acl.Shared = (*fleetShared)(nil)
 
 func newFleetShared(store *fleet.Store, log *zap.Logger) *fleetShared {
-	return &fleetShared{store: store, log: log, pending: map[netip.Prefix]struct{}{}}
+	return &fleetShared{store: store, log: log, now: time.Now,
+		pending: map[netip.Prefix]struct{}{}, lifted: map[netip.Prefix]time.Time{}}
 }
 
 func (f *fleetShared) RecordFailure(ctx context.Context, key netip.Prefix, window time.Duration) (int, int, error) {
@@ -73,6 +81,7 @@ func (f *fleetShared) Ban(ctx context.Context, key netip.Prefix, d time.Duration
 }
 
 func (f *fleetShared) Unban(ctx context.Context, key netip.Prefix) (bool, error) {
+	f.noteLifted(key)
 	had, err := f.store.Unban(ctx, key)
 	if err != nil {
 		f.mu.Lock()
@@ -88,6 +97,36 @@ func (f *fleetShared) Unban(ctx context.Context, key netip.Prefix) (bool, error)
 
 func (f *fleetShared) BanHistory(ctx context.Context, key netip.Prefix) (int, error) {
 	return f.store.BanHistory(ctx, key)
+}
+
+// liftedMemory is how long noteLifted remembers an unban: longer than any
+// event takes to arrive after a resynchronisation.
+const liftedMemory = 10 * time.Minute
+
+// noteLifted records that this gateway lifts key now.
+func (f *fleetShared) noteLifted(key netip.Prefix) {
+	now := f.now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.lifted) >= maxPendingUnbans {
+		for k, at := range f.lifted {
+			if now.Sub(at) > liftedMemory {
+				delete(f.lifted, k)
+			}
+		}
+		if len(f.lifted) >= maxPendingUnbans {
+			clear(f.lifted) // only the race above is lost
+		}
+	}
+	f.lifted[key] = now
+}
+
+// staleBan reports a ban made before this gateway lifted its key.
+func (f *fleetShared) staleBan(b fleet.Ban) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	at, ok := f.lifted[b.Key]
+	return ok && !b.At.After(at)
 }
 
 // replayUnbans publishes the unbans made while Redis was away; those that
@@ -135,6 +174,9 @@ func (g *Gateway) watchFleet(ctx context.Context) {
 func (g *Gateway) onFleetEvent(ev fleet.Event) {
 	switch ev.Type {
 	case fleet.EventBan:
+		if g.shared.staleBan(ev.Ban) {
+			return // our unban of it follows in the stream
+		}
 		g.jail.ApplyBan(sharedBan(ev.Ban))
 	case fleet.EventUnban:
 		g.jail.ApplyUnban(ev.Key)
