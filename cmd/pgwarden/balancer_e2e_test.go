@@ -157,51 +157,57 @@ func (e *lbEnv) requireLogin(t *testing.T, client string, version byte) {
 	require.NoError(t, conn.Close(ctx))
 }
 
-// requireResetUnread sends prefix from source and requires an RST and not
-// a single byte back, and that postgres heard nothing.
-func (e *lbEnv) requireResetUnread(t *testing.T, source string, prefix []byte) {
+// exchange dials from source, sends data, hands the connection (or the
+// error that ended it early) to check, and then requires that postgres
+// heard nothing of it.
+func (e *lbEnv) exchange(t *testing.T, source string, data []byte, check func(conn net.Conn, err error)) {
 	t.Helper()
 	before := e.pg.TCPConnectionsReceived()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	conn, err := dialWith(ctx, e.addr, source, prefix)
+	conn, err := dialWith(ctx, e.addr, source, data)
 	if err == nil {
 		defer conn.Close()
 		_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
-		// After the header, what a client would send next: it must not
-		// matter, the refusal comes first. A reset that arrives before
-		// this write is reported by the write (the read then sees only
-		// the end of the stream).
-		_, err = conn.Write(binary.BigEndian.AppendUint32([]byte{0, 0, 0, 8}, 80877103))
+	}
+	check(conn, err)
+	require.NoError(t, e.pg.LogBarrier(ctx))
+	require.Equal(t, before, e.pg.TCPConnectionsReceived(), "postgres heard of it")
+}
+
+// requireResetUnread sends prefix from source and requires an RST and not
+// a single byte back, and that postgres heard nothing.
+func (e *lbEnv) requireResetUnread(t *testing.T, source string, prefix []byte) {
+	t.Helper()
+	e.exchange(t, source, prefix, func(conn net.Conn, err error) {
+		if err == nil {
+			// After the header, what a client would send next: it must
+			// not matter, the refusal comes first. A reset that arrives
+			// before this write is reported by the write (the read then
+			// sees only the end of the stream).
+			_, err = conn.Write(binary.BigEndian.AppendUint32([]byte{0, 0, 0, 8}, 80877103))
+		}
 		if err == nil {
 			var n int64
 			n, err = io.Copy(io.Discard, conn)
 			require.Zero(t, n, "a refused client got bytes")
 		}
-	}
-	require.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE), "want a reset, got %v", err)
-	require.NoError(t, e.pg.LogBarrier(ctx))
-	require.Equal(t, before, e.pg.TCPConnectionsReceived(), "postgres heard of a refused client")
+		require.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE), "want a reset, got %v", err)
+	})
 }
 
 // requireClosedUnread sends data from source and requires the gateway to
 // close (EOF or reset) without a byte back, postgres untouched.
 func (e *lbEnv) requireClosedUnread(t *testing.T, source string, data []byte) {
 	t.Helper()
-	before := e.pg.TCPConnectionsReceived()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	conn, err := dialWith(ctx, e.addr, source, data)
-	require.NoError(t, err)
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
-	n, err := io.Copy(io.Discard, conn)
-	require.Zero(t, n, "got bytes back")
-	if err != nil {
-		require.ErrorIs(t, err, syscall.ECONNRESET)
-	}
-	require.NoError(t, e.pg.LogBarrier(ctx))
-	require.Equal(t, before, e.pg.TCPConnectionsReceived(), "postgres heard of it")
+	e.exchange(t, source, data, func(conn net.Conn, err error) {
+		require.NoError(t, err)
+		n, err := io.Copy(io.Discard, conn)
+		require.Zero(t, n, "got bytes back")
+		if err != nil {
+			require.ErrorIs(t, err, syscall.ECONNRESET)
+		}
+	})
 }
 
 // requireRefusedAsStartup sends data (a PROXY header) from source, which is
@@ -210,23 +216,17 @@ func (e *lbEnv) requireClosedUnread(t *testing.T, source string, data []byte) {
 // postgres hears nothing.
 func (e *lbEnv) requireRefusedAsStartup(t *testing.T, source string, data []byte) {
 	t.Helper()
-	before := e.pg.TCPConnectionsReceived()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	conn, err := dialWith(ctx, e.addr, source, data)
-	require.NoError(t, err)
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
-	got, err := io.ReadAll(conn)
-	if err != nil {
-		require.ErrorIs(t, err, syscall.ECONNRESET)
-	}
-	if len(got) > 0 {
-		require.Equal(t, byte('E'), got[0], "answer %q", got)
-		require.Contains(t, string(got), "08P01")
-	}
-	require.NoError(t, e.pg.LogBarrier(ctx))
-	require.Equal(t, before, e.pg.TCPConnectionsReceived(), "postgres heard of it")
+	e.exchange(t, source, data, func(conn net.Conn, err error) {
+		require.NoError(t, err)
+		got, err := io.ReadAll(conn)
+		if err != nil {
+			require.ErrorIs(t, err, syscall.ECONNRESET)
+		}
+		if len(got) > 0 {
+			require.Equal(t, byte('E'), got[0], "answer %q", got)
+			require.Contains(t, string(got), "08P01")
+		}
+	})
 }
 
 // closedLine finds the "connection closed" line whose source starts with
