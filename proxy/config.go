@@ -123,6 +123,10 @@ type Config struct {
 	// Authorizer, if set, checks client-certificate identity against the
 	// startup role.
 	Authorizer Authorizer
+	// StartupPolicy, if set, admits each startup by source, user and
+	// database before postgres is dialed, and tags the session for
+	// Server.EndSessions (startpolicy.go).
+	StartupPolicy StartupPolicy
 	// Observer, if set, receives every authentication outcome.
 	Observer AuthObserver
 	// Sources, if set, establishes each connection's client before

@@ -53,6 +53,10 @@ type session struct {
 	relayErr        error
 	panicked        error // a recovered panic in the pre-authentication phase
 	closed          bool  // set under Server.mu when both sides were closed
+	// tag names what admitted the session (StartupPolicy), and
+	// accessEnded is set when EndSessions ended it; both under Server.mu.
+	tag         string
+	accessEnded bool
 }
 
 // handle runs one connection to its end and writes its one log line.
@@ -72,6 +76,9 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	defer s.cfg.Metrics.SessionsActive(s.cfg.Name, -1)
 
 	outcome, err := s.run(ctx, sess)
+	if s.wasEnded(sess) {
+		outcome = OutcomeAccessEnded
+	}
 	s.finish(sess, outcome, err)
 }
 
@@ -172,6 +179,12 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome Outco
 		cs := sess.tls.ConnectionState()
 		if err := s.cfg.Authorizer.Authorize(&cs, sess.user); err != nil {
 			outcome, err = s.refuseClient(sess, refuse(OutcomeCertRejected, codeInvalidAuthorization, err.Error(), "", err))
+			return outcome, true, nil, err
+		}
+	}
+	if s.cfg.StartupPolicy != nil {
+		if err := s.admitStartup(sess); err != nil {
+			outcome, err = s.refuseClient(sess, err)
 			return outcome, true, nil, err
 		}
 	}

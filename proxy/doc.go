@@ -13,6 +13,7 @@
 //	  │ ═══ TLS handshake ═══════► │ (or direct TLS: first byte 0x16 + ALPN)  │
 //	  │ StartupMessage ──────────► │ frame-exact read, length/protocol checks │
 //	  │                            │ client-certificate authorization         │
+//	  │                            │ startup policy: an access grant's limits │
 //	  │                            │ admission: a slot of the source (ban     │
 //	  │                            │ jail) and of the upstream (authgate.go)  │
 //	  │                            │ dial upstream (only now) ──────────────► │

@@ -38,6 +38,7 @@ const (
 	OutcomeCancelForwarded
 	// Authentication: admission, the dial, the exchange.
 	OutcomeCertRejected
+	OutcomeNotPermitted
 	OutcomeBanned
 	OutcomeAuthThrottled
 	OutcomeTooManyUpstreamStartups
@@ -50,6 +51,8 @@ const (
 	OutcomeOK
 	OutcomeTLSAbuse
 	OutcomeInternalError
+	// Ended from outside, in any phase (Server.EndSessions).
+	OutcomeAccessEnded
 
 	numOutcomes
 )
@@ -86,6 +89,7 @@ var outcomes = [numOutcomes]struct {
 	OutcomeCancelUpstreamUnavailable: {"cancel_upstream_unavailable", false, zapcore.InfoLevel},
 	OutcomeCancelForwarded:           {"cancel_forwarded", false, zapcore.InfoLevel},
 	OutcomeCertRejected:              {"cert_rejected", true, zapcore.InfoLevel},              // client certificate not allowed for the role
+	OutcomeNotPermitted:              {"not_permitted", true, zapcore.InfoLevel},              // the StartupPolicy refused this user or database (an access grant's limits)
 	OutcomeBanned:                    {"banned", true, zapcore.InfoLevel},                     // banned after accept: refused, or cut short before AuthenticationOk
 	OutcomeAuthThrottled:             {"auth_throttled", true, zapcore.InfoLevel},             // no authentication slot of the source freed before the deadline
 	OutcomeTooManyUpstreamStartups:   {"too_many_upstream_startups", true, zapcore.InfoLevel}, // over the UpstreamLimiter's cap until the deadline
@@ -97,6 +101,7 @@ var outcomes = [numOutcomes]struct {
 	OutcomeOK:                        {"ok", false, zapcore.InfoLevel},                        // a session, relayed to its end
 	OutcomeTLSAbuse:                  {"tls_abuse", true, zapcore.WarnLevel},                  // key updates faster than any real client asks
 	OutcomeInternalError:             {"internal_error", false, zapcore.ErrorLevel},           // a gateway fault
+	OutcomeAccessEnded:               {"access_ended", false, zapcore.InfoLevel},              // what admitted it ended (an access grant revoked or expired): EndSessions
 }
 
 // String is the outcome's label.

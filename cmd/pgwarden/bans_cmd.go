@@ -109,15 +109,21 @@ func runBansEnv(args []string, stdout, stderr io.Writer, getenv func(string) str
 			fmt.Fprintf(stdout, "unbanned %s\n", fs.Arg(0))
 		}
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "pgwarden: %s\n", flagText(err))
-		var ae *admin.APIError
-		if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
-			return exitUsage // the endpoint refused what was typed
-		}
-		return exitRuntime
+	return adminExit(stderr, err)
+}
+
+// adminExit reports the result of an admin endpoint request and returns
+// the exit code: 2 when the endpoint refused what was typed (400).
+func adminExit(stderr io.Writer, err error) int {
+	if err == nil {
+		return exitOK
 	}
-	return exitOK
+	fmt.Fprintf(stderr, "pgwarden: %s\n", flagText(err))
+	var ae *admin.APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
+		return exitUsage
+	}
+	return exitRuntime
 }
 
 func bansUsageError(stderr io.Writer, sub, msg string) int {

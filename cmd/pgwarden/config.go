@@ -84,6 +84,7 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.StringVar(&c.CrowdSecLAPI, "crowdsec-lapi", "", "CrowdSec Local API URL (e.g. http://127.0.0.1:8080/): its ban decisions for IPs and ranges are refused at accept")
 	fs.StringVar(&c.CrowdSecKeyFile, "crowdsec-key-file", "", "file holding the bouncer API key (cscli bouncers add pgwarden)")
 	fs.DurationVar(&c.CrowdSecInterval, "crowdsec-interval", crowdsec.DefaultInterval, "how often the CrowdSec decision stream is pulled")
+	grantFlags(fs, &c.Config)
 	return fs
 }
 
@@ -141,6 +142,10 @@ func applyFile(c *serveConfig, fs *pflag.FlagSet, fromCLI map[string]bool) error
 				return err
 			}
 			c.Routes = routes
+		case key == oidcKey:
+			if err := applyOIDC(c, where, &node, doc, fromCLI); err != nil {
+				return err
+			}
 		case key == "config" || fs.Lookup(key) == nil:
 			return fmt.Errorf("%s: unknown key %q (keys are the flag names, e.g. listen, upstream, allow, tls-cert; see pgwarden serve --help)", where, key)
 		case fromCLI[key]:

@@ -8,6 +8,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/forward"
 	"github.com/pgwarden/pgwarden/internal/gateway"
+	"github.com/pgwarden/pgwarden/internal/oidcauth"
 	"github.com/pgwarden/pgwarden/internal/proxyproto"
 )
 
@@ -40,6 +41,16 @@ var flagNames = fielderr.Names{
 	gateway.FieldCrowdSecInterval:        "--crowdsec-interval",
 	proxyproto.FieldTrusted:              "--proxy-protocol-from",
 	gateway.MakeCertificate:              "`pgwarden certs init --dir DIR --host NAME` makes a pair",
+	gateway.FieldGrantMaxTTL:             "--grant-max-ttl",
+	gateway.FieldGrantEndSessions:        "--grant-end-sessions",
+	gateway.FieldGrantListen:             "--grant-listen",
+	gateway.FieldGrantTLSCert:            "--grant-tls-cert",
+	gateway.FieldGrantTLSKey:             "--grant-tls-key",
+	gateway.FieldOIDC:                    oidcKey,
+
+	oidcauth.FieldIssuer:   "--oidc-issuer",
+	oidcauth.FieldAudience: "--oidc-audience",
+	oidcauth.FieldJWKS:     "--oidc-jwks",
 
 	acl.FieldAllow:      "--allow",
 	acl.FieldIgnore:     "--ban-ignore",

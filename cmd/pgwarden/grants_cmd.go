@@ -8,23 +8,36 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/clienttls"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/grantclient"
 )
 
 const grantsUsage = `Usage:
+  pgwarden grants add SOURCE --ttl DUR --reason TEXT [--user ROLE]... [--database DB]... [--route NAME] [--admin HOST:PORT]
+        admit SOURCE (an IP or a CIDR) for DUR, optionally only as these roles to
+        these databases, on one route; prints the grant as one JSON object
+  pgwarden grants list [--json] [--admin HOST:PORT]
+        the active grants, as a table (or the admin endpoint's JSON)
+  pgwarden grants revoke ID|SOURCE [--keep-sessions] [--admin HOST:PORT]
+        end a grant (or every grant of SOURCE) and the sessions it admitted,
+        unless --keep-sessions
   pgwarden grants request --url https://HOST:PORT [--ttl DUR] [--token-env VAR | --github | --gitlab VAR]
-                          [--cacert FILE] [--audience AUD]
+                          [--cacert FILE] [--audience AUD] [--bind IP]
         the CI side: obtains the job's OIDC token and asks the gateway's grant
         endpoint to admit the address this request comes from; prints the
         grant as one JSON object (exit 0), or the server's reason (exit 1)
+
+add, list and revoke talk to the admin endpoint of a running "pgwarden serve
+--admin HOST:PORT"; --admin defaults to $PGWARDEN_ADMIN, else ` + admin.DefaultAddr + `.
 
 Token sources (exactly one):
   --github        GitHub Actions: requested from ACTIONS_ID_TOKEN_REQUEST_URL with the
@@ -55,6 +68,8 @@ func runGrantsEnv(args []string, stdout, stderr io.Writer, getenv func(string) s
 	switch args[0] {
 	case "request":
 		return runGrantsRequest(args[1:], stdout, stderr, getenv)
+	case "add", "list", "revoke":
+		return runGrantsAdmin(args[0], args[1:], stdout, stderr, getenv)
 	case "help", "--help", "-h":
 		fmt.Fprint(stdout, grantsUsage)
 		return exitOK
@@ -73,6 +88,7 @@ type grantsRequestConfig struct {
 	GitLab   string
 	CACert   string
 	Audience string
+	Bind     string
 }
 
 func runGrantsRequest(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
@@ -88,6 +104,7 @@ func runGrantsRequest(args []string, stdout, stderr io.Writer, getenv func(strin
 	fs.StringVar(&c.GitLab, "gitlab", "", "take the OIDC token from this GitLab id_tokens variable")
 	fs.StringVar(&c.CACert, "cacert", "", "CA certificates (PEM) that verify the grant endpoint (default: the system roots)")
 	fs.StringVar(&c.Audience, "audience", "", "audience of the GitHub token (default: the --url origin)")
+	fs.StringVar(&c.Bind, "bind", "", "local IP address the request leaves from (default: the system's choice); the grant is for the address the gateway sees")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprint(stdout, grantsUsage+"\nFlags:\n"+fs.FlagUsages())
@@ -98,7 +115,7 @@ func runGrantsRequest(args []string, stdout, stderr io.Writer, getenv func(strin
 	if fs.NArg() > 0 {
 		return clientUsageFail(stderr, "grants request", fmt.Errorf("unexpected argument %q: grants request takes only flags", fs.Arg(0)))
 	}
-	hostport, verr := c.validate()
+	hostport, bind, verr := c.validate()
 	roots, rerr := loadCACert(c.CACert)
 	if err := errors.Join(verr, rerr); err != nil {
 		return clientUsageFail(stderr, "grants request", err)
@@ -114,7 +131,11 @@ func runGrantsRequest(args []string, stdout, stderr io.Writer, getenv func(strin
 		fmt.Fprintf(stderr, "pgwarden grants request: %v\n", err)
 		return exitRuntime
 	}
-	gc, err := grantclient.New(grantclient.Config{URL: c.URL, TTL: c.TTL, Tokens: c.tokens(getenv), RootCAs: roots, Network: network})
+	if bind.IsValid() && (bind.Is4() != (network == "tcp4")) {
+		return clientUsageFail(stderr, "grants request", fmt.Errorf("--bind %s: the database connection will use %s (the first address of %s), so the grant must be asked from there too",
+			bind, map[string]string{"tcp4": "IPv4", "tcp6": "IPv6"}[network], hostport))
+	}
+	gc, err := grantclient.New(grantclient.Config{URL: c.URL, TTL: c.TTL, Tokens: c.tokens(getenv), RootCAs: roots, Network: network, LocalAddr: bind})
 	if err != nil {
 		return clientUsageFail(stderr, "grants request", err)
 	}
@@ -123,7 +144,14 @@ func runGrantsRequest(args []string, stdout, stderr io.Writer, getenv func(strin
 		fmt.Fprintf(stderr, "pgwarden grants request: %v\n", err)
 		return exitRuntime
 	}
-	if err := json.NewEncoder(stdout).Encode(g); err != nil {
+	// The server's grant as it came (route, rule and claims included), on
+	// one line.
+	out := append(append([]byte(nil), g.JSON...), '\n')
+	if len(g.JSON) == 0 {
+		out, _ = json.Marshal(g)
+		out = append(out, '\n')
+	}
+	if _, err := stdout.Write(out); err != nil {
 		fmt.Fprintf(stderr, "pgwarden grants request: writing the grant: %v\n", err)
 		return exitRuntime
 	}
@@ -133,10 +161,19 @@ func runGrantsRequest(args []string, stdout, stderr io.Writer, getenv func(strin
 }
 
 // validate checks the flags together, naming each offending flag, and
-// returns the endpoint's HOST:PORT.
-func (c *grantsRequestConfig) validate() (string, error) {
+// returns the endpoint's HOST:PORT and the --bind address.
+func (c *grantsRequestConfig) validate() (string, netip.Addr, error) {
 	var errs []error
 	var hostport string
+	var bind netip.Addr
+	if c.Bind != "" {
+		ip, err := netip.ParseAddr(c.Bind)
+		if err != nil || ip.Zone() != "" {
+			errs = append(errs, fmt.Errorf("--bind %q: want a local IP address, such as 10.0.3.7", c.Bind))
+		} else {
+			bind = ip.Unmap()
+		}
+	}
 	if c.URL == "" {
 		errs = append(errs, errors.New("--url is required: the gateway's grant endpoint, https://HOST:PORT"))
 	} else if u, err := url.Parse(c.URL); err != nil || u.Host == "" || u.Hostname() == "" {
@@ -170,7 +207,7 @@ func (c *grantsRequestConfig) validate() (string, error) {
 			errs = append(errs, fmt.Errorf("--ttl %q: want a duration of at least 1s, such as 20m", c.TTL))
 		}
 	}
-	return hostport, errors.Join(errs...)
+	return hostport, bind, errors.Join(errs...)
 }
 
 // tokens is the token source the flags chose.

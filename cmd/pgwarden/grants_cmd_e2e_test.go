@@ -69,14 +69,14 @@ func TestGrantsRequestTokenEnvAndGitLab(t *testing.T) {
 		"request", "--url", e.URL, "--token-env", "CI_TOKEN", "--cacert", ca, "--ttl", "15m")
 	require.Equal(t, 0, code, "stderr: %s", stderr)
 	g := decodeGrant(t, stdout)
-	require.Equal(t, "127.0.0.1/32", g["source"], "the runner's own address")
+	require.Equal(t, "127.0.0.1", g["source"], "the runner's own address")
 	require.Equal(t, []any{"migrator"}, g["users"])
 	require.Equal(t, []any{"shop"}, g["databases"])
 	require.Equal(t, "repo:acme/app:environment:production", g["created_by"])
 	until, err := time.Parse(time.RFC3339, g["until"].(string))
 	require.NoError(t, err)
 	require.True(t, until.Equal(e.Clock.Now().Add(15*time.Minute)), "until %s", until)
-	require.Contains(t, stderr, "127.0.0.1/32 may connect until")
+	require.Contains(t, stderr, "127.0.0.1 may connect until")
 	_, ok := e.Registry.Covering("main", netip.MustParseAddr("127.0.0.1"))
 	require.True(t, ok)
 
@@ -121,7 +121,7 @@ func TestGrantsRequestGitHub(t *testing.T) {
 	ca := caFile(t, e)
 	code, stdout, stderr := runGrantsBinary(t, env, "request", "--url", e.URL, "--github", "--cacert", ca)
 	require.Equal(t, 0, code, "stderr: %s", stderr)
-	require.Equal(t, "127.0.0.1/32", decodeGrant(t, stdout)["source"])
+	require.Equal(t, "127.0.0.1", decodeGrant(t, stdout)["source"])
 	mu.Lock()
 	require.Equal(t, []string{e.URL}, asked, "the audience defaults to the --url origin, which the server accepts")
 	mu.Unlock()
@@ -189,6 +189,16 @@ func TestGrantsRequestUsage(t *testing.T) {
 		{[]string{"request", "--url", "https://db.example.com", "--github", "--cacert", ca}, []string{"--cacert", "no PEM CERTIFICATE"}},
 		{[]string{"request", "--url", "https://db.example.com", "--github", "extra"}, []string{`unexpected argument "extra"`}},
 		{[]string{"request", "--nope"}, []string{"unknown flag: --nope", "--help lists the flags"}},
+		{[]string{"request", "--url", "https://db.example.com", "--github", "--bind", "eth0"}, []string{`--bind "eth0": want a local IP address`}},
+		{[]string{"request", "--url", "https://127.0.0.1:8443", "--token-env", "T", "--bind", "::1"}, []string{"--bind ::1: the database connection will use IPv4"}},
+		{[]string{"add", "203.0.113.7", "--reason", "x"}, []string{"--ttl is required"}},
+		{[]string{"add", "--ttl", "1h", "--reason", "x"}, []string{"expected one SOURCE"}},
+		{[]string{"add", "0.0.0.0/0", "--ttl", "1h", "--reason", "x"}, []string{"use --allow"}},
+		{[]string{"add", "203.0.113.7", "--ttl", "1h"}, []string{"--reason is required"}},
+		{[]string{"add", "203.0.113.7", "--ttl", "1h", "--reason", "x", "--admin", "nope"}, []string{`--admin "nope": expected HOST:PORT`}},
+		{[]string{"list", "extra"}, []string{`unexpected argument "extra"`}},
+		{[]string{"revoke"}, []string{"expected one grant ID"}},
+		{[]string{"revoke", "g-1", "--keep"}, []string{"unknown flag: --keep"}},
 	}
 	for _, tc := range tests {
 		t.Run(fmt.Sprint(tc.args), func(t *testing.T) {

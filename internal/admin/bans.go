@@ -37,16 +37,8 @@ func (s *Server) listBans(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) ban(w http.ResponseWriter, r *http.Request) {
-	// Requiring application/json makes a browser send a CORS preflight,
-	// which this endpoint never answers, so a web page cannot POST a ban
-	// with a "simple" text/plain request.
-	if ct := r.Header.Get("Content-Type"); !isJSONContentType(ct) {
-		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("content type %q: send application/json", ct))
-		return
-	}
 	var req BanRequest
-	if err := decodeStrict(http.MaxBytesReader(w, r.Body, maxBodyBytes), &req); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("decoding the request body: %v", err))
+	if !readBody(w, r, &req) {
 		return
 	}
 	if err := CheckSource(req.IP); err != nil {

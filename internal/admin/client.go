@@ -73,6 +73,32 @@ func (c *Client) Unban(ip string) error {
 	return err
 }
 
+// Grants returns the active grants and the endpoint's JSON as it came.
+func (c *Client) Grants() ([]GrantJSON, []byte, error) {
+	var gs []GrantJSON
+	data, err := c.do(http.MethodGet, "/grants", nil, http.StatusOK, &gs)
+	return gs, data, err
+}
+
+// AddGrant makes (or extends) a grant, and returns it with the endpoint's
+// JSON as it came.
+func (c *Client) AddGrant(req GrantRequest) (GrantJSON, []byte, error) {
+	var g GrantJSON
+	data, err := c.do(http.MethodPost, "/grants", req, http.StatusCreated, &g)
+	return g, data, err
+}
+
+// RevokeGrant revokes the grant with id target, or every grant of the
+// source target; keepSessions leaves the sessions they admitted running.
+func (c *Client) RevokeGrant(target string, keepSessions bool) error {
+	path := "/grants/" + url.PathEscape(target)
+	if keepSessions {
+		path += "?keep_sessions=true"
+	}
+	_, err := c.do(http.MethodDelete, path, nil, http.StatusNoContent, nil)
+	return err
+}
+
 // do sends one request and decodes a 2xx JSON answer into out (if non-nil).
 func (c *Client) do(method, path string, body any, want int, out any) ([]byte, error) {
 	var rd io.Reader

@@ -8,13 +8,16 @@
 //	GET    /bans        200 [{"ip": "...", "until": "RFC3339", "failures": N, "bans": N}]
 //	POST   /bans        201 {"ip": ..., "until": ...}; body {"ip": "IP or CIDR", "for": "1h"} ("for" optional)
 //	DELETE /bans/{ip}   204; 404 if not banned (ip may be a URL-escaped CIDR)
+//	GET    /grants      200 [{"id": "g-…", "source": "…/32", "until": "RFC3339", "reason": …, "users": […], "databases": […], "created_by": …, …}]
+//	POST   /grants      201 the grant; body {"source": "IP or CIDR", "ttl": "30m", "reason": "…", "users": […], "databases": […], "route": "…"}
+//	DELETE /grants/{id} 204; the id, or a source (every grant of it); ?keep_sessions=true leaves their sessions running
 //	GET    /healthz     200 "ok": the process is up
 //	GET    /readyz      200 "ready", or 503 with the reason (not listening, upstream down, draining)
 //	GET    /metrics     Prometheus text format
 //
-// Errors are {"error": "..."} with 400 (bad address or duration), 403
-// (non-loopback Host), 404, 415 (POST without a JSON content type), 503
-// (jail closed) or 500.
+// Errors are {"error": "..."} with 400 (bad address, duration or grant),
+// 403 (non-loopback Host), 404, 415 (POST without a JSON content type), 503
+// (jail or grants closed, too many grants) or 500.
 //
 // Each resource is one file: its handlers, registered by a method of
 // Server (bans.go, health.go); resources served by other packages come in

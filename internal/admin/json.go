@@ -61,6 +61,23 @@ func decodeStrict(r io.Reader, v any) error {
 	return strict.Decode(v)
 }
 
+// readBody decodes a POST body into v (decodeStrict, at most maxBodyBytes)
+// and reports whether it could; if not, the error answer is written.
+// Requiring application/json makes a browser send a CORS preflight, which
+// this endpoint never answers, so a web page cannot POST with a "simple"
+// text/plain request.
+func readBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	if ct := r.Header.Get("Content-Type"); !isJSONContentType(ct) {
+		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("content type %q: send application/json", ct))
+		return false
+	}
+	if err := decodeStrict(http.MaxBytesReader(w, r.Body, maxBodyBytes), v); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("decoding the request body: %v", err))
+		return false
+	}
+	return true
+}
+
 func isJSONContentType(ct string) bool {
 	mt, _, _ := strings.Cut(ct, ";")
 	return strings.EqualFold(strings.TrimSpace(mt), "application/json")

@@ -47,6 +47,8 @@ type Config struct {
 	Ready func() error
 	// Registry is served at /metrics. Required.
 	Registry *prometheus.Registry
+	// Grants are the access grants (/grants); nil serves none.
+	Grants GrantStore
 	// Handlers are more resources.
 	Handlers []Handler
 	// Logger receives the endpoint's errors; nil means none.
@@ -157,6 +159,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	s.registerBans(mux)
+	s.registerGrants(mux)
 	s.registerHealth(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{
 		ErrorLog:            zap.NewStdLog(s.log.With(zap.String("component", "metrics"))),

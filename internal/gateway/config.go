@@ -9,6 +9,7 @@ import (
 	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/internal/oidcauth"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -69,8 +70,8 @@ type Config struct {
 	// ProxyProtocolTimeout bounds the wait for a balancer's PROXY header
 	// (within HandshakeTimeout); 0 means DefaultProxyProtocolTimeout.
 	ProxyProtocolTimeout time.Duration
-	// Redis, if set, is the redis:// or rediss:// URL the jail (and
-	// grants) are shared on with every gateway using it and RedisPrefix.
+	// Redis, if set, is the redis:// or rediss:// URL the jail and the
+	// grants are shared on with every gateway using it and RedisPrefix.
 	Redis       string
 	RedisPrefix string // "" means fleet.DefaultPrefix
 	// CrowdSecLAPI, if set, is the CrowdSec Local API whose ban decisions
@@ -79,6 +80,30 @@ type Config struct {
 	CrowdSecLAPI     string
 	CrowdSecKeyFile  string
 	CrowdSecInterval time.Duration
+
+	// Access grants (grants.go): a source outside a route's allowlist
+	// may connect while a grant covers it.
+	GrantMaxTTL      time.Duration // longest grant; 0 means grants.DefaultMaxTTL
+	GrantEndSessions bool          // an expiring grant also ends the sessions it admitted
+	GrantListen      string        // HOST:PORT of the self-service endpoint; "" for none
+	GrantTLSCert     string        // the endpoint's certificate; "" uses the first route's
+	GrantTLSKey      string
+	OIDC             OIDCConfig // whose tokens the endpoint accepts, and its rules
+}
+
+// OIDCConfig is the self-service endpoint's token issuer and rules (the
+// `oidc:` section of the configuration file; the issuer, audience and key
+// set may also come from flags).
+type OIDCConfig struct {
+	Issuer   string
+	Audience string
+	JWKS     string // a file, an https URL, or "" for OIDC discovery
+	Rules    []oidcauth.RuleConfig
+}
+
+// set reports whether any of it is set.
+func (o OIDCConfig) set() bool {
+	return o.Issuer != "" || o.Audience != "" || o.JWKS != "" || len(o.Rules) > 0
 }
 
 // Defaults for the fields the proxy and the jail do not define.
@@ -113,6 +138,14 @@ var (
 	FieldCrowdSecLAPI            = field("CrowdSecLAPI")
 	FieldCrowdSecKeyFile         = field("CrowdSecKeyFile")
 	FieldCrowdSecInterval        = field("CrowdSecInterval")
+	FieldGrantMaxTTL             = field("GrantMaxTTL")
+	FieldGrantEndSessions        = field("GrantEndSessions")
+	FieldGrantListen             = field("GrantListen")
+	FieldGrantTLSCert            = field("GrantTLSCert")
+	FieldGrantTLSKey             = field("GrantTLSKey")
+	// FieldOIDC is the OIDC section; its rules' errors follow it as
+	// ".rules[N]...".
+	FieldOIDC = field("OIDC")
 	// MakeCertificate is not a field but the advice on how to make a
 	// certificate and key, which only the caller knows how to give.
 	MakeCertificate = field("a certificate and key from your CA")
@@ -255,6 +288,7 @@ func (c *Config) Validate() error {
 	if c.CrowdSecKeyFile != "" && c.CrowdSecLAPI == "" {
 		add("%s needs %s: the URL of the CrowdSec Local API (e.g. http://127.0.0.1:8080/)", FieldCrowdSecKeyFile, FieldCrowdSecLAPI)
 	}
+	errs = append(errs, c.validateGrants())
 	return errors.Join(errs...)
 }
 

@@ -5,7 +5,9 @@
 // the whole configuration and binds every listener, Run serves until its
 // context ends and then drains, Reload re-reads what may change while
 // running (certificates, client CAs, allowlists), Ready answers readiness
-// probes.
+// probes. Access grants (grants.go) admit sources outside a route's
+// allowlist for a while: made through the admin endpoint or, with
+// GrantListen, by CI jobs presenting an OIDC token.
 //
 // Config holds the operator's settings as written (flags and YAML keys map
 // onto it one to one); every problem with them is a field error

@@ -19,6 +19,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/crowdsec"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/fleet"
+	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/internal/metrics"
 	"github.com/pgwarden/pgwarden/proxy"
 )
@@ -75,6 +76,13 @@ type Gateway struct {
 	shared   *fleetShared      // the jail's view of fleet
 	crowdsec *crowdsec.Bouncer // nil without a CrowdSec LAPI
 
+	// grants are the access grants (grants.go); grantAPI is their
+	// self-service endpoint, nil without GrantListen. servers are the
+	// routes' proxy servers once built, for ending a grant's sessions.
+	grants   *grants.Registry
+	grantAPI *grantEndpoint
+	servers  atomic.Pointer[[]*proxy.Server]
+
 	// cancel rate-limits cancel requests; shared, so that a source has one
 	// budget whichever route it reaches.
 	cancel *proxy.CancelLimiter
@@ -129,31 +137,46 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		_ = g.closeState()
 		return nil, configError(err)
 	}
-	if cfg.Admin != "" {
-		g.admin, err = admin.New(admin.Config{Addr: cfg.Admin, Bans: jail, Ready: g.Ready, Registry: g.metrics.Registry(), Logger: log})
-		if err != nil {
-			_ = g.closeState()
-			return nil, configError(err)
-		}
+	if err := g.newGrants(); err != nil {
+		_ = g.closeState()
+		return nil, err
 	}
+	var servers []*proxy.Server
+	var routeNames []string
 	for _, rc := range cfg.AllRoutes() {
+		routeNames = append(routeNames, rc.Name)
 		r, err := g.buildRoute(rc)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		g.routes = append(g.routes, r)
+		servers = append(servers, r.server)
+	}
+	if len(errs) == 0 {
+		errs = append(errs, g.buildGrantEndpoint())
+	}
+	if cfg.Admin != "" {
+		g.admin, err = admin.New(admin.Config{Addr: cfg.Admin, Bans: jail, Ready: g.Ready, Registry: g.metrics.Registry(),
+			Grants: adminGrants{g.grants, routeNames}, Logger: log})
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		_ = g.closeState()
 		return nil, configError(err)
 	}
+	g.servers.Store(&servers)
 	return g, nil
 }
 
-// Listen binds every route's listeners and starts the admin endpoint.
+// Listen binds every route's listeners and the grant endpoint, and starts
+// the admin endpoint.
 func (g *Gateway) Listen() error {
 	if err := g.listen(); err != nil {
+		g.closeListeners()
+		return err
+	}
+	if err := g.listenGrants(); err != nil {
 		g.closeListeners()
 		return err
 	}
@@ -167,15 +190,19 @@ func (g *Gateway) Listen() error {
 	return nil
 }
 
-// Close releases what Build took (listeners, the ban state, the Redis
-// client) for a gateway that will not Run.
+// Close releases what Build took (listeners, the grants, the ban state,
+// the Redis client) for a gateway that will not Run.
 func (g *Gateway) Close() error {
 	g.closeListeners()
 	return g.closeState()
 }
 
-// closeState closes the jail, then the clients it used.
+// closeState closes the grant registry, then the ban jail, whose state
+// file the registry writes to, then the clients the jail used.
 func (g *Gateway) closeState() error {
+	if g.grants != nil {
+		_ = g.grants.Close()
+	}
 	err := g.jail.Close()
 	g.closeSeveral()
 	return err
@@ -267,6 +294,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 			}()
 		}
 	}
+	g.runGrants(watchCtx, &wg)
 	g.log.Info("pgwarden started", zap.String("version", g.opts.Version))
 	call(g.opts.Hooks.Ready)
 
@@ -277,6 +305,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	g.draining.Store(true) // /readyz says 503 from now on
 	call(g.opts.Hooks.Stopping)
+	g.shutdownGrants()
 	g.log.Info("shutting down: listeners closed, draining sessions", zap.Duration("drain_timeout", g.cfg.DrainTimeout))
 	dctx, cancel := context.WithTimeout(context.Background(), g.cfg.DrainTimeout)
 	defer cancel()

@@ -45,6 +45,7 @@ func (g *Gateway) Reload() {
 	defer call(g.opts.Hooks.Reloaded)
 	g.log.Info("SIGHUP: reloading certificates and allowlists")
 	g.reloadAllowlists()
+	g.reloadGrants()
 	for _, r := range g.routes {
 		if err := r.loader.Reload(); err != nil {
 			g.log.Error("certificate reload failed; still serving the previous pair", zap.String("route", r.cfg.Name), zap.Error(err))

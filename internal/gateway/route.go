@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -23,6 +24,7 @@ type route struct {
 	trusted   *proxyproto.Trusted
 	loader    *certs.Loader
 	authz     *certs.Authorizer // nil without a client CA
+	tls       *tls.Config       // the route's TLS (its loader's certificate)
 	server    *proxy.Server
 	addrs     []string
 	listeners []*acl.Listener
@@ -40,7 +42,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	allow, err := acl.ParseAllowlist(rc.Allow)
 	if err != nil {
 		errs = append(errs, wrap(err))
-	} else if r.policy, err = acl.NewPolicy(allow, nil, g.deniers()); err != nil {
+	} else if r.policy, err = acl.NewPolicy(allow, []acl.Allower{grantAllower{g.grants, rc.Name}}, g.deniers()); err != nil {
 		errs = append(errs, wrap(err))
 	}
 	if r.trusted, err = proxyproto.ParseTrusted(rc.ProxyProtocolFrom); err != nil {
@@ -87,6 +89,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
+	r.tls = tlsConfig
 	pcfg := proxy.Config{
 		Name:             rc.Name,
 		Upstream:         r.upstream,
@@ -103,6 +106,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		MaxStartups:      g.cfg.MaxStartups,
 		MaxStartupsPerIP: g.cfg.MaxStartupsPerIP,
 		CancelLimiter:    g.cancel,
+		StartupPolicy:    grantLimits{g.grants, rc.Name, r.policy},
 	}
 	pcfg.PlaintextCancel, _ = parsePlaintextCancel(rc.CancelPlaintext) // checked by Validate
 	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay)                        // checked by Validate
@@ -167,4 +171,5 @@ func (g *Gateway) closeListeners() {
 			_ = ln.Close()
 		}
 	}
+	g.closeGrantListener()
 }

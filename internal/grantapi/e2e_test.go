@@ -72,7 +72,7 @@ func TestSelfGrantEndToEnd(t *testing.T) {
 			c := e.Client("127.0.0.2")
 			a := post(t, c, e.URL, bearer(e.Token(t, "RS256")), []byte(`{"ttl": "20m"}`))
 			require.Equal(t, http.StatusCreated, a.status, a.raw)
-			require.Equal(t, "127.0.0.2/32", a.body["source"], "the grant is for the TCP peer")
+			require.Equal(t, "127.0.0.2", a.body["source"], "the grant is for the TCP peer")
 			require.Equal(t, []any{"migrator"}, a.body["users"])
 			require.Equal(t, []any{"shop"}, a.body["databases"])
 			require.Equal(t, "repo:acme/app:environment:production", a.body["created_by"])
@@ -104,7 +104,7 @@ func TestSelfGrantEndToEnd(t *testing.T) {
 			// No body: as long as the rule allows.
 			a = post(t, e.Client("127.0.0.3"), e.URL, bearer(e.Token(t, "RS256")), nil)
 			require.Equal(t, http.StatusCreated, a.status, a.raw)
-			require.Equal(t, "127.0.0.3/32", a.body["source"])
+			require.Equal(t, "127.0.0.3", a.body["source"])
 			require.Empty(t, e.AuthFailures())
 			require.Equal(t, []grantapi.Outcome{grantapi.OutcomeGranted, grantapi.OutcomeExtended, grantapi.OutcomeGranted}, e.Outcomes())
 		})
@@ -124,7 +124,7 @@ func TestGrantClientSpeaksTheContract(t *testing.T) {
 	require.NoError(t, err)
 	g, err := gc.Request(context.Background())
 	require.NoError(t, err)
-	require.Equal(t, "127.0.0.4/32", g.Source)
+	require.Equal(t, "127.0.0.4", g.Source)
 	require.True(t, g.Until.Equal(e.Clock.Now().Add(10*time.Minute)))
 	require.Equal(t, []string{"migrator"}, g.Users)
 

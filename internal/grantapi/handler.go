@@ -71,6 +71,15 @@ const (
 	OutcomeError       Outcome = "error"
 )
 
+// Outcomes lists every outcome, for metrics that pre-register their
+// labels.
+func Outcomes() []Outcome {
+	return []Outcome{
+		OutcomeGranted, OutcomeExtended, OutcomeBadRequest, OutcomeNotFound, OutcomeBanned, OutcomeRateLimited,
+		OutcomeTooLarge, OutcomeBadToken, OutcomeNoRule, OutcomeReplayed, OutcomeUnavailable, OutcomeError,
+	}
+}
+
 // Config configures a Handler.
 type Config struct {
 	Verifier TokenVerifier // required
@@ -172,12 +181,6 @@ func DefaultSource(r *http.Request) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	return ap.Addr().Unmap().WithZone(""), true
-}
-
-// grantJSON is the 201 answer: the grant and whether it was extended.
-type grantJSON struct {
-	grants.Grant
-	Extended bool `json:"extended"`
 }
 
 // ServeHTTP implements http.Handler.
@@ -318,7 +321,7 @@ func (h *Handler) grant(w http.ResponseWriter, log *zap.Logger, src netip.Addr, 
 	h.cfg.OnOutcome(out)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
-	_ = json.NewEncoder(w).Encode(grantJSON{Grant: res.Grant, Extended: res.Extended})
+	_ = json.NewEncoder(w).Encode(grants.Answer{Grant: res.Grant, Extended: res.Extended})
 }
 
 // fail writes {"error": msg} with status.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -32,6 +33,9 @@ type Grant struct {
 	Users     []string  `json:"users"`
 	Databases []string  `json:"databases"`
 	CreatedBy string    `json:"created_by"`
+	// JSON is the server's answer as it came, with the fields above and
+	// any others (route, rule, claims).
+	JSON json.RawMessage `json:"-"`
 }
 
 // APIError is an error answer of the grant endpoint.
@@ -79,7 +83,11 @@ type Config struct {
 	// "tcp6" (a grant is for the source address the server sees, so it
 	// must be the family the database connection will use), or "tcp".
 	Network string
-	// HTTPClient overrides the client built from RootCAs and Network.
+	// LocalAddr, if valid, is the local address the request leaves from
+	// (a runner with several addresses); it must be of Network's family.
+	LocalAddr netip.Addr
+	// HTTPClient overrides the client built from RootCAs, Network and
+	// LocalAddr.
 	HTTPClient *http.Client
 }
 
@@ -116,6 +124,13 @@ func New(cfg Config) (*Client, error) {
 			network = "tcp"
 		}
 		d := &net.Dialer{Timeout: requestTimeout}
+		if cfg.LocalAddr.IsValid() {
+			local := cfg.LocalAddr.Unmap()
+			if (network == "tcp4" && !local.Is4()) || (network == "tcp6" && !local.Is6()) {
+				return nil, fmt.Errorf("local address %s is not of the family the grant is asked from (%s)", local, network)
+			}
+			d.LocalAddr = &net.TCPAddr{IP: local.AsSlice()}
+		}
 		client = &http.Client{
 			Timeout: requestTimeout,
 			Transport: &http.Transport{
@@ -177,6 +192,10 @@ func (c *Client) Request(ctx context.Context) (*Grant, error) {
 	}
 	if g.Until.IsZero() {
 		return nil, errors.New("the grant has no \"until\"")
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, data); err == nil {
+		g.JSON = compact.Bytes()
 	}
 	return &g, nil
 }

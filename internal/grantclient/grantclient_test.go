@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,7 +18,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // grantServer follows the grant endpoint's contract: POST /v1/grants/self
@@ -31,9 +36,10 @@ type grantServer struct {
 }
 
 type grantRequest struct {
-	Auth string
-	TTL  string
-	Body string
+	Auth   string
+	TTL    string
+	Body   string
+	Remote string // the peer's address
 }
 
 func startGrantServer(t *testing.T, answer func(n int, r grantRequest) (int, any, http.Header)) *grantServer {
@@ -53,7 +59,7 @@ func startGrantServer(t *testing.T, answer func(n int, r grantRequest) (int, any
 				return
 			}
 		}
-		gr := grantRequest{Auth: r.Header.Get("Authorization"), TTL: req.TTL, Body: string(body)}
+		gr := grantRequest{Auth: r.Header.Get("Authorization"), TTL: req.TTL, Body: string(body), Remote: r.RemoteAddr}
 		gs.mu.Lock()
 		n := len(gs.requests)
 		gs.requests = append(gs.requests, gr)
@@ -292,4 +298,57 @@ func TestFamily(t *testing.T) {
 	}
 	_, err := Family(context.Background(), "db.example.com")
 	require.ErrorContains(t, err, "HOST:PORT")
+}
+
+// TestKeepStopsOnReplay: a 409 (the token was used before, as an
+// environment token always is at its second use) ends Keep with one
+// clear line instead of a retry loop.
+func TestKeepStopsOnReplay(t *testing.T) {
+	gs := startGrantServer(t, func(n int, _ grantRequest) (int, any, http.Header) {
+		if n == 0 {
+			return http.StatusCreated, grantFor(time.Now().Add(3*time.Second), "g-0"), nil
+		}
+		return http.StatusConflict, map[string]string{"error": "this token was used before; get a fresh one"}, nil
+	})
+	c, err := New(Config{URL: gs.URL, RootCAs: gs.roots(), Tokens: EnvToken{Name: "T", Getenv: staticEnv(map[string]string{"T": "jwt"})}})
+	require.NoError(t, err)
+	g, err := c.Request(context.Background())
+	require.NoError(t, err)
+	core, logs := observer.New(zapcore.DebugLevel)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Keep(context.Background(), g, zap.New(core), func(*Grant) { t.Error("renewed with a replayed token") })
+	}()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("Keep kept retrying a replayed token")
+	}
+	require.Len(t, gs.Requests(), 2, "one renewal attempt, no retries")
+	stopped := logs.FilterMessageSnippet("grant renewal stopped").All()
+	require.Len(t, stopped, 1)
+	require.Contains(t, stopped[0].Message, "cannot be renewed")
+	require.Equal(t, "g-0", stopped[0].ContextMap()["grant_id"])
+}
+
+// TestLocalAddr: the request leaves from the address asked for, which
+// must be of the pinned family.
+func TestLocalAddr(t *testing.T) {
+	gs := startGrantServer(t, func(int, grantRequest) (int, any, http.Header) {
+		return 201, grantFor(time.Now().Add(time.Hour), "x"), nil
+	})
+	tok := EnvToken{Name: "T", Getenv: staticEnv(map[string]string{"T": "jwt"})}
+	c, err := New(Config{URL: gs.URL, RootCAs: gs.roots(), Tokens: tok, Network: "tcp4", LocalAddr: netip.MustParseAddr("127.0.0.7")})
+	require.NoError(t, err)
+	_, err = c.Request(context.Background())
+	require.NoError(t, err)
+	reqs := gs.Requests()
+	require.Len(t, reqs, 1)
+	host, _, err := net.SplitHostPort(reqs[0].Remote)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.7", host)
+
+	_, err = New(Config{URL: gs.URL, Tokens: tok, Network: "tcp6", LocalAddr: netip.MustParseAddr("127.0.0.7")})
+	require.ErrorContains(t, err, "not of the family")
 }

@@ -3,6 +3,7 @@ package grantclient
 import (
 	"context"
 	"errors"
+	"net/http"
 	"time"
 
 	"go.uber.org/zap"
@@ -19,7 +20,12 @@ const (
 
 // Keep renews g before it expires, for as long as ctx lasts. onRenew is
 // called with each new grant. Failures are logged and retried, sooner than
-// the grant ends when possible; they never end Keep.
+// the grant ends when possible, except one: a 409 says the token was used
+// before, which is what a token read from an environment variable (GitLab's
+// id_tokens, --token-env) always is the second time, since CI mints it once
+// per job. Asking again would only repeat the refusal (and each one is a
+// warning in the gateway's log), so Keep logs why and returns; the grant
+// lasts until its end, which the requested ttl must put past the job's.
 func (c *Client) Keep(ctx context.Context, g *Grant, log *zap.Logger, onRenew func(*Grant)) {
 	if log == nil {
 		log = zap.NewNop()
@@ -39,9 +45,15 @@ func (c *Client) Keep(ctx context.Context, g *Grant, log *zap.Logger, onRenew fu
 			if ctx.Err() != nil {
 				return
 			}
+			var ae *APIError
+			if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+				log.Warn("grant renewal stopped: the gateway has seen this token before (a token from an environment variable "+
+					"cannot be renewed; ask for a ttl that covers the whole job)",
+					zap.Error(err), zap.String("grant_id", g.ID), zap.Time("until", g.Until))
+				return
+			}
 			backoff = min(max(2*backoff, retryMin), retryMax)
 			wait = backoff
-			var ae *APIError
 			if errors.As(err, &ae) && ae.RetryAfter > wait {
 				wait = min(ae.RetryAfter, retryMax)
 			}

@@ -37,6 +37,12 @@ type Config struct {
 	// OnRevoke is called, outside any lock, for each revoked grant;
 	// keepSessions is the caller's choice (grants revoke --keep-sessions).
 	OnRevoke func(g Grant, keepSessions bool)
+	// OnChange is called, outside any lock and after OnExpire or
+	// OnRevoke, for every grant created, extended, revoked or expired by
+	// this registry (not for grants found expired in the Store at start).
+	// It is the one place to observe the grants change: metrics, or state
+	// shared with other gateways.
+	OnChange func(c Change)
 }
 
 // CheckAndSetDefaults rejects impossible values and fills defaults.

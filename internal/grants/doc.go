@@ -23,6 +23,11 @@
 // writes the audit line and calls OnExpire so the gateway can end the
 // sessions a grant admitted when it is configured to.
 //
+// Every change (a grant created, extended, revoked or expired) goes through
+// one place, which writes its audit line and then calls OnExpire or
+// OnRevoke and OnChange: observers (metrics, state shared with other
+// gateways) see each change once.
+//
 // Grants persist through a Store; BoltStore keeps them in the bucket
 // "grants" of a bbolt file someone else opened (the ban jail's state
 // file), so bans and grants live and move together. Grants that expired

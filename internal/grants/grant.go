@@ -3,6 +3,7 @@ package grants
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -52,6 +53,92 @@ type Grant struct {
 	// used is shared by every copy of one grant (extensions included), so
 	// its first use is logged once; nil on grants not from a Registry.
 	used *atomic.Bool
+}
+
+// MarshalJSON writes Source as the admin API takes it and as bans show
+// theirs: a single address bare ("203.0.113.7"), a wider prefix as CIDR.
+func (g Grant) MarshalJSON() ([]byte, error) {
+	type plain Grant // without the methods, so this does not recurse
+	return json.Marshal(struct {
+		plain
+		Source string `json:"source"`
+	}{plain(g), SourceString(g.Source)})
+}
+
+// UnmarshalJSON reads Source in either form MarshalJSON and older state
+// files write ("203.0.113.7" or "203.0.113.7/32").
+func (g *Grant) UnmarshalJSON(data []byte) error {
+	type plain Grant
+	var v struct {
+		*plain
+		Source string `json:"source"`
+	}
+	v.plain = (*plain)(g)
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	g.Source = netip.Prefix{}
+	if v.Source == "" {
+		return nil
+	}
+	if !strings.Contains(v.Source, "/") {
+		a, err := netip.ParseAddr(v.Source)
+		if err != nil {
+			return fmt.Errorf("grant source %q: %w", v.Source, err)
+		}
+		g.Source = netip.PrefixFrom(a, a.BitLen())
+		return nil
+	}
+	p, err := netip.ParsePrefix(v.Source)
+	if err != nil {
+		return fmt.Errorf("grant source %q: %w", v.Source, err)
+	}
+	g.Source = p
+	return nil
+}
+
+// Answer is a grant as the admin API and the self-service endpoint answer
+// it: the grant's own JSON and whether an existing grant of the source and
+// route was extended. (Embedding Grant alone would promote its MarshalJSON
+// and drop Extended.)
+type Answer struct {
+	Grant
+	Extended bool
+}
+
+// MarshalJSON writes the grant's members and "extended".
+func (a Answer) MarshalJSON() ([]byte, error) {
+	g, err := json.Marshal(a.Grant)
+	if err != nil {
+		return nil, err
+	}
+	ext, _ := json.Marshal(a.Extended)
+	out := append(g[:len(g)-1:len(g)-1], `,"extended":`...)
+	return append(append(out, ext...), '}'), nil
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (a *Answer) UnmarshalJSON(data []byte) error {
+	if err := json.Unmarshal(data, &a.Grant); err != nil {
+		return err
+	}
+	var v struct {
+		Extended bool `json:"extended"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	a.Extended = v.Extended
+	return nil
+}
+
+// SourceString shows a single-address source as the address, a prefix as
+// CIDR.
+func SourceString(p netip.Prefix) string {
+	if p.IsValid() && p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
 }
 
 // Active reports whether g admits connections at now.

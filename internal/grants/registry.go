@@ -242,7 +242,10 @@ func (r *Registry) Add(req AddRequest) (AddResult, error) {
 		return AddResult{}, err
 	}
 	now := r.cfg.Now()
-	until := now.Add(ttl).UTC()
+	// Whole seconds, rounded up: the API shows until as plain RFC 3339
+	// (2026-08-01T10:00:00Z, as bans do), and what it shows is what is
+	// enforced; rounding up never ends a grant before the time asked.
+	until := ceilSecond(now.Add(ttl))
 
 	r.mu.Lock()
 	if r.closed {
@@ -280,7 +283,7 @@ func (r *Registry) Add(req AddRequest) (AddResult, error) {
 		g = Grant{
 			ID: id, Source: req.Source, Route: req.Route, Users: users, Databases: databases,
 			Until: until, Reason: req.Reason, CreatedBy: req.CreatedBy, Via: req.Via, Rule: req.Rule,
-			Claims: maps.Clone(req.Claims), Created: now.UTC(), used: new(atomic.Bool),
+			Claims: maps.Clone(req.Claims), Created: now.UTC().Truncate(time.Second), used: new(atomic.Bool),
 		}
 	}
 	if r.cfg.Store != nil {
@@ -298,9 +301,9 @@ func (r *Registry) Add(req AddRequest) (AddResult, error) {
 
 	r.fireExpired(expired)
 	if extending {
-		r.audit("grant extended", g, zap.Duration("ttl", ttl), zap.Time("previous_until", old.Until))
+		r.announce(Change{Kind: ChangeExtended, Grant: g}, zap.Duration("ttl", ttl), zap.Time("previous_until", old.Until))
 	} else {
-		r.audit("grant created", g, zap.Duration("ttl", ttl))
+		r.announce(Change{Kind: ChangeCreated, Grant: g}, zap.Duration("ttl", ttl))
 	}
 	return AddResult{Grant: g.clone(), Extended: extending, TTL: ttl}, nil
 }
@@ -351,12 +354,18 @@ func (r *Registry) Revoke(target string, opts RevokeOptions) ([]Grant, error) {
 	}
 	slices.SortFunc(revoked, func(a, b Grant) int { return strings.Compare(a.ID, b.ID) })
 	for _, g := range revoked {
-		r.audit("grant revoked", g, zap.String("by", opts.By), zap.Bool("keep_sessions", opts.KeepSessions))
-		if r.cfg.OnRevoke != nil {
-			r.cfg.OnRevoke(g.clone(), opts.KeepSessions)
-		}
+		r.announce(Change{Kind: ChangeRevoked, Grant: g, KeepSessions: opts.KeepSessions, By: opts.By})
 	}
 	return revoked, errors.Join(errs...)
+}
+
+// ceilSecond is t in UTC, rounded up to the second.
+func ceilSecond(t time.Time) time.Time {
+	t = t.UTC().Round(0)
+	if tr := t.Truncate(time.Second); tr.Before(t) {
+		return tr.Add(time.Second)
+	}
+	return t
 }
 
 // Get returns the active grant with id.
@@ -388,6 +397,20 @@ func (r *Registry) List() []Grant {
 		return strings.Compare(a.ID, b.ID)
 	})
 	return out
+}
+
+// Active is the number of grants in force now (pgwarden_grants_active).
+func (r *Registry) Active() int {
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, g := range r.byID {
+		if g.Active(now) {
+			n++
+		}
+	}
+	return n
 }
 
 // Len is the number of grants held, expired ones the sweeper has not

@@ -68,13 +68,11 @@ func (r *Registry) expireLocked(now time.Time) []Grant {
 	return expired
 }
 
-// fireExpired writes the audit lines and calls OnExpire; never under mu.
+// fireExpired announces the expiries (audit line, OnExpire, OnChange);
+// never under mu.
 func (r *Registry) fireExpired(expired []Grant) {
 	for _, g := range expired {
-		r.audit("grant expired", g)
-		if r.cfg.OnExpire != nil {
-			r.cfg.OnExpire(g.clone())
-		}
+		r.announce(Change{Kind: ChangeExpired, Grant: g})
 	}
 }
 
@@ -85,7 +83,7 @@ func (r *Registry) audit(event string, g Grant, extra ...zap.Field) {
 	fields := []zap.Field{
 		zap.String("audit", "grant"),
 		zap.String("grant_id", g.ID),
-		zap.String("source", g.Source.String()),
+		zap.String("source", SourceString(g.Source)),
 		zap.String("route", g.Route),
 		zap.Time("until", g.Until),
 		zap.String("reason", logtext.Escape(g.Reason)),

@@ -1,6 +1,6 @@
 // Package metrics is the Prometheus implementation of proxy.Metrics, plus
 // the counters fed by the accept-time listener (acl), the authentication
-// observer and the ban jail. Its labels come from the tables of the
+// observer, the ban jail and the access grants (registry and endpoint). Its labels come from the tables of the
 // packages that produce them (proxy.Outcomes, acl.Decision), so a new
 // outcome is exported without an edit here.
 package metrics
@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/grantapi"
+	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -32,6 +34,9 @@ import (
 //	pgwarden_handshake_seconds{route}                  histogram accept → TLS handshake done
 //	pgwarden_sessions_active{route}                    gauge     connections being handled now
 //	pgwarden_cancel_requests_total{result}             counter   CancelRequests, "forwarded" or "dropped"
+//	pgwarden_grants_active                             gauge     access grants in force, read at scrape time
+//	pgwarden_grants_total{via}                         counter   access grants made, "admin" or "oidc" (extensions not counted)
+//	pgwarden_grant_requests_total{outcome}             counter   self-service grant requests by answer (grantapi.Outcome: "granted", "bad_token", ...)
 //
 // and, when the features are configured (several.go):
 //
@@ -53,6 +58,9 @@ const (
 	metricHandshake          = "pgwarden_handshake_seconds"
 	metricSessionsActive     = "pgwarden_sessions_active"
 	metricCancelRequests     = "pgwarden_cancel_requests_total"
+	metricGrantsActive       = "pgwarden_grants_active"
+	metricGrants             = "pgwarden_grants_total"
+	metricGrantRequests      = "pgwarden_grant_requests_total"
 )
 
 // Handshakes are accept → TLS done: a LAN round trip plus crypto is a few
@@ -84,13 +92,21 @@ type Prometheus struct {
 	handshake    *prometheus.HistogramVec
 	sessions     *prometheus.GaugeVec
 	cancels      *prometheus.CounterVec
+	grants       *prometheus.CounterVec
+	grantReqs    *prometheus.CounterVec
 	proxyHeader  *prometheus.CounterVec // registered by EnableProxyProtocol
 
 	// banStore is read by the pgwarden_bans_active GaugeFunc. It is set
 	// after construction (SetBanStore) because the jail is built with
 	// OnBan pointing here: metrics first, then the jail.
 	banStore atomic.Pointer[BanCounter]
+	// grantStore is read by pgwarden_grants_active (SetGrantStore).
+	grantStore atomic.Pointer[GrantCounter]
 }
+
+// GrantCounter is what pgwarden_grants_active reads (the
+// *grants.Registry).
+type GrantCounter interface{ Active() int }
 
 var _ proxy.Metrics = (*Prometheus)(nil)
 
@@ -141,16 +157,29 @@ func New() *Prometheus {
 			Name: metricCancelRequests,
 			Help: "CancelRequests received, by result (forwarded, dropped).",
 		}, []string{"result"}),
+		grants: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricGrants,
+			Help: "Access grants made, by who made them (admin, oidc); extensions are not counted.",
+		}, []string{"via"}),
+		grantReqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricGrantRequests,
+			Help: "Self-service grant requests, by answer (granted, extended, bad_token, no_rule, replayed, rate_limited, ...).",
+		}, []string{"outcome"}),
 	}
 	bansActive := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: metricBansActive,
 		Help: "Unexpired bans in the jail.",
 	}, m.activeBans)
+	grantsActive := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: metricGrantsActive,
+		Help: "Access grants in force.",
+	}, m.activeGrants)
 	m.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.connections, m.connDuration, m.rejections, m.auth, m.authFailures,
 		m.bans, bansActive, m.relayBytes, m.handshake, m.sessions, m.cancels,
+		grantsActive, m.grants, m.grantReqs,
 	)
 	// Series that exist from the start read 0 instead of being absent, so
 	// rate() and alerts work before the first event.
@@ -168,6 +197,12 @@ func New() *Prometheus {
 	}
 	m.cancels.WithLabelValues("forwarded")
 	m.cancels.WithLabelValues("dropped")
+	for _, via := range []string{grants.ViaAdmin, grants.ViaOIDC} {
+		m.grants.WithLabelValues(via)
+	}
+	for _, o := range grantapi.Outcomes() {
+		m.grantReqs.WithLabelValues(string(o))
+	}
 	return m
 }
 
@@ -183,6 +218,36 @@ func (m *Prometheus) activeBans() float64 {
 		return float64((*b).ActiveBans())
 	}
 	return 0
+}
+
+// SetGrantStore makes pgwarden_grants_active read g (the
+// *grants.Registry). Until it is called the gauge reads 0.
+func (m *Prometheus) SetGrantStore(g GrantCounter) { m.grantStore.Store(&g) }
+
+func (m *Prometheus) activeGrants() float64 {
+	if g := m.grantStore.Load(); g != nil && *g != nil {
+		return float64((*g).Active())
+	}
+	return 0
+}
+
+// OnGrantChange has the signature of grants.Config.OnChange: it counts
+// the grants made, by who made them. An unknown via (never written by
+// the registry) is counted as "other" so the label set stays bounded.
+func (m *Prometheus) OnGrantChange(c grants.Change) {
+	if c.Kind != grants.ChangeCreated {
+		return
+	}
+	via := c.Grant.Via
+	if via != grants.ViaAdmin && via != grants.ViaOIDC {
+		via = "other"
+	}
+	m.grants.WithLabelValues(via).Inc()
+}
+
+// OnGrantRequest has the signature of grantapi.Config.OnOutcome.
+func (m *Prometheus) OnGrantRequest(o grantapi.Outcome) {
+	m.grantReqs.WithLabelValues(string(o)).Inc()
 }
 
 // ConnectionClosed implements proxy.Metrics. A refusal outcome also counts

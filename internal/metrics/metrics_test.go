@@ -208,7 +208,7 @@ func TestPromMetricsNames(t *testing.T) {
 		"pgwarden_connections_total", "pgwarden_connection_duration_seconds", "pgwarden_rejections_total",
 		"pgwarden_auth_total", "pgwarden_auth_failures_total", "pgwarden_bans_active", "pgwarden_bans_total",
 		"pgwarden_relay_bytes_total", "pgwarden_handshake_seconds", "pgwarden_sessions_active",
-		"pgwarden_cancel_requests_total",
+		"pgwarden_cancel_requests_total", "pgwarden_grants_active", "pgwarden_grants_total", "pgwarden_grant_requests_total",
 	} {
 		if !strings.Contains(out, "# TYPE "+name+" ") {
 			t.Errorf("metric %s not exposed", name)

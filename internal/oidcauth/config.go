@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 
 	"gopkg.in/yaml.v3"
 )
@@ -50,9 +51,34 @@ func ParseFileConfig(data []byte) (FileConfig, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			return FileConfig{}, readableTypeError(te)
+		}
 		return FileConfig{}, fmt.Errorf("oidc: %w", err)
 	}
 	return c, nil
+}
+
+// unknownField is yaml.v3's text for a key KnownFields refused.
+var unknownField = regexp.MustCompile(`^(line \d+): field (\S+) not found in type oidcauth\.(\w+)$`)
+
+// readableTypeError turns yaml.v3's type errors into one line per
+// problem, in the operator's words: "line 5: unknown key "max_ttl" in a
+// rule (a rule takes ...)", not a Go type name.
+func readableTypeError(te *yaml.TypeError) error {
+	keys := map[string]string{
+		"FileConfig": "the oidc section (it takes issuer, audience, jwks, rules)",
+		"RuleConfig": "a rule (a rule takes name, claims, max-ttl, users, databases, route)",
+	}
+	errs := make([]error, 0, len(te.Errors))
+	for _, e := range te.Errors {
+		if m := unknownField.FindStringSubmatch(e); m != nil && keys[m[3]] != "" {
+			e = fmt.Sprintf("%s: unknown key %q in %s", m[1], m[2], keys[m[3]])
+		}
+		errs = append(errs, fmt.Errorf("oidc: %s", e))
+	}
+	return errors.Join(errs...)
 }
 
 // DecodeNode is ParseFileConfig for a node of an already parsed document.

@@ -39,7 +39,9 @@ func TestParseFileConfig(t *testing.T) {
 	require.Empty(t, rs.Warnings(), "repository_id is pinned")
 
 	_, err = ParseFileConfig([]byte("issuer: x\nrules:\n  - claims: {a: b}\n    max_ttl: 30m\n"))
-	require.ErrorContains(t, err, "field max_ttl not found", "a typo is an error, not a missing limit")
+	require.ErrorContains(t, err, `line 4: unknown key "max_ttl" in a rule (a rule takes name, claims, max-ttl`, "a typo is an error, not a missing limit")
+	_, err = ParseFileConfig([]byte("issuer: x\nrule: []\n"))
+	require.ErrorContains(t, err, `unknown key "rule" in the oidc section`)
 }
 
 func TestCompileRulesErrors(t *testing.T) {

@@ -17,6 +17,8 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
 	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 )
 
 // Defaults (see the package doc).
@@ -32,6 +34,16 @@ const (
 	// maxJTIBytes bounds a jti kept in the replay cache.
 	maxJTIBytes = 256
 )
+
+// The Config fields errors name (fielderr), so a caller can render them
+// as its flags or keys.
+var (
+	FieldIssuer   = fielderr.Field{Pkg: "oidcauth", Name: "issuer"}
+	FieldAudience = fielderr.Field{Pkg: "oidcauth", Name: "audience"}
+	FieldJWKS     = fielderr.Field{Pkg: "oidcauth", Name: "jwks"}
+)
+
+var errorf = fielderr.Errorf
 
 // Config configures a Verifier.
 type Config struct {
@@ -93,10 +105,10 @@ type Verifier struct {
 func NewVerifier(cfg Config) (*Verifier, error) {
 	var errs []error
 	if cfg.Issuer == "" {
-		errs = append(errs, errors.New("issuer: required (the exact iss of the tokens)"))
+		errs = append(errs, errorf("%s: required (the exact iss of the tokens)", FieldIssuer))
 	}
 	if cfg.Audience == "" {
-		errs = append(errs, errors.New("audience: required (a value the tokens' aud must contain)"))
+		errs = append(errs, errorf("%s: required (a value the tokens' aud must contain)", FieldAudience))
 	}
 	for _, d := range []struct {
 		name string
@@ -127,23 +139,23 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	switch {
 	case cfg.JWKS == "":
 		if err := checkFetchURL(cfg.Issuer); err != nil && cfg.Issuer != "" {
-			errs = append(errs, fmt.Errorf("issuer: OIDC discovery needs an https issuer URL, or give the key set (jwks): %w", err))
+			errs = append(errs, errorf("%s: OIDC discovery needs an https issuer URL, or give the key set (%s): %w", FieldIssuer, FieldJWKS, err))
 		}
 		ks = &keySet{fetch: (&remoteFetcher{issuer: cfg.Issuer, client: cfg.HTTPClient}).fetch}
 	case strings.Contains(cfg.JWKS, "://"):
 		if err := checkFetchURL(cfg.JWKS); err != nil {
-			errs = append(errs, fmt.Errorf("jwks: %w", err))
+			errs = append(errs, errorf("%s: %w", FieldJWKS, err))
 		}
 		ks = &keySet{fetch: (&remoteFetcher{issuer: cfg.Issuer, client: cfg.HTTPClient, jwksURL: cfg.JWKS}).fetch}
 	default:
 		data, err := os.ReadFile(cfg.JWKS)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("jwks: reading the key file: %w", err))
+			errs = append(errs, errorf("%s: reading the key file: %w", FieldJWKS, err))
 			break
 		}
 		keys, err := parseJWKS(data, true)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("jwks: %s: %w", cfg.JWKS, err))
+			errs = append(errs, errorf("%s: %s: %w", FieldJWKS, cfg.JWKS, err))
 			break
 		}
 		ks = newStaticKeySet(keys)
