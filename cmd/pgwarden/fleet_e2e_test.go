@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -158,4 +159,84 @@ func TestFleetSharesTheJail(t *testing.T) {
 	// And the fleet works as before.
 	b.cli(t, "unban", outageA)
 	a.requireResetEventually(t, outageA, false, "B's unban never reached A after the outage")
+}
+
+// admits reports whether e admits source now (a login works), as
+// opposed to resetting it at accept.
+func (e *grantEnv) admits(t *testing.T, source string) bool {
+	t.Helper()
+	conn, err := e.connect(source, e.pg.User, e.pg.Password, e.pg.Database)
+	if err != nil {
+		require.True(t, isReset(err), "%s: want a session or a reset, got %v", source, err)
+		return false
+	}
+	_ = closeConn(conn)
+	return true
+}
+
+// grantUntil is the until of the grant e lists for source ("" if none).
+func (e *grantEnv) grantUntil(t *testing.T, source string) string {
+	t.Helper()
+	code, stdout, stderr := e.cli(t, "list", "--json")
+	require.Equal(t, 0, code, stderr)
+	var list []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(stdout), &list))
+	for _, g := range list {
+		if g["source"] == source {
+			return fmt.Sprint(g["until"])
+		}
+	}
+	return ""
+}
+
+// TestFleetSharesGrants: a grant made on A admits its source on B; an
+// extension on B (which extends A's grant, same id) reaches A; a revoke on
+// B refuses the source on A and ends the session A admitted with it.
+func TestFleetSharesGrants(t *testing.T) {
+	srv := redistest.Start(t)
+	pg := pgtest.Start(t)
+	flags := []string{"--redis", srv.URL(), "--redis-prefix", fmt.Sprintf("grants-%d", time.Now().UnixNano())}
+	a := startGrantEnv(t, pg, grantEnvOptions{args: flags})
+	b := startGrantEnv(t, pg, grantEnvOptions{args: flags})
+	const source = "127.0.0.2"
+	for _, e := range []*grantEnv{a, b} {
+		require.Eventually(t, func() bool { return metricValue(t, e.admin, "pgwarden_redis_up") == 1 },
+			fleetWait, 20*time.Millisecond)
+		e.requireRefusedAtAccept(t, source)
+	}
+
+	code, stdout, stderr := a.cli(t, "add", source, "--ttl", "1h", "--reason", "fleet test")
+	require.Equal(t, 0, code, stderr)
+	id := decodeGrant(t, stdout)["id"].(string)
+	start := time.Now()
+	require.Eventually(t, func() bool { return b.admits(t, source) }, fleetWait, 10*time.Millisecond, "B never admitted A's grant")
+	t.Logf("A's grant admitted by B after %s", time.Since(start))
+	code, stdout, _ = b.cli(t, "list", "--json")
+	require.Equal(t, 0, code)
+	require.Contains(t, stdout, id, "B holds A's grant under its id")
+
+	// Extended on B: the same grant, ending later, everywhere.
+	before := a.grantUntil(t, source)
+	code, stdout, stderr = b.cli(t, "add", source, "--ttl", "3h", "--reason", "longer")
+	require.Equal(t, 0, code, stderr)
+	ext := decodeGrant(t, stdout)
+	require.Equal(t, id, ext["id"], "B extended A's grant")
+	require.Eventually(t, func() bool { return a.grantUntil(t, source) == ext["until"] }, fleetWait, 10*time.Millisecond,
+		"A never saw B's extension (was %s)", before)
+
+	// A session on A, admitted by the grant; revoked on B.
+	sess := a.session(t, source)
+	code, _, stderr = b.cli(t, "revoke", id)
+	require.Equal(t, 0, code, stderr)
+	start = time.Now()
+	require.Eventually(t, func() bool { return !a.admits(t, source) }, fleetWait, 10*time.Millisecond, "A still admits after B's revoke")
+	t.Logf("B's revoke applied by A after %s", time.Since(start))
+	a.requireRefusedAtAccept(t, source)
+	require.Eventually(t, func() bool { return query(sess, "SELECT 1") != nil }, fleetWait, 20*time.Millisecond,
+		"the session A admitted with the revoked grant still runs")
+	require.Equal(t, "", a.grantUntil(t, source))
+
+	// Counted where they were made: one grant, on A.
+	require.Contains(t, a.metrics(t), `pgwarden_grants_total{via="admin"} 1`+"\n")
+	require.Contains(t, b.metrics(t), `pgwarden_grants_total{via="admin"} 0`+"\n")
 }

@@ -218,9 +218,11 @@ return {status, old or ''}
 `)
 
 // revokeRecordScript removes a record, leaves a tombstone, and returns 1 if
-// it was stored. The event goes out either way, as for unbans.
+// it was stored. The event goes out either way, as for unbans, carrying
+// the caller's note (how to revoke: JSON, or empty).
 //
 //	ARGV[1] field  ARGV[2] origin  ARGV[3] tombstone TTL ms  ARGV[4] stream max length
+//	ARGV[5] note
 var revokeRecordScript = redis.NewScript(luaLib + `
 local now = now_ms()
 local field = ARGV[1]
@@ -229,7 +231,7 @@ prune(KEYS[3], KEYS[4], now)
 local had = redis.call('HDEL', KEYS[1], field)
 redis.call('ZREM', KEYS[2], field)
 tombstone(KEYS[3], KEYS[4], field, now, tonumber(ARGV[3]))
-event(KEYS[5], ARGV[4], 'revoke', field, '', ARGV[2])
+event(KEYS[5], ARGV[4], 'revoke', field, ARGV[5] or '', ARGV[2])
 return had
 `)
 

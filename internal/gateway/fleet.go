@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,38 +24,24 @@ import (
 // on, and the source's logins in flight end) while the state file is
 // written by the jail's sweeper goroutine, every key changed since the
 // last write in one transaction (acl.Jail.ApplyBan, persistLater): one
-// fsync per burst of events rather than one per event.
+// fsync per burst of events rather than one per event. Grants are few and
+// change rarely (a CI job's request, an operator's command); a grant from
+// the fleet is written to the state file as it is applied
+// (grants.Registry.Apply), like a local one.
 
-// maxPendingUnbans bounds the unbans remembered while Redis is down; past
-// it, further ones are not replayed (each is logged), and reach the other
-// gateways only through their own expiry.
-const maxPendingUnbans = 10_000
-
-// fleetShared is acl.Shared on a fleet.Store, plus the unbans that could
-// not be published, replayed before this gateway's state is pushed at the
-// next resynchronisation. Without the replay, the fleet would hand a ban
-// lifted here during an outage back at the resync (it never heard of the
-// unban), and the jail would adopt it again.
-//
-// It also remembers when this gateway last lifted each key: a ban event
-// made before that (another gateway pushing, after an outage, a ban this
-// one lifted meanwhile) can reach the stream between the push and the
-// replayed unban, and is stale.
+// fleetShared is acl.Shared on a fleet.Store. Unbans that could not be
+// published are replayed at the next resynchronisation, and ban events
+// older than this gateway's own unban of their key are stale (lifts).
 type fleetShared struct {
-	store *fleet.Store
-	log   *zap.Logger
-	now   func() time.Time
-
-	mu      sync.Mutex
-	pending map[netip.Prefix]struct{}
-	lifted  map[netip.Prefix]time.Time
+	store  *fleet.Store
+	log    *zap.Logger
+	unbans *lifts[netip.Prefix, struct{}]
 }
 
 var _ acl.Shared = (*fleetShared)(nil)
 
 func newFleetShared(store *fleet.Store, log *zap.Logger) *fleetShared {
-	return &fleetShared{store: store, log: log, now: time.Now,
-		pending: map[netip.Prefix]struct{}{}, lifted: map[netip.Prefix]time.Time{}}
+	return &fleetShared{store: store, log: log, unbans: newLifts[netip.Prefix, struct{}]()}
 }
 
 func (f *fleetShared) RecordFailure(ctx context.Context, key netip.Prefix, window time.Duration) (int, int, error) {
@@ -70,9 +55,7 @@ func (f *fleetShared) FailureCounts(ctx context.Context, window time.Duration, k
 
 func (f *fleetShared) Ban(ctx context.Context, key netip.Prefix, d time.Duration, failures int, manual bool, clear []netip.Prefix) (acl.SharedBan, error) {
 	// A ban made after an unban supersedes it, published or not.
-	f.mu.Lock()
-	delete(f.pending, key)
-	f.mu.Unlock()
+	f.unbans.renewed(key)
 	b, err := f.store.Ban(ctx, fleet.BanRequest{Key: key, Duration: d, Failures: failures, Manual: manual, Clear: clear})
 	if err != nil {
 		return acl.SharedBan{}, err
@@ -81,16 +64,10 @@ func (f *fleetShared) Ban(ctx context.Context, key netip.Prefix, d time.Duration
 }
 
 func (f *fleetShared) Unban(ctx context.Context, key netip.Prefix) (bool, error) {
-	f.noteLifted(key)
+	f.unbans.lifted(key)
 	had, err := f.store.Unban(ctx, key)
-	if err != nil {
-		f.mu.Lock()
-		if len(f.pending) < maxPendingUnbans {
-			f.pending[key] = struct{}{}
-		} else {
-			f.log.Warn("too many unbans waiting for redis; this one is not replayed", zap.Stringer("source", key))
-		}
-		f.mu.Unlock()
+	if err != nil && !f.unbans.pend(key, struct{}{}) {
+		f.log.Warn("too many unbans waiting for redis; this one is not replayed", zap.Stringer("source", key))
 	}
 	return had, err
 }
@@ -99,53 +76,15 @@ func (f *fleetShared) BanHistory(ctx context.Context, key netip.Prefix) (int, er
 	return f.store.BanHistory(ctx, key)
 }
 
-// liftedMemory is how long noteLifted remembers an unban: longer than any
-// event takes to arrive after a resynchronisation.
-const liftedMemory = 10 * time.Minute
-
-// noteLifted records that this gateway lifts key now.
-func (f *fleetShared) noteLifted(key netip.Prefix) {
-	now := f.now()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.lifted) >= maxPendingUnbans {
-		for k, at := range f.lifted {
-			if now.Sub(at) > liftedMemory {
-				delete(f.lifted, k)
-			}
-		}
-		if len(f.lifted) >= maxPendingUnbans {
-			clear(f.lifted) // only the race above is lost
-		}
-	}
-	f.lifted[key] = now
-}
-
 // staleBan reports a ban made before this gateway lifted its key.
-func (f *fleetShared) staleBan(b fleet.Ban) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	at, ok := f.lifted[b.Key]
-	return ok && !b.At.After(at)
-}
+func (f *fleetShared) staleBan(b fleet.Ban) bool { return f.unbans.stale(b.Key, b.At) }
 
-// replayUnbans publishes the unbans made while Redis was away; those that
-// fail again stay pending.
+// replayUnbans publishes the unbans made while Redis was away.
 func (f *fleetShared) replayUnbans(ctx context.Context) {
-	f.mu.Lock()
-	keys := make([]netip.Prefix, 0, len(f.pending))
-	for k := range f.pending {
-		keys = append(keys, k)
-	}
-	f.mu.Unlock()
-	for _, k := range keys {
-		if _, err := f.store.Unban(ctx, k); err != nil {
-			return
-		}
-		f.mu.Lock()
-		delete(f.pending, k)
-		f.mu.Unlock()
-	}
+	f.unbans.replay(func(k netip.Prefix, _ struct{}) error {
+		_, err := f.store.Unban(ctx, k)
+		return err
+	})
 }
 
 func sharedBan(b fleet.Ban) acl.SharedBan {
@@ -164,7 +103,7 @@ func (g *Gateway) watchFleet(ctx context.Context) {
 			for _, b := range g.jail.SharedBans() {
 				bans = append(bans, fleet.Ban{Key: b.Key, Until: b.Until, Failures: b.Failures, Bans: b.Bans, Manual: b.Manual, At: b.At})
 			}
-			return bans, g.localRecords()
+			return bans, g.grantSync.local(ctx)
 		},
 		OnResync: g.onFleetResync,
 	})
@@ -181,9 +120,9 @@ func (g *Gateway) onFleetEvent(ev fleet.Event) {
 	case fleet.EventUnban:
 		g.jail.ApplyUnban(ev.Key)
 	case fleet.EventPut:
-		g.applyRecord(ev.Record)
+		g.grantSync.apply(ev.Record)
 	case fleet.EventRevoke:
-		g.revokeRecord(ev.Ref)
+		g.grantSync.revoke(ev.Ref, ev.Record.Data)
 	}
 }
 
@@ -197,25 +136,12 @@ func (g *Gateway) onFleetResync(snap fleet.Snapshot, pushed fleet.PushResult) {
 		g.jail.ApplyBan(sharedBan(b))
 	}
 	for _, ref := range pushed.StaleRecords {
-		g.revokeRecord(ref)
+		g.grantSync.revoke(ref, nil)
 	}
 	for _, r := range snap.Records {
-		g.applyRecord(r)
+		g.grantSync.apply(r)
 	}
 }
-
-// Records: grants travel as fleet records of kind "grant" once the
-// gateway serves grants. Until then these hooks carry nothing: a record
-// from another gateway is ignored, and this gateway has none to push.
-
-// localRecords is this gateway's records, pushed at a resynchronisation.
-func (g *Gateway) localRecords() []fleet.Record { return nil }
-
-// applyRecord applies a record another gateway put.
-func (g *Gateway) applyRecord(fleet.Record) {}
-
-// revokeRecord applies a record's revocation.
-func (g *Gateway) revokeRecord(fleet.RecordRef) {}
 
 // libraryConfigError turns a library's configuration error, whose lines
 // read "<sentinel>: <Name> ...", into the gateway's field errors, one per

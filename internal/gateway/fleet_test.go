@@ -7,32 +7,44 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/internal/fielderr"
-	"github.com/pgwarden/pgwarden/internal/fleet"
 )
 
-// TestStaleBanAfterOwnUnban: a ban made before this gateway lifted its key
-// is stale (another gateway pushed it while this one's unban was on its
-// way); one made after is not. The memory is bounded.
-func TestStaleBanAfterOwnUnban(t *testing.T) {
+// TestLiftsStaleAndBounded: an item made before this gateway lifted its
+// key is stale (another gateway pushed it while this one's lift was on its
+// way); one made after is not. Pending lifts replay until one fails, and
+// both memories are bounded.
+func TestLiftsStaleAndBounded(t *testing.T) {
 	now := time.Date(2026, 8, 1, 10, 0, 0, 0, time.UTC)
-	f := &fleetShared{log: zap.NewNop(), now: func() time.Time { return now },
-		pending: map[netip.Prefix]struct{}{}, lifted: map[netip.Prefix]time.Time{}}
+	l := newLifts[netip.Prefix, int]()
+	l.now = func() time.Time { return now }
 	key := netip.MustParsePrefix("192.0.2.7/32")
-	require.False(t, f.staleBan(fleet.Ban{Key: key, At: now.Add(-time.Hour)}), "never lifted here")
-	f.noteLifted(key)
-	require.True(t, f.staleBan(fleet.Ban{Key: key, At: now.Add(-time.Minute)}))
-	require.True(t, f.staleBan(fleet.Ban{Key: key, At: now}))
-	require.False(t, f.staleBan(fleet.Ban{Key: key, At: now.Add(time.Millisecond)}), "a later ban stands")
+	require.False(t, l.stale(key, now.Add(-time.Hour)), "never lifted here")
+	l.lifted(key)
+	require.True(t, l.stale(key, now.Add(-time.Minute)))
+	require.True(t, l.stale(key, now))
+	require.False(t, l.stale(key, now.Add(time.Millisecond)), "a later item stands")
+
+	other := netip.MustParsePrefix("192.0.2.8/32")
+	require.True(t, l.pend(key, 1))
+	require.True(t, l.pend(other, 2))
+	l.renewed(other) // made again: nothing to replay
+	var published []int
+	l.replay(func(_ netip.Prefix, v int) error { published = append(published, v); return errors.New("down") })
+	require.Equal(t, []int{1}, published)
+	l.replay(func(_ netip.Prefix, v int) error { published = append(published, v); return nil })
+	require.Equal(t, []int{1, 1}, published, "a failed replay stays pending")
+	l.replay(func(netip.Prefix, int) error { t.Fatal("replayed twice"); return nil })
 
 	addr := netip.MustParseAddr("10.0.0.0")
-	for range maxPendingUnbans + 10 {
+	for range maxLifts + 10 {
 		addr = addr.Next()
-		f.noteLifted(netip.PrefixFrom(addr, 32))
+		l.lifted(netip.PrefixFrom(addr, 32))
+		l.pend(netip.PrefixFrom(addr, 32), 0)
 	}
-	require.LessOrEqual(t, len(f.lifted), maxPendingUnbans)
+	require.LessOrEqual(t, len(l.at), maxLifts)
+	require.LessOrEqual(t, len(l.pending), maxLifts)
 }
 
 // TestLibraryConfigError: a library's configuration errors name the

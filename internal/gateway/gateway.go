@@ -72,9 +72,10 @@ type Gateway struct {
 	admin    *admin.Server // nil without an admin address
 	draining atomic.Bool
 
-	fleet    *fleet.Store      // nil without Redis
-	shared   *fleetShared      // the jail's view of fleet
-	crowdsec *crowdsec.Bouncer // nil without a CrowdSec LAPI
+	fleet     *fleet.Store      // nil without Redis
+	shared    *fleetShared      // the jail's view of fleet
+	grantSync *grantSync        // the grants' view of fleet; nil without Redis
+	crowdsec  *crowdsec.Bouncer // nil without a CrowdSec LAPI
 
 	// grants are the access grants (grants.go); grantAPI is their
 	// self-service endpoint, nil without GrantListen. servers are the

@@ -46,6 +46,7 @@ func (g *Gateway) buildSeveral() error {
 		} else {
 			g.fleet = s
 			g.shared = newFleetShared(s, g.log.With(zap.String("component", "fleet")))
+			g.grantSync = newGrantSync(s, g.log.With(zap.String("component", "fleet")))
 			g.metrics.EnableRedis(s.Up)
 		}
 	}

@@ -235,8 +235,8 @@ func (m *Prometheus) activeGrants() float64 {
 // the grants made, by who made them. An unknown via (never written by
 // the registry) is counted as "other" so the label set stays bounded.
 func (m *Prometheus) OnGrantChange(c grants.Change) {
-	if c.Kind != grants.ChangeCreated {
-		return
+	if c.Kind != grants.ChangeCreated || c.Remote {
+		return // grants made on other gateways count there
 	}
 	via := c.Grant.Via
 	if via != grants.ViaAdmin && via != grants.ViaOIDC {
