@@ -372,3 +372,19 @@ func TestProxyProtocolBansTheClient(t *testing.T) {
 	require.Equal(t, 1.0, e.metric(t, `pgwarden_cancel_requests_total{result="forwarded"}`))
 	e.closedLine(t, allowedIP+":", "cancel_forwarded")
 }
+
+// TestProxyProtocolGrantsTheClient: an access grant admits the client a
+// balancer names, not the balancer; its revocation refuses that client
+// again at the gate.
+func TestProxyProtocolGrantsTheClient(t *testing.T) {
+	pg := pgtest.Start(t)
+	e := startLBEnv(t, pg)
+	const granted = "127.0.0.70"
+	e.requireResetUnread(t, balancerIP, proxyHeader(t, 2, granted+":42000", e.addr))
+	code, _, stderr := runGrantsBinary(t, nil, "add", granted, "--ttl", "1h", "--reason", "behind the balancer", "--admin", e.admin)
+	require.Equal(t, 0, code, stderr)
+	e.requireLogin(t, granted+":42001", 2)
+	code, _, stderr = runGrantsBinary(t, nil, "revoke", granted, "--admin", e.admin)
+	require.Equal(t, 0, code, stderr)
+	e.requireResetUnread(t, balancerIP, proxyHeader(t, 2, granted+":42002", e.addr))
+}
