@@ -155,6 +155,9 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
 # scan NAME DIR: serve DIR/server.{crt,key} and judge testssl's findings.
 scan() {
 	local name=$1 dir=$2 log="$work/$1.log" json="$work/$1.json" addr= i rc start=$SECONDS
+	# Created before pgwarden starts: the first grep below can run before
+	# the background job has opened its redirection.
+	: >"$log"
 	"$work/pgwarden" serve --listen 127.0.0.1:0 --upstream 127.0.0.1:1 --allow 127.0.0.1/32 \
 		--tls-cert "$dir/server.crt" --tls-key "$dir/server.key" --drain-timeout 1s </dev/null 2>"$log" &
 	pid=$!

@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -13,13 +14,14 @@ import (
 // swap a whole new one in on reload (Listener.SetAllowlist).
 type Allowlist struct {
 	prefixes []netip.Prefix // masked, unmapped, deduplicated, sorted
-	warnings []string
+	warnings []error        // field errors (fielderr), though none is fatal
 }
 
 // ParseAllowlist parses allowlist entries (FieldAllow): each is an IP, a
 // CIDR, or a go-sockaddr template rendered now. Every address is validated
-// strictly; errors are *EntryError values naming the offending entry and
-// the fix. An empty list is ErrNoAllowlist: the gateway fails closed.
+// strictly; every bad entry is an *EntryError naming it and the fix, all of
+// them joined (errors.Join), so one run shows everything to correct. An
+// empty list is ErrNoAllowlist: the gateway fails closed.
 func ParseAllowlist(entries []string) (*Allowlist, error) {
 	if len(nonBlank(entries)) == 0 {
 		return nil, ErrNoAllowlist
@@ -33,21 +35,45 @@ func ParseAllowlist(entries []string) (*Allowlist, error) {
 func ParseList(field fielderr.Field, entries []string) (*Allowlist, error) {
 	r := defaultRenderer()
 	a := &Allowlist{}
+	var errs []error
 	for _, raw := range entries {
 		entry := strings.TrimSpace(raw)
 		ps, warns, err := r.entry(entry)
 		if err != nil {
 			err.Field, err.Entry = field, entry
-			return nil, err
+			errs = append(errs, err)
+			continue
 		}
 		for _, w := range warns {
-			a.warnings = append(a.warnings, field.Name+" "+w)
+			a.warnings = append(a.warnings, fielderr.Errorf("%s %s", field, w))
 		}
 		a.prefixes = append(a.prefixes, ps...)
 	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
 	a.prefixes = dedupe(a.prefixes)
-	a.warnings = append(a.warnings, a.coverageWarnings(field.Name)...)
+	a.warnings = append(a.warnings, a.coverageWarnings(field)...)
 	return a, nil
+}
+
+// WithAddrs returns a new list holding a's prefixes and each of addrs as a
+// single address (/32, /128): exact addresses, never the networks around
+// them. a may be nil.
+func (a *Allowlist) WithAddrs(addrs []netip.Addr) *Allowlist {
+	out := &Allowlist{}
+	if a != nil {
+		out.prefixes = slices.Clone(a.prefixes)
+		out.warnings = slices.Clone(a.warnings)
+	}
+	for _, ip := range addrs {
+		if ip.IsValid() {
+			ip = normalize(ip)
+			out.prefixes = append(out.prefixes, netip.PrefixFrom(ip, ip.BitLen()))
+		}
+	}
+	out.prefixes = dedupe(out.prefixes)
+	return out
 }
 
 // Allows reports whether ip lies inside one of the prefixes. ip is
@@ -104,6 +130,20 @@ func (a *Allowlist) Warnings() []string {
 	if a == nil {
 		return nil
 	}
+	out := make([]string, len(a.warnings))
+	for i, w := range a.warnings {
+		out[i] = w.Error()
+	}
+	return out
+}
+
+// WarningErrors are the Warnings as field errors (fielderr), for a caller
+// that names the list its own way: log each with zap.Error through
+// fielderr.Core, and it names the flag.
+func (a *Allowlist) WarningErrors() []error {
+	if a == nil {
+		return nil
+	}
 	return slices.Clone(a.warnings)
 }
 
@@ -121,7 +161,7 @@ func (a *Allowlist) String() string {
 
 // coverageWarnings points out that ::/0 does not admit IPv4 peers: netip (and
 // this package) never match an IPv4 address against an IPv6 prefix.
-func (a *Allowlist) coverageWarnings(flag string) []string {
+func (a *Allowlist) coverageWarnings(field fielderr.Field) []error {
 	var any4, any6 bool
 	for _, p := range a.prefixes {
 		if p.Bits() == 0 {
@@ -130,7 +170,7 @@ func (a *Allowlist) coverageWarnings(flag string) []string {
 		}
 	}
 	if any6 && !any4 {
-		return []string{flag + " ::/0 matches every IPv6 source but no IPv4 source; add 0.0.0.0/0 to match those too"}
+		return []error{fielderr.Errorf("%s ::/0 matches every IPv6 source but no IPv4 source; add 0.0.0.0/0 to match those too", field)}
 	}
 	return nil
 }

@@ -133,7 +133,8 @@ func TestAllowlistAllowsAnyAndWarnings(t *testing.T) {
 		{name: "all v4", entries: []string{"0.0.0.0/0"}, wantAny: true},
 		{name: "all v6 only", entries: []string{"::/0"}, wantAny: true, wantWarn: "add 0.0.0.0/0"},
 		{name: "both", entries: []string{"::/0", "0.0.0.0/0"}, wantAny: true},
-		{name: "host bits", entries: []string{"10.9.9.9/8"}, wantWarn: `has host bits set; using 10.0.0.0/8`},
+		{name: "host bits", entries: []string{"10.9.9.9/8"}, wantWarn: `allowlist "10.9.9.9/8" has host bits set: it matches every address in 10.0.0.0/8; write 10.9.9.9/32 for the one host, or 10.0.0.0/8 for the network`},
+		{name: "host bits v6", entries: []string{"2001:db8::1/64"}, wantWarn: `"2001:db8::1/64" has host bits set: it matches every address in 2001:db8::/64; write 2001:db8::1/128 for the one host`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -157,6 +158,17 @@ func TestAllowlistAllowsAnyAndWarnings(t *testing.T) {
 	}
 }
 
+// TestWarningsNameTheFlag: the warnings render with the caller's names,
+// as errors do.
+func TestWarningsNameTheFlag(t *testing.T) {
+	t.Parallel()
+	a, err := ParseList(FieldIgnore, []string{"192.0.2.7/24"})
+	require.NoError(t, err)
+	ws := a.WarningErrors()
+	require.Len(t, ws, 1)
+	require.Equal(t, `--ban-ignore "192.0.2.7/24" has host bits set: it matches every address in 192.0.2.0/24; write 192.0.2.7/32 for the one host, or 192.0.2.0/24 for the network`, flagText(ws[0]))
+}
+
 func TestParseListNamesFlag(t *testing.T) {
 	t.Parallel()
 	a, err := ParseList(FieldIgnore, nil)
@@ -170,6 +182,23 @@ func TestParseListNamesFlag(t *testing.T) {
 	if ee.Field != FieldIgnore || !strings.HasPrefix(flagText(err), `--ban-ignore "localhost"`) {
 		t.Fatalf("error %q does not name --ban-ignore", flagText(err))
 	}
+}
+
+// TestParseListReportsEveryBadEntry: one line per bad entry, in the
+// order given, and the good entries do not hide the bad ones.
+func TestParseListReportsEveryBadEntry(t *testing.T) {
+	t.Parallel()
+	_, err := ParseAllowlist([]string{"010.0.0.1", "10.0.0.0/8", "host.example", "10.0.0.0/33"})
+	require.Error(t, err)
+	lines := strings.Split(flagText(err), "\n")
+	require.Len(t, lines, 3, "%q", flagText(err))
+	require.True(t, strings.HasPrefix(lines[0], `--allow "010.0.0.1": leading zeros`), lines[0])
+	require.True(t, strings.HasPrefix(lines[1], `--allow "host.example": hostnames are not allowed`), lines[1])
+	require.True(t, strings.HasPrefix(lines[2], `--allow "10.0.0.0/33": prefix length 33 is out of range`), lines[2])
+	require.ErrorIs(t, err, ErrInvalidEntry)
+	var ee *EntryError
+	require.ErrorAs(t, err, &ee)
+	require.Equal(t, "010.0.0.1", ee.Entry)
 }
 
 func TestAllowlistString(t *testing.T) {

@@ -152,7 +152,7 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 		a.ip = normalize(ip)
 		a.host, a.agg = j.keys(a.ip)
 	}
-	limited := a.ip.IsValid() && !j.cfg.Ignore.Allows(a.ip)
+	limited := a.ip.IsValid() && !j.ignored(a.ip)
 	waited := false
 	for {
 		var fleetHost, fleetAgg int
@@ -267,7 +267,7 @@ func (j *Jail) endLocked(a *AuthAttempt) {
 func (j *Jail) revokeLocked(key netip.Prefix, manual bool) []*AuthAttempt {
 	var out []*AuthAttempt
 	for a := range j.auths.attempts {
-		if key.Contains(a.ip) && (manual || !j.cfg.Ignore.Allows(a.ip)) {
+		if key.Contains(a.ip) && (manual || !j.ignored(a.ip)) {
 			out = append(out, a)
 		}
 	}

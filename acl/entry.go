@@ -75,7 +75,12 @@ func parseToken(tok string) (netip.Prefix, string, *EntryError) {
 	p := netip.PrefixFrom(addr, n)
 	var warn string
 	if m := p.Masked(); m != p {
-		warn = fmt.Sprintf("%q has host bits set; using %s", tok, m)
+		// Accepted, as pg_hba.conf, iptables and net.ParseCIDR accept it
+		// (and as go-sockaddr templates render an interface's address with
+		// its prefix length), but it usually is a typo for a single host:
+		// say how much more it admits than that.
+		warn = fmt.Sprintf("%q has host bits set: it matches every address in %s; write %s/%d for the one host, or %s for the network",
+			tok, m, addr, addr.BitLen(), m)
 		p = m
 	}
 	return p, warn, nil

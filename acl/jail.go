@@ -51,6 +51,9 @@ type Jail struct {
 	// no bans at all costs Banned one atomic load.
 	active atomic.Int64
 
+	// ignore is JailConfig.Ignore as in force now (SetIgnore replaces it).
+	ignore atomic.Pointer[Allowlist]
+
 	storeMu   sync.Mutex // guards store; never taken while holding mu
 	store     *store     // nil when StatePath is "" or after Close
 	lastPurge time.Time
@@ -84,6 +87,7 @@ func NewJail(cfg JailConfig) (*Jail, error) {
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	j.ignore.Store(cfg.Ignore)
 	if cfg.StatePath != "" {
 		s, st, err := openStore(cfg.StatePath, cfg.StateLockTimeout, cfg.Now(), j.log)
 		if err != nil {
@@ -122,8 +126,16 @@ func (j *Jail) Banned(ip netip.Addr) bool {
 // neighbour's failures that banned the /64 must not lock out an address
 // the operator said never to ban. Manual bans are not exempt.
 func (j *Jail) exempt(ip netip.Addr, b banRecord) bool {
-	return !b.Manual && j.cfg.Ignore.Allows(ip)
+	return !b.Manual && j.ignored(ip)
 }
+
+// ignored reports a source the jail never counts or bans automatically.
+func (j *Jail) ignored(ip netip.Addr) bool { return j.ignore.Load().Allows(ip) }
+
+// SetIgnore replaces the list of ignored sources (JailConfig.Ignore), e.g.
+// when a reload re-reads the host's own addresses; nil ignores none. The
+// next failure, authentication and accept-time check see the new list.
+func (j *Jail) SetIgnore(a *Allowlist) { j.ignore.Store(a) }
 
 // Failed records one authentication failure from ip and bans the source
 // when it reaches MaxRetry within FindTime. It returns whether the source
@@ -144,7 +156,7 @@ func (j *Jail) failed(a *AuthAttempt, ip netip.Addr, f Failure) (banned bool, un
 		return false, time.Time{}
 	}
 	ip = normalize(ip)
-	if j.cfg.Ignore.Allows(ip) {
+	if j.ignored(ip) {
 		a.End()
 		j.logFailure(zap.InfoLevel, ip, f, zap.Bool("ignored", true))
 		return false, time.Time{}

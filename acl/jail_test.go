@@ -209,6 +209,38 @@ func TestJailIgnoreList(t *testing.T) {
 	}
 }
 
+// TestJailSetIgnoreExactAddresses: the host's own addresses join the
+// ignore list as exact addresses (fail2ban's ignoreself), so 127.0.0.1 is
+// never banned while 127.0.0.2, in the same /8, still is; SetIgnore swaps
+// the list for what comes next.
+func TestJailSetIgnoreExactAddresses(t *testing.T) {
+	t.Parallel()
+	j := newTestJail(t, testJailConfig(newFakeClock()))
+	base, err := ParseList(FieldIgnore, []string{"192.0.2.0/24"})
+	require.NoError(t, err)
+	j.SetIgnore(base.WithAddrs([]netip.Addr{ip("127.0.0.1"), ip("::1"), ip("::ffff:198.51.100.7")}))
+	for range 10 {
+		j.Failed(ip("127.0.0.1"), badPassword)
+		j.Failed(ip("198.51.100.7"), badPassword)
+		j.Failed(ip("192.0.2.9"), badPassword)
+	}
+	require.False(t, j.Banned(ip("127.0.0.1")))
+	require.False(t, j.Banned(ip("198.51.100.7")), "a mapped own address is matched unmapped")
+	require.False(t, j.Banned(ip("192.0.2.9")), "the --ban-ignore list is kept")
+	for range 5 {
+		j.Failed(ip("127.0.0.2"), badPassword)
+	}
+	require.True(t, j.Banned(ip("127.0.0.2")), "another 127.x address stands in for a remote source")
+
+	// A reload that no longer lists 198.51.100.7: it is counted again.
+	j.SetIgnore(base.WithAddrs([]netip.Addr{ip("127.0.0.1")}))
+	for range 5 {
+		j.Failed(ip("198.51.100.7"), badPassword)
+	}
+	require.True(t, j.Banned(ip("198.51.100.7")))
+	require.Equal(t, "127.0.0.1/32, 192.0.2.0/24", base.WithAddrs([]netip.Addr{ip("127.0.0.1"), ip("127.0.0.1")}).String())
+}
+
 func TestJailMappedAndPlainIPv4ShareKey(t *testing.T) {
 	t.Parallel()
 	j := newTestJail(t, testJailConfig(newFakeClock()))

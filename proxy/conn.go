@@ -219,6 +219,13 @@ func (s *Server) refuseClient(sess *session, err error) (Outcome, error) {
 	}
 	var se *silentError
 	if errors.As(err, &se) {
+		if se.drain {
+			var conn net.Conn = sess.raw
+			if sess.tls != nil {
+				conn = sess.tls
+			}
+			netconn.LingerClose(conn)
+		}
 		return se.outcome, se.cause
 	}
 	return OutcomeInternalError, err

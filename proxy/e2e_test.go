@@ -338,20 +338,72 @@ func TestBytesAfterSSLRequestRejected(t *testing.T) {
 	requirePostgresSawNothing(t, before)
 }
 
+// requireSilentClose reads conn to its end and requires that nothing came
+// and that the end was a FIN, not an RST: what postgres does when it drops
+// a connection without a reply.
+func requireSilentClose(t *testing.T, conn net.Conn) {
+	t.Helper()
+	got, err := io.ReadAll(conn)
+	require.Empty(t, got, "the gateway answered")
+	require.NoError(t, err, "want a clean close (FIN)")
+}
+
 func TestBadStartupLengths(t *testing.T) {
-	g := startGateway(t)
+	metrics := &outcomeMetrics{Metrics: proxy.NopMetrics()}
+	g := startGateway(t, func(c *proxy.Config, _ *acl.ListenerConfig) { c.Metrics = metrics })
 	before := pg.TCPConnectionsReceived()
+	closed := 0
+	// badLength sends b on conn (then half-closes it if eof), and requires
+	// a close without a byte, counted as bad_startup_length.
+	badLength := func(t *testing.T, conn net.Conn, b []byte, eof bool) {
+		t.Helper()
+		_, err := conn.Write(b)
+		require.NoError(t, err)
+		if eof {
+			require.NoError(t, conn.(*net.TCPConn).CloseWrite())
+		}
+		requireSilentClose(t, conn)
+		closed++
+		waitFor(t, "bad_startup_length counted", func() bool { return metrics.count("bad_startup_length") == closed })
+		require.Zero(t, metrics.count("timeout"), "the gateway waited for more")
+	}
+	// Out of range: postgres logs "invalid length of startup packet" and
+	// closes without a reply (ProcessStartupPacket), before TLS and in it.
+	// Only the length word is sent: the close must not wait for the body.
 	for _, length := range []uint32{0, 3, 7, 10001, 10005, 0x7fffffff, 0xffffffff, 0x80000000} {
 		t.Run(fmt.Sprint(length), func(t *testing.T) {
-			conn := g.dialRaw(t, "")
-			// Only the length word: the answer must not wait for the body.
-			_, err := conn.Write(binary.BigEndian.AppendUint32(nil, length))
-			require.NoError(t, err)
-			er := readErrorResponse(t, conn)
-			require.Equal(t, "08P01", er.Code)
-			require.Contains(t, er.Message, "invalid length of startup packet")
+			badLength(t, g.dialRaw(t, ""), binary.BigEndian.AppendUint32(nil, length), false)
 		})
 	}
+	t.Run("inside TLS", func(t *testing.T) {
+		badLength(t, g.sslRequest(t, g.dialRaw(t, "")), binary.BigEndian.AppendUint32(nil, 0x58000000), false)
+	})
+	t.Run("partial length word", func(t *testing.T) {
+		badLength(t, g.dialRaw(t, ""), []byte{0, 0}, true)
+	})
+	t.Run("no bytes at all", func(t *testing.T) {
+		// A port probe: not a bad startup, just a client that left.
+		conn := g.dialRaw(t, "")
+		require.NoError(t, conn.(*net.TCPConn).CloseWrite())
+		requireSilentClose(t, conn)
+		waitFor(t, "client_gone counted", func() bool { return metrics.count("client_gone") == 1 })
+		require.Equal(t, closed, metrics.count("bad_startup_length"))
+	})
+	t.Run("node-postgres Terminate before SSLRequest", func(t *testing.T) {
+		// node-postgres's client.connect(); client.end() queues Terminate
+		// ('X', length 4) ahead of its SSLRequest, in one write: the first
+		// length word reads 0x58000000. Postgres closes without a word and
+		// the client ends cleanly; an ErrorResponse where it waits for 'S'
+		// or 'N' makes it throw.
+		badLength(t, g.dialRaw(t, ""), append([]byte{'X', 0, 0, 0, 4}, packet(80877103, nil)...), false)
+	})
+	// Bad contents after a valid length keep postgres's FATAL replies.
+	t.Run("SSLRequest of 12 bytes", func(t *testing.T) {
+		conn := g.dialRaw(t, "")
+		_, err := conn.Write(packet(80877103, []byte{0, 0, 0, 0}))
+		require.NoError(t, err)
+		require.Equal(t, "08P01", readErrorResponse(t, conn).Code)
+	})
 	t.Run("protocol 2.0", func(t *testing.T) {
 		conn := g.dialRaw(t, "")
 		_, err := conn.Write(startupPacket(2<<16, "user", "alice"))

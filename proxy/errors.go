@@ -48,6 +48,10 @@ func refuse(outcome Outcome, code, message, hint string, cause error) *clientErr
 type silentError struct {
 	outcome Outcome
 	cause   error
+	// drain closes with FIN after discarding what the client still sends
+	// (netconn.LingerClose), as a server that had read it into a buffer
+	// would, instead of the RST a close with unread bytes sends.
+	drain bool
 }
 
 func (e *silentError) Error() string {

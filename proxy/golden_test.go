@@ -204,14 +204,19 @@ var goldenCases = []goldenCase{
 		tr.recvUntil(raw, isError)
 		tr.recvClose(raw)
 	}},
+	// A length word out of range is closed without a reply, as postgres
+	// closes it.
 	{"startup-too-short", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
 		tr.sendRaw(raw, []byte{0, 0, 0, 7})
-		tr.recvUntil(raw, isError)
 		tr.recvClose(raw)
 	}},
 	{"startup-too-long", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
 		tr.sendRaw(raw, binary.BigEndian.AppendUint32(nil, 10001))
-		tr.recvUntil(raw, isError)
+		tr.recvClose(raw)
+	}},
+	{"terminate-before-sslrequest", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
+		// node-postgres's connect() then end(): Terminate queued first.
+		tr.sendRaw(raw, append([]byte{'X', 0, 0, 0, 4}, packet(80877103, nil)...))
 		tr.recvClose(raw)
 	}},
 	{"sslrequest-bad-length", nil, func(tr *transcript, raw net.Conn, _ *gateway) {
@@ -267,6 +272,13 @@ func init() {
 			tr.recvClose(c)
 		}})
 	}
+	goldenCases = append(goldenCases, goldenCase{"bad-length-inside-tls", nil, func(tr *transcript, raw net.Conn, g *gateway) {
+		tr.send(raw, &pgproto3.SSLRequest{})
+		tr.recvByte(raw)
+		c := tr.startTLS(raw, g)
+		tr.sendRaw(c, binary.BigEndian.AppendUint32(nil, 3))
+		tr.recvClose(c)
+	}})
 	// Cancel requests never get an answer, whatever their fate.
 	cancel := &pgproto3.CancelRequest{ProcessID: 7, SecretKey: []byte{9, 9, 9, 9}}
 	goldenCases = append(goldenCases,

@@ -25,6 +25,7 @@ const (
 	OutcomeTimeout
 	OutcomeTLSFailed
 	OutcomeTLSRequired
+	OutcomeBadStartupLength
 	OutcomeBadStartup
 	OutcomeBadProtocol
 	OutcomeProtocolViolation
@@ -78,6 +79,7 @@ var outcomes = [numOutcomes]struct {
 	OutcomeTimeout:                   {"timeout", false, zapcore.InfoLevel},                 // a handshake or authentication deadline passed
 	OutcomeTLSFailed:                 {"tls_failed", false, zapcore.InfoLevel},              // the TLS handshake failed
 	OutcomeTLSRequired:               {"tls_required", true, zapcore.InfoLevel},             // plaintext StartupMessage: 28000
+	OutcomeBadStartupLength:          {"bad_startup_length", true, zapcore.InfoLevel},       // a first packet's length word out of range, or cut short: closed without a reply, as postgres does
 	OutcomeBadStartup:                {"bad_startup", true, zapcore.InfoLevel},              // malformed StartupMessage
 	OutcomeBadProtocol:               {"bad_protocol", true, zapcore.InfoLevel},             // unsupported protocol version
 	OutcomeProtocolViolation:         {"protocol_violation", true, zapcore.InfoLevel},       // e.g. a second SSLRequest

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 
@@ -90,7 +91,32 @@ func truncateName(s string) string {
 	return s
 }
 
-var errBadStartupLength = refuse(OutcomeBadStartup, codeProtocolViolation, "invalid length of startup packet", "", nil)
+// errBadStartupLength ends a connection whose first packet's length word is
+// out of range: closed without a reply, counted and logged, as postgres
+// does (backend_startup.c ProcessStartupPacket reports "invalid length of
+// startup packet" as a COMMERROR, to its own log only, and returns). A
+// reply would also be wrong for what such bytes usually are: not a startup
+// at all. node-postgres, told to end a connection it is still opening,
+// queues its Terminate ('X', length 4) before its SSLRequest, so the first
+// length word reads 0x58000000; postgres closes silently and the client
+// ends cleanly, while an ErrorResponse in place of the 'S' or 'N' it waits
+// for makes it throw.
+func errBadStartupLength(length int32) error {
+	return badLength(fmt.Errorf("invalid length of startup packet: %d", length))
+}
+
+// badLength is a bad_startup_length close. Postgres has read the bytes
+// behind the length word into its buffer when it closes, so the client gets
+// a FIN; closing with them unread would send an RST, which clients report
+// as an error of their own.
+func badLength(cause error) *silentError {
+	return &silentError{outcome: OutcomeBadStartupLength, cause: cause, drain: true}
+}
+
+// errRequestLength answers an SSLRequest or GSSENCRequest whose length word
+// is in range but not 8: the packet's contents are wrong, which postgres
+// answers with a FATAL too.
+var errRequestLength = refuse(OutcomeBadStartup, codeProtocolViolation, "invalid length of startup packet", "", nil)
 
 // readStartupPacket reads one startup-phase packet with exact-length reads,
 // so not one byte past it is consumed. A StartupMessage arriving while
@@ -101,12 +127,18 @@ func readStartupPacket(r io.Reader, encrypted bool) (*startupPacket, error) {
 	var hdr [8]byte
 	// The length comes first, alone: an absurd one is refused before we
 	// wait for anything more.
-	if _, err := io.ReadFull(r, hdr[:4]); err != nil {
+	if n, err := io.ReadFull(r, hdr[:4]); err != nil {
+		if n > 0 && errors.Is(err, io.ErrUnexpectedEOF) {
+			// Part of a length word, then the end: postgres's "incomplete
+			// startup packet", also closed without a reply. (No bytes at
+			// all is a client that just left, as port probes do.)
+			return nil, badLength(fmt.Errorf("incomplete startup packet: %d of 4 length bytes", n))
+		}
 		return nil, readErr(err)
 	}
 	length := int32(binary.BigEndian.Uint32(hdr[:4]))
 	if length < minStartupLen || length > maxStartupLen {
-		return nil, errBadStartupLength
+		return nil, errBadStartupLength(length)
 	}
 	if _, err := io.ReadFull(r, hdr[4:8]); err != nil {
 		return nil, readErr(err)
@@ -116,7 +148,7 @@ func readStartupPacket(r io.Reader, encrypted bool) (*startupPacket, error) {
 	switch code {
 	case sslRequestCode, gssEncRequestCode:
 		if length != 8 {
-			return nil, errBadStartupLength
+			return nil, errRequestLength
 		}
 		if code == sslRequestCode {
 			return &startupPacket{kind: kindSSLRequest}, nil

@@ -246,8 +246,23 @@ func (e *lbEnv) closedLine(t *testing.T, source, outcome string) map[string]any 
 	return found
 }
 
+// metric reads one sample, which must be exposed (metricValue reads an
+// absent one as 0, which would let a misspelt label pass).
 func (e *lbEnv) metric(t *testing.T, sample string) float64 {
-	return metricValue(t, e.admin, sample)
+	t.Helper()
+	return mustMetric(t, e.admin, sample)
+}
+
+// mustMetric is metricValue for a sample that must be exposed.
+func mustMetric(t *testing.T, admin, sample string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Contains(t, string(body), "\n"+sample+" ", "sample not exposed")
+	return metricValue(t, admin, sample)
 }
 
 // getBans reads the admin endpoint's GET /bans.
@@ -285,7 +300,7 @@ func TestProxyProtocolBehindBalancer(t *testing.T) {
 	// counted like a refusal at accept.
 	e.requireResetUnread(t, balancerIP, proxyHeader(t, 2, deniedIP+":40003", e.addr))
 	e.requireResetUnread(t, balancerIP, proxyHeader(t, 1, deniedIP+":40004", e.addr))
-	require.Equal(t, 2.0, e.metric(t, `pgwarden_rejections_total{reason="not_allowed"}`))
+	require.Equal(t, 2.0, e.metric(t, `pgwarden_rejections_total{reason="not_allowed",route="default"}`))
 
 	// The balancer without a header (a client that bypassed it, say) is
 	// closed unread.
@@ -308,7 +323,7 @@ func TestProxyProtocolBehindBalancer(t *testing.T) {
 	e.requireLogin(t, directIP+":0", 0)
 
 	// Nothing reached postgres but the sessions.
-	require.Equal(t, 0.0, e.metric(t, `pgwarden_rejections_total{reason="banned"}`))
+	require.Equal(t, 0.0, e.metric(t, `pgwarden_rejections_total{reason="banned",route="default"}`))
 }
 
 // TestProxyProtocolSlowBalancerBlocksNobody: a balancer connection that
@@ -356,7 +371,7 @@ func TestProxyProtocolBansTheClient(t *testing.T) {
 	require.Len(t, bans, 1)
 	require.Equal(t, attackerIP, bans[0].IP)
 	e.requireResetUnread(t, balancerIP, proxyHeader(t, 2, attackerIP+":41010", e.addr))
-	require.Equal(t, 1.0, e.metric(t, `pgwarden_rejections_total{reason="banned"}`))
+	require.Equal(t, 1.0, e.metric(t, `pgwarden_rejections_total{reason="banned",route="default"}`))
 	e.requireLogin(t, allowedIP+":41011", 2)
 
 	// A session through the balancer is cancelled by a cancel request that

@@ -130,6 +130,40 @@ func startBanEnv(t *testing.T, pg *pgtest.Postgres, extra ...string) *banEnv {
 	return e
 }
 
+// TestBanIgnoreSelf: the host's own addresses are never banned (fail2ban's
+// ignoreself), so a local application's failed logins cannot lock every
+// other local client out: five failures from 127.0.0.1 do not ban it,
+// five from 127.0.0.2 (in 127/8, but no interface's address) do. With
+// --ban-ignore-self=false, 127.0.0.1 is banned like any source.
+func TestBanIgnoreSelf(t *testing.T) {
+	pg := pgtest.Start(t)
+	start := func(extra ...string) *banEnv {
+		certFile, keyFile, caFile := tlsFiles(t)
+		e := &banEnv{pg: pg, port: freePort(t), caFile: caFile}
+		e.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		e.args = append([]string{"--listen", fmt.Sprintf("127.0.0.1:%d", e.port), "--upstream", pg.Addr(),
+			"--allow", "127.0.0.0/8", "--tls-cert", certFile, "--tls-key", keyFile, "--admin", e.admin, "--drain-timeout", "1s"}, extra...)
+		e.gw = startBinary(t, e.args...)
+		return e
+	}
+	e := start()
+	e.failLogins(t, "127.0.0.1", 5)
+	require.NoError(t, e.connectFrom("127.0.0.1", pg.Password), "127.0.0.1 was banned")
+	require.Empty(t, e.bans(t))
+	require.True(t, hasLog(e.gw.logLines(), func(l map[string]any) bool {
+		return l["msg"] == "auth failure" && l["source"] == "127.0.0.1" && l["ignored"] == true
+	}), "the ignored failures are still logged")
+	e.failLogins(t, "127.0.0.2", 5)
+	e.requireRefusedAtAccept(t, "127.0.0.2")
+	bans := e.bans(t)
+	require.Len(t, bans, 1)
+	require.Equal(t, "127.0.0.2", bans[0].IP)
+
+	off := start("--ban-ignore-self=false")
+	off.failLogins(t, "127.0.0.1", 5)
+	off.requireRefusedAtAccept(t, "127.0.0.1")
+}
+
 func (e *banEnv) restart(t *testing.T) {
 	t.Helper()
 	require.NoError(t, e.gw.cmd.Process.Signal(syscall.SIGTERM))
@@ -160,7 +194,7 @@ func TestBansEndToEnd(t *testing.T) {
 	metrics := e.get(t, "/metrics", http.StatusOK)
 	require.Contains(t, metrics, "pgwarden_bans_active 1")
 	require.Contains(t, metrics, `pgwarden_auth_failures_total{sqlstate="28P01"} 3`)
-	require.Contains(t, metrics, `pgwarden_rejections_total{reason="banned"} 1`)
+	require.Contains(t, metrics, `pgwarden_rejections_total{reason="banned",route="default"} 1`)
 	require.Equal(t, "ok", strings.TrimSpace(e.get(t, "/healthz", http.StatusOK)))
 	e.get(t, "/readyz", http.StatusOK)
 

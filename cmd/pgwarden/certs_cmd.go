@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -12,7 +13,7 @@ import (
 )
 
 const certsUsage = `Usage:
-  pgwarden certs init  --dir DIR --host NAME [--host IP ...] [--force]
+  pgwarden certs init  --dir DIR --host NAME [--host IP ...] [--force] [--port N]
       write a private CA (DIR/ca.crt, DIR/ca.key) and a server certificate
       for those names (DIR/server.crt, DIR/server.key)
   pgwarden certs renew --dir DIR [--host NAME ...]
@@ -22,12 +23,14 @@ const certsUsage = `Usage:
       (or certs init --client-ca-only) write a CA that signs client
       certificates only (DIR/ca.crt, DIR/ca.key) and its empty revocation
       list (DIR/crl.pem): the key to give CI
-  pgwarden certs issue --dir DIR --client NAME [--ttl 30d] [--force]
+  pgwarden certs issue --dir DIR --client NAME [--ttl 30d] [--force] [--port N]
       issue a client certificate with CN=NAME (DIR/NAME.crt, DIR/NAME.key)
   pgwarden certs revoke --dir DIR [--reason R] [--next-update 30d] NAME|SERIAL
       add the certificates issued as NAME (or the serial number) to DIR/crl.pem
   pgwarden certs crl --dir DIR [--next-update 30d]
       re-sign DIR/crl.pem (same entries, new next update), creating it if absent
+--port N (init, issue): the gateway's listen port, for the psql line they
+print (PORT otherwise)
 `
 
 // runCerts is `pgwarden certs init|renew|init-client-ca|issue|revoke|crl`. The work is in package certs;
@@ -66,8 +69,13 @@ func runCertsInit(args []string, stdout, stderr io.Writer) int {
 	hosts := fs.StringArray("host", nil, "DNS name or IP clients connect to (repeatable; the first is the CN)")
 	force := fs.Bool("force", false, "replace existing files (a new CA invalidates every issued certificate)")
 	clientOnly := fs.Bool("client-ca-only", false, "write only a CA for client certificates (DIR/ca.crt, DIR/ca.key) and its revocation list (DIR/crl.pem)")
+	port := portFlag(fs)
 	if code, done := parseCertsFlags(fs, args, 0, stdout, stderr); done {
 		return code
+	}
+	portText, err := hintPort(*port)
+	if err != nil {
+		return certsFail(stderr, err, exitUsage)
 	}
 	if *clientOnly {
 		if len(*hosts) > 0 {
@@ -87,9 +95,9 @@ wrote %s  (server key, mode 0600)
 Run the gateway with:
   pgwarden serve --tls-cert %s --tls-key %s ...
 Clients verify it with:
-  psql "host=%s port=5432 dbname=DB user=ROLE sslmode=verify-full sslrootcert=%s"
+  psql "host=%s port=%s dbname=DB user=ROLE sslmode=verify-full sslrootcert=%s"
 `, f.CACert, dateOf(f.CANotAfter), f.CAKey, f.ServerCert, f.Hosts, dateOf(f.ServerNotAfter), f.ServerKey,
-		f.ServerCert, f.ServerKey, f.Hosts[0], f.CACert)
+		f.ServerCert, f.ServerKey, f.Hosts[0], portText, f.CACert)
 	return exitOK
 }
 
@@ -99,8 +107,13 @@ func runCertsIssue(args []string, stdout, stderr io.Writer) int {
 	client := fs.String("client", "", "certificate CN; by default the postgres role it may log in as")
 	ttl := fs.String("ttl", "30d", "validity, e.g. 12h for a CI runner or 90d")
 	force := fs.Bool("force", false, "replace an existing DIR/NAME.crt and DIR/NAME.key")
+	port := portFlag(fs)
 	if code, done := parseCertsFlags(fs, args, 0, stdout, stderr); done {
 		return code
+	}
+	portText, err := hintPort(*port)
+	if err != nil {
+		return certsFail(stderr, err, exitUsage)
 	}
 	d, err := certs.ParseTTL(*ttl)
 	if err != nil {
@@ -123,11 +136,11 @@ func runCertsIssue(args []string, stdout, stderr io.Writer) int {
 wrote %s  (client key, mode 0600)
 
 Connect with:
-  psql "host=%s port=5432 dbname=DB user=%s sslmode=verify-full sslrootcert=%s sslcert=%s sslkey=%s"%s
+  psql "host=%s port=%s dbname=DB user=%s sslmode=verify-full sslrootcert=%s sslcert=%s sslkey=%s"%s
 The gateway accepts it when started with --tls-client-ca %s (the role must equal
 the CN unless --tls-map-user %s=ROLE says otherwise).
 `, cf.Cert, *client, cf.Serial.Text(16), cf.NotAfter.UTC().Format(time.RFC3339), cf.Key,
-		host, *client, rootCert, cf.Cert, cf.Key, rootNote, cf.CACert, *client)
+		host, portText, *client, rootCert, cf.Cert, cf.Key, rootNote, cf.CACert, *client)
 	return exitOK
 }
 
@@ -251,6 +264,25 @@ func printCRL(w io.Writer, c certs.CRLInfo) {
 }
 
 func dateOf(t time.Time) string { return t.UTC().Format(time.DateOnly) }
+
+// portFlag is --port, which only fills in the port of the psql line a
+// command prints: the certificates do not depend on it.
+func portFlag(fs *pflag.FlagSet) *int {
+	return fs.Int("port", 0, "the gateway's listen port, for the psql line printed (default: the word PORT)")
+}
+
+// hintPort is the port the printed psql line shows: the one given, else
+// PORT for the reader to fill in, since nothing here knows which port the
+// gateway will listen on.
+func hintPort(port int) (string, error) {
+	switch {
+	case port == 0:
+		return "PORT", nil
+	case port < 0 || port > 65535:
+		return "", fmt.Errorf("--port %d: want 1-65535, the port of the gateway's --listen", port)
+	}
+	return strconv.Itoa(port), nil
+}
 
 // parseCertsFlags parses args into fs; done reports that the command should
 // return code now (help, a flag error, more than maxArgs arguments, or no

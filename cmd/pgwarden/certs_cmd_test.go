@@ -32,9 +32,14 @@ func TestRunCerts(t *testing.T) {
 		{name: "init help", args: []string{"init", "--help"}, wantCode: exitOK, wantStdout: []string{"Usage: pgwarden certs init", "--host"}},
 		{
 			name: "init", args: []string{"init", "--dir", "DIR", "--host", "db.example.com", "--host", "127.0.0.1"}, wantCode: exitOK,
-			wantStdout: []string{`psql "host=db.example.com port=5432 dbname=DB user=ROLE sslmode=verify-full sslrootcert=DIR/ca.crt"`, "--tls-cert DIR/server.crt --tls-key DIR/server.key"},
+			wantStdout: []string{`psql "host=db.example.com port=PORT dbname=DB user=ROLE sslmode=verify-full sslrootcert=DIR/ca.crt"`, "--tls-cert DIR/server.crt --tls-key DIR/server.key"},
 			wantFiles:  []string{"ca.crt", "ca.key", "server.crt", "server.key"},
 		},
+		{
+			name: "init --port", args: []string{"init", "--dir", "DIR", "--host", "localhost", "--port", "6432"}, wantCode: exitOK,
+			wantStdout: []string{`psql "host=localhost port=6432 dbname=DB user=ROLE sslmode=verify-full sslrootcert=DIR/ca.crt"`},
+		},
+		{name: "init bad port", args: []string{"init", "--dir", "DIR", "--host", "localhost", "--port", "70000"}, wantCode: exitUsage, wantStderr: []string{"--port 70000: want 1-65535"}},
 		{name: "init without dir", args: []string{"init", "--host", "x"}, wantCode: exitUsage, wantStderr: []string{"--dir is required"}},
 		{name: "init without host", args: []string{"init", "--dir", "DIR"}, wantCode: exitUsage, wantStderr: []string{"--host is required"}},
 		{name: "init bad host", args: []string{"init", "--dir", "DIR", "--host", "a b"}, wantCode: exitUsage, wantStderr: []string{`--host "a b"`}},
@@ -43,8 +48,12 @@ func TestRunCerts(t *testing.T) {
 		{name: "init over existing", args: []string{"init", "--dir", "READY", "--host", "x"}, wantCode: exitRuntime, wantStderr: []string{"READY/ca.crt: file already exists; nothing was written (pass --force to replace it)"}},
 		{
 			name: "issue", args: []string{"issue", "--dir", "READY", "--client", "ci-runner", "--ttl", "12h"}, wantCode: exitOK,
-			wantStdout: []string{`psql "host=db.example.com port=5432 dbname=DB user=ci-runner sslmode=verify-full sslrootcert=READY/ca.crt sslcert=READY/ci-runner.crt sslkey=READY/ci-runner.key"`, "--tls-client-ca READY/ca.crt"},
+			wantStdout: []string{`psql "host=db.example.com port=PORT dbname=DB user=ci-runner sslmode=verify-full sslrootcert=READY/ca.crt sslcert=READY/ci-runner.crt sslkey=READY/ci-runner.key"`, "--tls-client-ca READY/ca.crt"},
 			wantFiles:  []string{"ci-runner.crt", "ci-runner.key"},
+		},
+		{
+			name: "issue --port", args: []string{"issue", "--dir", "READY", "--client", "ci-port", "--port", "5433"}, wantCode: exitOK,
+			wantStdout: []string{`psql "host=db.example.com port=5433 dbname=DB user=ci-port `},
 		},
 		{name: "issue bad name", args: []string{"issue", "--dir", "READY", "--client", "../etc/x"}, wantCode: exitUsage, wantStderr: []string{`--client "../etc/x": may not contain`}},
 		{name: "issue bad ttl", args: []string{"issue", "--dir", "READY", "--client", "x", "--ttl", "soon"}, wantCode: exitUsage, wantStderr: []string{`--ttl "soon"`}},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,7 +82,14 @@ type process struct {
 // startProcess runs `pgwarden args...` and waits for its log line ready.
 func startProcess(t *testing.T, ready string, args ...string) *process {
 	t.Helper()
+	return startProcessIn(t, "", ready, args...)
+}
+
+// startProcessIn is startProcess in working directory dir ("": this one).
+func startProcessIn(t *testing.T, dir, ready string, args ...string) *process {
+	t.Helper()
 	cmd := exec.Command(pgwardenBinary(t), args...)
+	cmd.Dir = dir
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -195,6 +203,10 @@ func TestServeConfigErrorsExit2BeforeListening(t *testing.T) {
 	certFile, keyFile, _ := tlsFiles(t)
 	port := freePort(t)
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	dir := t.TempDir()
+	unknownKey, badYAML := filepath.Join(dir, "unknown.yaml"), filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(unknownKey, []byte("listen: ["+listen+"]\nupstrem: 127.0.0.1:5432\n"), 0o600))
+	require.NoError(t, os.WriteFile(badYAML, []byte("listen: ["+listen+"\nupstream: 127.0.0.1:5432\n"), 0o600))
 	tests := []struct {
 		name string
 		args []string
@@ -211,6 +223,11 @@ func TestServeConfigErrorsExit2BeforeListening(t *testing.T) {
 		{"bad redis prefix", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--redis", "redis://127.0.0.1:6379", "--redis-prefix", "a}b"}, `--redis-prefix "a}b"`},
 		{"missing crowdsec key", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--crowdsec-lapi", "http://127.0.0.1:8080/", "--crowdsec-key-file", "/nonexistent.key"}, "--crowdsec-key-file"},
 		{"crowdsec without key", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--crowdsec-lapi", "http://127.0.0.1:8080/"}, "--crowdsec-key-file: the bouncer key file is required"},
+		// The certificate loads (and would log so) before the allowlist is refused.
+		{"bad allow after a good certificate", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "10.0.0.0/33", "--tls-cert", certFile, "--tls-key", keyFile}, `--allow "10.0.0.0/33"`},
+		{"missing config file", []string{"--config", filepath.Join(dir, "nope.yaml")}, "nope.yaml: no such file"},
+		{"unknown config key", []string{"--config", unknownKey}, `line 2: unknown key "upstrem"`},
+		{"bad YAML", []string{"--config", badYAML}, "not valid YAML: line 1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -221,6 +238,10 @@ func TestServeConfigErrorsExit2BeforeListening(t *testing.T) {
 			require.Equal(t, 2, ee.ExitCode(), "output: %s", out)
 			require.Contains(t, string(out), tc.want)
 			require.NotContains(t, string(out), "panic")
+			// The errors are the only output: no log line before them.
+			for _, line := range strings.Split(strings.TrimSuffix(string(out), "\n"), "\n") {
+				require.True(t, strings.HasPrefix(line, "pgwarden: "), "not an error line: %q", line)
+			}
 			// Nothing was left listening.
 			c, err := net.DialTimeout("tcp", listen, time.Second)
 			if err == nil {
@@ -229,6 +250,124 @@ func TestServeConfigErrorsExit2BeforeListening(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServeReportsEveryBadAllow: one line per bad --allow value, not only
+// the first.
+func TestServeReportsEveryBadAllow(t *testing.T) {
+	certFile, keyFile, _ := tlsFiles(t)
+	out, err := exec.Command(pgwardenBinary(t), "serve", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:5432",
+		"--allow", "010.0.0.1", "--allow", "host.example", "--allow", "10.0.0.0/33", "--allow", "127.0.0.1",
+		"--tls-cert", certFile, "--tls-key", keyFile).CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "output: %s", out)
+	require.Equal(t, 2, ee.ExitCode())
+	require.Equal(t, `pgwarden: --allow "010.0.0.1": leading zeros are ambiguous (octal or decimal?); write 10.0.0.1
+pgwarden: --allow "host.example": hostnames are not allowed: the list is matched against the peer IP and never resolved; write an IP address or CIDR
+pgwarden: --allow "10.0.0.0/33": prefix length 33 is out of range for IPv4 (0-32)
+`, string(out))
+}
+
+// TestServeConfigFileRelativePaths starts serve from a directory other
+// than its config file's, with relative paths in the file: they are found
+// next to the file. The admin endpoint's start is logged once.
+func TestServeConfigFileRelativePaths(t *testing.T) {
+	certFile, keyFile, _ := tlsFiles(t)
+	etc := t.TempDir()
+	require.NoError(t, os.Mkdir(filepath.Join(etc, "tls"), 0o700))
+	for src, dst := range map[string]string{certFile: "tls/server.crt", keyFile: "tls/server.key"} {
+		b, err := os.ReadFile(src)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(etc, dst), b, 0o600))
+	}
+	config := filepath.Join(etc, "pgwarden.yaml")
+	require.NoError(t, os.WriteFile(config, []byte(`listen: ["127.0.0.1:0"]
+upstream: 127.0.0.1:1
+allow: [127.0.0.1]
+tls-cert: tls/server.crt
+tls-key: tls/server.key
+ban-state: bans.db
+admin: 127.0.0.1:0
+`), 0o600))
+	elsewhere := t.TempDir()
+	p := startProcessIn(t, elsewhere, "pgwarden started", "serve", "--config", config)
+	_, err := os.Stat(filepath.Join(etc, "bans.db"))
+	require.NoError(t, err, "the ban state goes next to the config file")
+	_, err = os.Stat(filepath.Join(elsewhere, "bans.db"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+	n := 0
+	for _, l := range p.logLines() {
+		if l["msg"] == "admin endpoint listening" {
+			n++
+		}
+	}
+	require.Equal(t, 1, n, "%v", p.logLines())
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-p.done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("pgwarden did not stop")
+	}
+}
+
+// TestServeWarnsOfHostBits: a CIDR with host bits set starts, with a
+// warning naming the flag, what it matches, and the /32 for one host.
+func TestServeWarnsOfHostBits(t *testing.T) {
+	certFile, keyFile, _ := tlsFiles(t)
+	p := startBinary(t, "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--allow", "127.0.0.1/8",
+		"--ban-ignore", "10.1.2.3/8", "--tls-cert", certFile, "--tls-key", keyFile)
+	var warnings []string
+	for _, l := range p.logLines() {
+		if l["msg"] == "configuration warning" {
+			warnings = append(warnings, fmt.Sprint(l["error"]))
+		}
+	}
+	require.ElementsMatch(t, []string{
+		`--ban-ignore "10.1.2.3/8" has host bits set: it matches every address in 10.0.0.0/8; write 10.1.2.3/32 for the one host, or 10.0.0.0/8 for the network`,
+		`--allow "127.0.0.1/8" has host bits set: it matches every address in 127.0.0.0/8; write 127.0.0.1/32 for the one host, or 127.0.0.0/8 for the network`,
+	}, warnings)
+}
+
+// TestRefusalsVisibleAtInfo: a source outside the allowlist is reset
+// without a byte, and at the default log level an info line says so,
+// naming the route, the reason and the source; the counter carries the
+// route.
+func TestRefusalsVisibleAtInfo(t *testing.T) {
+	certFile, keyFile, _ := tlsFiles(t)
+	port, admin := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	p := startBinary(t, "--name", "app", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--upstream", "127.0.0.1:1",
+		"--allow", "127.0.0.3/32", "--tls-cert", certFile, "--tls-key", keyFile, "--admin", admin)
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	if c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, _ := c.Read(make([]byte, 1))
+		require.Zero(t, n, "a refused source got a byte")
+		_ = c.Close()
+	}
+	waitLog(t, p, 0, "refusal summary", func(l map[string]any) bool {
+		if l["msg"] != "connections refused at accept" || l["level"] != "info" {
+			return false
+		}
+		reasons, _ := l["by_reason"].([]any)
+		sources, _ := l["top_sources"].([]any)
+		return len(reasons) == 1 && len(sources) == 1 &&
+			fmt.Sprint(reasons[0]) == "map[count:1 reason:not_allowed route:app]" &&
+			fmt.Sprint(sources[0]) == "map[count:1 source:127.0.0.2]"
+	})
+	require.Equal(t, 1.0, metricValue(t, admin, `pgwarden_rejections_total{reason="not_allowed",route="app"}`))
+	require.Contains(t, metricsText(t, admin), `pgwarden_rejections_total{reason="banned",route="app"} 0`)
+}
+
+// metricsText is the admin endpoint's /metrics.
+func metricsText(t *testing.T, admin string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(body)
 }
 
 func TestVersionAndUsage(t *testing.T) {

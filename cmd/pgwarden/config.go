@@ -3,12 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sort"
-	"strings"
 
 	"github.com/spf13/pflag"
-	"gopkg.in/yaml.v3"
 
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/crowdsec"
@@ -32,17 +29,18 @@ type serveConfig struct {
 func routeFlags(fs *pflag.FlagSet, rc *gateway.RouteConfig) {
 	fs.StringArrayVar(&rc.Listen, "listen", nil, "HOST:PORT to listen on (repeatable); HOST may be an IP, a name, or a go-sockaddr template such as '{{ GetPrivateIP }}'")
 	fs.StringVar(&rc.Upstream, "upstream", "", "postgres address: HOST:PORT on loopback, a unix socket file, or a socket directory with :PORT")
+	markPath(fs, "upstream", pathUpstream)
 	fs.BoolVar(&rc.AllowRemoteUpstream, "allow-remote-upstream", false, "permit a non-loopback upstream")
 	fs.StringArrayVar(&rc.Allow, "allow", nil, "source IP, CIDR or go-sockaddr template allowed to connect (repeatable; at least one)")
-	fs.StringVar(&rc.TLSCert, "tls-cert", "", "server certificate chain (PEM)")
-	fs.StringVar(&rc.TLSKey, "tls-key", "", "server private key (PEM)")
+	pathVar(fs, &rc.TLSCert, "tls-cert", "server certificate chain (PEM)")
+	pathVar(fs, &rc.TLSKey, "tls-key", "server private key (PEM)")
 	fs.StringVar(&rc.TLSMinVersion, "tls-min-version", "", "lowest TLS version accepted: 1.2 (the default) or 1.3")
-	fs.StringVar(&rc.TLSClientCA, "tls-client-ca", "", "CA bundle (PEM): require and verify a client certificate")
+	pathVar(fs, &rc.TLSClientCA, "tls-client-ca", "CA bundle (PEM): require and verify a client certificate")
 	fs.StringArrayVar(&rc.TLSAllowCN, "tls-allow-cn", nil, "client certificate common name allowed to connect (repeatable)")
 	fs.StringArrayVar(&rc.TLSAllowSAN, "tls-allow-san", nil, "client certificate DNS or URI SAN allowed to connect (repeatable)")
 	fs.StringArrayVar(&rc.TLSMapUser, "tls-map-user", nil, "CN=ROLE: certificate CN may log in as ROLE (repeatable; default: role must equal CN)")
-	fs.StringVar(&rc.TLSMapFile, "tls-map-file", "", "file of 'CN ROLE' lines, like pg_ident.conf")
-	fs.StringVar(&rc.TLSClientCRL, "tls-client-crl", "", "certificate revocation list (PEM) of each --tls-client-ca CA: listed client certificates are refused")
+	pathVar(fs, &rc.TLSMapFile, "tls-map-file", "file of 'CN ROLE' lines, like pg_ident.conf")
+	pathVar(fs, &rc.TLSClientCRL, "tls-client-crl", "certificate revocation list (PEM) of each --tls-client-ca CA: listed client certificates are refused")
 	fs.StringVar(&rc.Name, "name", "", "route name used in logs and metrics")
 	fs.StringArrayVar(&rc.ProxyProtocolFrom, "proxy-protocol-from", nil, "load balancer IP or CIDR (repeatable) whose connections MUST start with a PROXY v1 or v2 header; the client it names is the one checked against the allowlist, bans and grants, and logged")
 	fs.StringVar(&rc.CancelPlaintext, "cancel-plaintext", "", "cancel requests sent without TLS, as psql before 17 sends them: allow, deny, or auto (the default: deny on a route with --tls-client-ca, allow elsewhere)")
@@ -70,10 +68,12 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.Float64Var(&c.BanTimeFactor, "ban-time-factor", acl.DefaultBanTimeFactor, "each repeat ban of a source multiplies the last by this (fail2ban bantime.increment)")
 	fs.DurationVar(&c.BanMaxTime, "ban-max-time", acl.DefaultBanMaxTime, "cap on an escalated ban (fail2ban bantime.maxtime)")
 	fs.StringArrayVar(&c.BanIgnore, "ban-ignore", nil, "source IP or CIDR never banned (repeatable; fail2ban ignoreip)")
-	fs.StringVar(&c.BanState, "ban-state", "", "file where bans and ban history persist (bbolt); empty keeps them in memory")
+	fs.BoolVar(&c.BanIgnoreSelf, "ban-ignore-self", true, "never count or ban the host's own addresses (every address of its interfaces, e.g. 127.0.0.1 and ::1; re-read on SIGHUP; fail2ban ignoreself)")
+	pathVar(fs, &c.BanState, "ban-state", "file where bans and ban history persist (bbolt); empty keeps them in memory")
 	fs.IntVar(&c.BanIPv6Prefix, "ban-ipv6-prefix", acl.DefaultIPv6Prefix, "IPv6 sources are also counted and banned per prefix of this length (32-128)")
 	fs.IntVar(&c.BanMaxTracked, "ban-max-tracked", acl.DefaultMaxTracked, "sources whose failures are tracked at once; the oldest are forgotten first")
 	fs.StringVar(&c.Admin, "admin", "", "loopback HOST:PORT for the admin HTTP endpoint (bans, /healthz, /readyz, /metrics)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "HOST:PORT, any address (':9188' for every interface), for /metrics, /healthz and /readyz alone: for Prometheus and container probes; no authentication")
 	fs.Float64Var(&c.CancelRate, "cancel-rate", proxy.DefaultCancelRate, "cancel requests per second one source (IPv4 address, IPv6 /64) may send; more are dropped")
 	fs.IntVar(&c.CancelBurst, "cancel-burst", proxy.DefaultCancelBurst, "cancel requests one source may send at once before --cancel-rate applies")
 	fs.IntVar(&c.CancelUnknownPerFailure, "cancel-unknown-per-failure", proxy.DefaultCancelUnknownPerFailure, "every N cancel requests with an unknown key from one source count as one failed login toward --ban-max-retry (0: never)")
@@ -82,7 +82,7 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.StringVar(&c.Redis, "redis", "", "redis://[user:password@]host:port[/db] or rediss://: failure counts, bans and grants are shared by every gateway using it (best in the --config file: a password on the command line is visible to other users)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", fleet.DefaultPrefix, "key prefix on --redis, so several fleets can share one Redis")
 	fs.StringVar(&c.CrowdSecLAPI, "crowdsec-lapi", "", "CrowdSec Local API URL (e.g. http://127.0.0.1:8080/): its ban decisions for IPs and ranges are refused at accept")
-	fs.StringVar(&c.CrowdSecKeyFile, "crowdsec-key-file", "", "file holding the bouncer API key (cscli bouncers add pgwarden)")
+	pathVar(fs, &c.CrowdSecKeyFile, "crowdsec-key-file", "file holding the bouncer API key (cscli bouncers add pgwarden)")
 	fs.DurationVar(&c.CrowdSecInterval, "crowdsec-interval", crowdsec.DefaultInterval, "how often the CrowdSec decision stream is pulled")
 	grantFlags(fs, &c.Config)
 	return fs
@@ -122,101 +122,6 @@ func parseServeArgs(args []string) (*serveConfig, error) {
 	return c, nil
 }
 
-// applyFile sets from the YAML file every flag not given on the command line.
-func applyFile(c *serveConfig, fs *pflag.FlagSet, fromCLI map[string]bool) error {
-	data, err := os.ReadFile(c.ConfigFile)
-	if err != nil {
-		return fmt.Errorf("--config %s: reading: %w", c.ConfigFile, err)
-	}
-	var doc map[string]yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return fmt.Errorf("--config %s: not valid YAML: %w", c.ConfigFile, err)
-	}
-	where := "--config " + c.ConfigFile
-	for _, key := range sortedKeys(doc) {
-		node := doc[key]
-		switch {
-		case key == "routes":
-			routes, err := parseRoutes(where, &node)
-			if err != nil {
-				return err
-			}
-			c.Routes = routes
-		case key == oidcKey:
-			if err := applyOIDC(c, where, &node, doc, fromCLI); err != nil {
-				return err
-			}
-		case key == "config" || fs.Lookup(key) == nil:
-			return fmt.Errorf("%s: unknown key %q (keys are the flag names, e.g. listen, upstream, allow, tls-cert; see pgwarden serve --help)", where, key)
-		case fromCLI[key]:
-			// The command line wins.
-		default:
-			if err := setFromNode(fs, where, key, &node); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// parseRoutes reads the routes: list; each entry takes the route keys.
-func parseRoutes(where string, node *yaml.Node) ([]gateway.RouteConfig, error) {
-	var entries []map[string]yaml.Node
-	if err := node.Decode(&entries); err != nil {
-		return nil, fmt.Errorf("%s: routes must be a list of maps with keys like listen, upstream, allow: %w", where, err)
-	}
-	routes := make([]gateway.RouteConfig, 0, len(entries))
-	for i, entry := range entries {
-		var rc gateway.RouteConfig
-		fs := pflag.NewFlagSet("route", pflag.ContinueOnError)
-		routeFlags(fs, &rc)
-		at := fmt.Sprintf("%s: routes[%d]", where, i)
-		for _, key := range sortedKeys(entry) {
-			if !routeKeys[key] {
-				return nil, fmt.Errorf("%s: unknown key %q (a route takes %s)", at, key, strings.Join(sortedKeys(routeKeys), ", "))
-			}
-			n := entry[key]
-			if err := setFromNode(fs, at, key, &n); err != nil {
-				return nil, err
-			}
-		}
-		if rc.Name == "" {
-			rc.Name = fmt.Sprintf("route%d", i)
-		}
-		routes = append(routes, rc)
-	}
-	return routes, nil
-}
-
-// setFromNode sets flag key from a YAML scalar or, for a repeatable flag, a
-// list of scalars.
-func setFromNode(fs *pflag.FlagSet, where, key string, node *yaml.Node) error {
-	f := fs.Lookup(key)
-	var values []string
-	switch node.Kind {
-	case yaml.ScalarNode:
-		values = []string{node.Value}
-	case yaml.SequenceNode:
-		if f.Value.Type() != "stringArray" {
-			return fmt.Errorf("%s: %s takes one value, not a list", where, key)
-		}
-		for _, item := range node.Content {
-			if item.Kind != yaml.ScalarNode {
-				return fmt.Errorf("%s: %s: list items must be plain values", where, key)
-			}
-			values = append(values, item.Value)
-		}
-	default:
-		return fmt.Errorf("%s: %s must be a value or a list of values", where, key)
-	}
-	for _, v := range values {
-		if err := fs.Set(key, v); err != nil {
-			return fmt.Errorf("%s: %s: %w", where, key, err)
-		}
-	}
-	return nil
-}
-
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -247,7 +152,8 @@ func (c *serveConfig) validate() error {
 // errHelp is returned when --help was asked for.
 var errHelp = errors.New("help requested")
 
-// usageError marks a command-line syntax problem (exit 2, with usage).
+// usageError marks a problem with the command line or the --config file
+// (exit 2).
 type usageError struct{ error }
 
 func (u usageError) Unwrap() error { return u.error }

@@ -132,14 +132,14 @@ func TestCrowdSecDecisionsRefusedAtAccept(t *testing.T) {
 	require.NoError(t, os.WriteFile(keyFile, []byte("k3y-for-pgwarden\n"), 0o600))
 	e := startBanEnv(t, pg, "--crowdsec-lapi", lapi.URL, "--crowdsec-key-file", keyFile, "--crowdsec-interval", "100ms")
 
-	require.Eventually(t, func() bool { return metricValue(t, e.admin, "pgwarden_crowdsec_up") == 1 },
+	require.Eventually(t, func() bool { return mustMetric(t, e.admin, "pgwarden_crowdsec_up") == 1 },
 		fleetWait, 20*time.Millisecond, "crowdsec_up never read 1")
-	require.Equal(t, 3.0, metricValue(t, e.admin, "pgwarden_crowdsec_decisions"))
+	require.Equal(t, 3.0, mustMetric(t, e.admin, "pgwarden_crowdsec_decisions"))
 	e.requireRefusedAtAccept(t, "127.0.0.9")
 	e.requireRefusedAtAccept(t, "127.0.1.7")
 	e.requireRefusedAtAccept(t, "127.0.1.200")
-	require.Equal(t, 3.0, metricValue(t, e.admin, `pgwarden_rejections_total{reason="crowdsec"}`))
-	require.Equal(t, 0.0, metricValue(t, e.admin, `pgwarden_rejections_total{reason="banned"}`))
+	require.Equal(t, 3.0, mustMetric(t, e.admin, `pgwarden_rejections_total{reason="crowdsec",route="default"}`))
+	require.Equal(t, 0.0, mustMetric(t, e.admin, `pgwarden_rejections_total{reason="banned",route="default"}`))
 	require.NoError(t, e.connectFrom("127.0.0.10", pg.Password), "a source no decision covers")
 	require.Empty(t, e.bans(t), "CrowdSec's decisions are not the jail's bans")
 
@@ -154,17 +154,17 @@ func TestCrowdSecDecisionsRefusedAtAccept(t *testing.T) {
 
 	// The LAPI goes down: the last decisions stay in force.
 	lapi.setDown(true)
-	require.Eventually(t, func() bool { return metricValue(t, e.admin, "pgwarden_crowdsec_up") == 0 },
+	require.Eventually(t, func() bool { return mustMetric(t, e.admin, "pgwarden_crowdsec_up") == 0 },
 		fleetWait, 20*time.Millisecond, "crowdsec_up never read 0")
 	e.requireRefusedAtAccept(t, "127.0.1.7")
-	require.Equal(t, 1.0, metricValue(t, e.admin, "pgwarden_crowdsec_decisions"))
+	require.Equal(t, 1.0, mustMetric(t, e.admin, "pgwarden_crowdsec_decisions"))
 	e.get(t, "/readyz", http.StatusOK)
 
 	// Back up, with a new decision meanwhile: it is enforced too.
 	lapi.add(4, "Ip", "127.0.0.11")
 	lapi.setDown(false)
 	e.requireResetEventually(t, "127.0.0.11", true, "a decision made during the outage was never enforced")
-	require.Eventually(t, func() bool { return metricValue(t, e.admin, "pgwarden_crowdsec_up") == 1 },
+	require.Eventually(t, func() bool { return mustMetric(t, e.admin, "pgwarden_crowdsec_up") == 1 },
 		fleetWait, 20*time.Millisecond)
 	require.Positive(t, lapi.pulled())
 }

@@ -40,6 +40,7 @@ var flagNames = fielderr.Names{
 	gateway.FieldCrowdSecKeyFile:         "--crowdsec-key-file",
 	gateway.FieldCrowdSecInterval:        "--crowdsec-interval",
 	proxyproto.FieldTrusted:              "--proxy-protocol-from",
+	gateway.FieldBanIgnoreSelf:           "--ban-ignore-self",
 	gateway.MakeCertificate:              "`pgwarden certs init --dir DIR --host NAME` makes a pair",
 	gateway.FieldGrantMaxTTL:             "--grant-max-ttl",
 	gateway.FieldGrantEndSessions:        "--grant-end-sessions",
@@ -79,7 +80,8 @@ var flagNames = fielderr.Names{
 	certs.FieldNextUpdate: "--next-update",
 	certs.FieldForce:      "--force",
 
-	admin.FieldAddr: "--admin",
+	admin.FieldAddr:        "--admin",
+	admin.FieldMetricsAddr: "--metrics-listen",
 
 	forward.FieldListen:      "--listen",
 	forward.FieldAllowRemote: "--allow-remote-listen",

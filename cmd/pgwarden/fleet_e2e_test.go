@@ -86,7 +86,7 @@ func TestFleetSharesTheJail(t *testing.T) {
 	a, b := startFleet(t, pg, srv)
 	const spread, manual, outageA, outageB = "127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.8"
 	for _, e := range []*banEnv{a, b} {
-		require.Eventually(t, func() bool { return metricValue(t, e.admin, "pgwarden_redis_up") == 1 },
+		require.Eventually(t, func() bool { return mustMetric(t, e.admin, "pgwarden_redis_up") == 1 },
 			fleetWait, 20*time.Millisecond, "redis_up never read 1")
 	}
 
@@ -114,7 +114,7 @@ func TestFleetSharesTheJail(t *testing.T) {
 	// Redis goes away.
 	srv.Kill()
 	for _, e := range []*banEnv{a, b} {
-		require.Eventually(t, func() bool { return metricValue(t, e.admin, "pgwarden_redis_up") == 0 },
+		require.Eventually(t, func() bool { return mustMetric(t, e.admin, "pgwarden_redis_up") == 0 },
 			fleetWait, 20*time.Millisecond, "redis_up never read 0")
 		e.get(t, "/readyz", http.StatusOK)
 	}
@@ -147,7 +147,7 @@ func TestFleetSharesTheJail(t *testing.T) {
 	b.requireResetEventually(t, spread, false, "A's unban during the outage never reached B")
 	for _, e := range []*banEnv{a, b} {
 		require.NoError(t, e.connectFrom(spread, pg.Password))
-		require.Eventually(t, func() bool { return metricValue(t, e.admin, "pgwarden_redis_up") == 1 },
+		require.Eventually(t, func() bool { return mustMetric(t, e.admin, "pgwarden_redis_up") == 1 },
 			fleetWait, 20*time.Millisecond)
 		require.Equal(t, 1, e.logsWith("redis unavailable"), "still one warning for that outage")
 		got := map[string]bool{}
@@ -200,7 +200,7 @@ func TestFleetSharesGrants(t *testing.T) {
 	b := startGrantEnv(t, pg, grantEnvOptions{args: flags})
 	const source = "127.0.0.2"
 	for _, e := range []*grantEnv{a, b} {
-		require.Eventually(t, func() bool { return metricValue(t, e.admin, "pgwarden_redis_up") == 1 },
+		require.Eventually(t, func() bool { return mustMetric(t, e.admin, "pgwarden_redis_up") == 1 },
 			fleetWait, 20*time.Millisecond)
 		e.requireRefusedAtAccept(t, source)
 	}

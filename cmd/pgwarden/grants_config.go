@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/pflag"
-	"gopkg.in/yaml.v3"
 
 	"github.com/pgwarden/pgwarden/internal/gateway"
 	"github.com/pgwarden/pgwarden/internal/grants"
@@ -30,18 +29,20 @@ func grantFlags(fs *pflag.FlagSet, c *gateway.Config) {
 	fs.DurationVar(&c.GrantMaxTTL, "grant-max-ttl", grants.DefaultMaxTTL, "longest access grant accepted, from the admin API or a CI job's token")
 	fs.BoolVar(&c.GrantEndSessions, "grant-end-sessions", false, "when a grant expires, also end the sessions it admitted (revoking always does, unless --keep-sessions)")
 	fs.StringVar(&c.GrantListen, "grant-listen", "", "HOST:PORT of the HTTPS endpoint where CI jobs ask for grants with their OIDC token (it faces the internet; needs --oidc-issuer, --oidc-audience and oidc.rules in --config)")
-	fs.StringVar(&c.GrantTLSCert, "grant-tls-cert", "", "certificate (PEM) of the grant endpoint (default: the first route's --tls-cert)")
-	fs.StringVar(&c.GrantTLSKey, "grant-tls-key", "", "private key (PEM) of the grant endpoint (default: the first route's --tls-key)")
+	pathVar(fs, &c.GrantTLSCert, "grant-tls-cert", "certificate (PEM) of the grant endpoint (default: the first route's --tls-cert)")
+	pathVar(fs, &c.GrantTLSKey, "grant-tls-key", "private key (PEM) of the grant endpoint (default: the first route's --tls-key)")
 	fs.StringVar(&c.OIDC.Issuer, "oidc-issuer", "", "issuer whose tokens the grant endpoint accepts, e.g. https://token.actions.githubusercontent.com (the token's iss must equal it)")
 	fs.StringVar(&c.OIDC.Audience, "oidc-audience", "", "audience the tokens must be for (their aud must contain it)")
 	fs.StringVar(&c.OIDC.JWKS, "oidc-jwks", "", "the issuer's keys: an https URL, or a FILE for air-gapped hosts (default: OIDC discovery from --oidc-issuer)")
+	markPath(fs, "oidc-jwks", pathOrURL)
 }
 
 // applyOIDC reads the file's oidc: section. Its issuer, audience and jwks
 // are the --oidc-* flags, which win when given on the command line; its
 // rules come only from the file.
-func applyOIDC(c *serveConfig, where string, node *yaml.Node, doc map[string]yaml.Node, fromCLI map[string]bool) error {
-	fc, err := oidcauth.DecodeNode(node)
+func applyOIDC(c *serveConfig, f *configFile, kv keyValue, present map[string]bool, fs *pflag.FlagSet, fromCLI map[string]bool) error {
+	where := f.at(kv.line)
+	fc, err := oidcauth.DecodeNode(kv.value)
 	if err != nil {
 		return usageError{fmt.Errorf("%s: %w", where, err)}
 	}
@@ -57,11 +58,13 @@ func applyOIDC(c *serveConfig, where string, node *yaml.Node, doc map[string]yam
 		if val == "" {
 			continue
 		}
-		if _, both := doc[v.flag]; both {
+		if present[v.flag] {
 			return usageError{fmt.Errorf("%s: %s and %s.%s say the same thing: keep one", where, v.flag, oidcKey, v.key)}
 		}
 		if !fromCLI[v.flag] {
-			*v.dst = val
+			// A key file named here is found next to the config file,
+			// as every path in it is.
+			*v.dst = resolvePath(fs.Lookup(v.flag), f.dir, val)
 		}
 	}
 	c.OIDC.Rules = fc.Rules

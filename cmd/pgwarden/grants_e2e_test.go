@@ -361,7 +361,7 @@ func TestGrantsSelfServiceEndToEnd(t *testing.T) {
 		`pgwarden_grant_requests_total{outcome="no_rule"} 4`,
 		`pgwarden_grant_requests_total{outcome="bad_token"} 3`,
 		`pgwarden_grant_requests_total{outcome="banned"} 1`,
-		`pgwarden_rejections_total{reason="not_permitted"} 2`,
+		`pgwarden_rejections_total{reason="not_permitted",route="default"} 2`,
 	} {
 		require.Contains(t, m, want+"\n")
 	}

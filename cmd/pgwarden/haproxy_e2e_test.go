@@ -91,7 +91,7 @@ backend gateways
 	// (HAProxy may retry a connection the server reset at once: at least
 	// one refusal.)
 	require.Eventually(t, func() bool {
-		return e.metric(t, `pgwarden_rejections_total{reason="not_allowed"}`) >= 1
+		return e.metric(t, `pgwarden_rejections_total{reason="not_allowed",route="default"}`) >= 1
 	}, 20*time.Second, 50*time.Millisecond, "no refusal counted; haproxy says:\n%s", &out)
 	require.NoError(t, barrier(pg))
 	require.Equal(t, before, pg.TCPConnectionsReceived(), "postgres heard of the refused client")

@@ -25,6 +25,7 @@ Usage:
   pgwarden bans list|ban|unban ...          inspect and change bans through the admin endpoint
   pgwarden grants request --url URL [flags] from a CI job: ask for a time-boxed grant for this runner's address
   pgwarden certs init|issue ...             make a private CA, server and client certificates
+  pgwarden health [--url URL]               exit 0 if the gateway is ready (a container's HEALTHCHECK)
   pgwarden version                          print the version
 `
 
@@ -52,6 +53,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runGrants(args[1:], stdout, stderr)
 	case "certs":
 		return runCerts(args[1:], stdout, stderr)
+	case "health":
+		return runHealth(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "pgwarden", buildVersion())
 		return exitOK

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/pgwarden/pgwarden/internal/gateway"
 )
@@ -27,18 +28,19 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		printConfigError(stderr, err)
 		return exitCode(err)
 	}
-	log, err := newLogger(cfg.LogFormat, cfg.LogLevel, flagNames)
+	if err := cfg.validate(); err != nil {
+		printConfigError(stderr, err)
+		return exitUsage
+	}
+	// Until the gateway has started, log lines are held: a refused start
+	// prints its errors alone.
+	held := newHeldWriter(zapcore.Lock(os.Stderr))
+	log, err := newLoggerTo(held, cfg.LogFormat, cfg.LogLevel, flagNames)
 	if err != nil {
 		printConfigError(stderr, err)
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
-	startDebugServer(log)
-
-	if err := cfg.validate(); err != nil {
-		printConfigError(stderr, err)
-		return exitUsage
-	}
 	gw, err := gateway.New(&cfg.Config, gateway.Options{
 		Logger:  log,
 		Version: buildVersion(),
@@ -53,9 +55,12 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		},
 	})
 	if err != nil {
+		held.Discard()
 		printConfigError(stderr, err)
 		return exitCode(err)
 	}
+	held.Release()
+	startDebugServer(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)

@@ -205,7 +205,7 @@ func TestAdminMetricsAfterActivity(t *testing.T) {
 	srv, jail, _, m := newTestAdmin(t)
 	jail.Set(acl.BanInfo{IP: "192.0.2.1"}, acl.BanInfo{IP: "192.0.2.2"})
 	m.ConnectionClosed("default", proxy.OutcomeAuthFailed, 20*time.Millisecond)
-	m.Rejected("banned")
+	m.Rejected("default", "banned")
 	m.AuthFailure("28P01")
 	m.HandshakeCompleted("default", 4*time.Millisecond)
 	m.BytesCounter("default", false).Add(512)
@@ -217,7 +217,7 @@ func TestAdminMetricsAfterActivity(t *testing.T) {
 	require.NoError(t, err)
 	for _, want := range []string{
 		`pgwarden_connections_total{outcome="auth_failed",route="default"} 1`,
-		`pgwarden_rejections_total{reason="banned"} 1`,
+		`pgwarden_rejections_total{reason="banned",route="default"} 1`,
 		`pgwarden_auth_failures_total{sqlstate="28P01"} 1`,
 		`pgwarden_handshake_seconds_count{route="default"} 1`,
 		`pgwarden_relay_bytes_total{direction="to_client",route="default"} 512`,

@@ -19,6 +19,12 @@
 // 403 (non-loopback Host), 404, 415 (POST without a JSON content type), 503
 // (jail or grants closed, too many grants) or 500.
 //
+// NewMetrics builds the other endpoint (--metrics-listen): /healthz,
+// /readyz and /metrics alone, on any address, for Prometheus and probes
+// from other hosts. It serves nothing that changes state, so it needs
+// neither the loopback bind nor the Host check; its /readyz runs the
+// upstream check at most once a second, however often it is asked.
+//
 // Each resource is one file: its handlers, registered by a method of
 // Server (bans.go, health.go); resources served by other packages come in
 // as Config.Handlers.

@@ -66,12 +66,15 @@ const (
 	maxBodyBytes      = 4 << 10
 )
 
-// Server is the admin endpoint.
+// Server is the admin endpoint, or the read-only metrics endpoint
+// (NewMetrics).
 type Server struct {
-	addr string // validated bind address
-	cfg  Config
-	log  *zap.Logger
-	srv  *http.Server
+	addr     string // validated bind address
+	cfg      Config
+	log      *zap.Logger
+	srv      *http.Server
+	name     string // "admin endpoint" or "metrics endpoint", for logs
+	readOnly bool   // only /healthz, /readyz and /metrics
 
 	mu   sync.Mutex
 	ln   net.Listener
@@ -88,10 +91,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Bans == nil || cfg.Ready == nil || cfg.Registry == nil {
 		return nil, errors.New("admin endpoint: Bans, Ready and Registry are required")
 	}
+	return newServer(bind, cfg, "admin endpoint", false), nil
+}
+
+// newServer builds a Server for a validated bind address.
+func newServer(bind string, cfg Config, name string, readOnly bool) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	s := &Server{addr: bind, cfg: cfg, log: cfg.Logger}
+	s := &Server{addr: bind, cfg: cfg, log: cfg.Logger, name: name, readOnly: readOnly}
 	s.srv = &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -101,7 +109,7 @@ func New(cfg Config) (*Server, error) {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(s.log.With(zap.String("component", "admin"))),
 	}
-	return s, nil
+	return s
 }
 
 // Start binds the address and serves in the background. A bind failure
@@ -109,13 +117,17 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Start() error {
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		return errorf("%s %s: listening: %w", FieldAddr, s.addr, err)
+		field := FieldAddr
+		if s.readOnly {
+			field = FieldMetricsAddr
+		}
+		return errorf("%s %s: listening: %w", field, s.addr, err)
 	}
 	s.mu.Lock()
 	s.ln = ln
 	s.done = make(chan struct{})
 	s.mu.Unlock()
-	s.log.Info("admin endpoint listening", zap.Stringer("address", ln.Addr()))
+	s.log.Info(s.name+" listening", zap.Stringer("address", ln.Addr()))
 	go s.serve(ln)
 	return nil
 }
@@ -124,7 +136,7 @@ func (s *Server) Start() error {
 func (s *Server) serve(ln net.Listener) {
 	defer close(s.done)
 	if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		s.log.Error("admin endpoint stopped", zap.Error(err))
+		s.log.Error(s.name+" stopped", zap.Error(err))
 	}
 }
 
@@ -158,8 +170,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Allow header; GET patterns also answer HEAD.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	s.registerBans(mux)
-	s.registerGrants(mux)
 	s.registerHealth(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{
 		ErrorLog:            zap.NewStdLog(s.log.With(zap.String("component", "metrics"))),
@@ -167,6 +177,13 @@ func (s *Server) Handler() http.Handler {
 		MaxRequestsInFlight: 4,
 		Timeout:             10 * time.Second,
 	}))
+	if s.readOnly {
+		// Nothing here changes state, so neither the loopback bind nor
+		// the Host check (against DNS rebinding) is needed.
+		return mux
+	}
+	s.registerBans(mux)
+	s.registerGrants(mux)
 	for _, h := range s.cfg.Handlers {
 		mux.Handle(h.Pattern, h.Handler)
 	}

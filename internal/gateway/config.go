@@ -55,11 +55,18 @@ type Config struct {
 	BanTimeFactor float64
 	BanMaxTime    time.Duration
 	BanIgnore     []string
+	// BanIgnoreSelf adds the host's own addresses (every address of its
+	// interfaces, exact, re-read on Reload) to BanIgnore, as fail2ban's
+	// ignoreself does. The command line's default is true.
+	BanIgnoreSelf bool
 	BanState      string
 	BanIPv6Prefix int
 	BanMaxTracked int
 
 	Admin string // loopback HOST:PORT of the admin endpoint; "" for none
+	// MetricsListen is HOST:PORT, any address, of the read-only endpoint
+	// (/metrics, /healthz, /readyz; admin.NewMetrics); "" for none.
+	MetricsListen string
 
 	CancelRate              float64
 	CancelBurst             int
@@ -145,7 +152,8 @@ var (
 	FieldGrantTLSKey             = field("GrantTLSKey")
 	// FieldOIDC is the OIDC section; its rules' errors follow it as
 	// ".rules[N]...".
-	FieldOIDC = field("OIDC")
+	FieldOIDC          = field("OIDC")
+	FieldBanIgnoreSelf = field("BanIgnoreSelf")
 	// MakeCertificate is not a field but the advice on how to make a
 	// certificate and key, which only the caller knows how to give.
 	MakeCertificate = field("a certificate and key from your CA")
@@ -267,6 +275,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Admin != "" {
 		if _, err := admin.ValidateAddr(c.Admin); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, err := admin.ValidateMetricsAddr(c.MetricsListen); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/fleet"
 	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/internal/metrics"
+	"github.com/pgwarden/pgwarden/internal/netaddr"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -57,6 +58,10 @@ type Options struct {
 	// gateway's own log messages (errors carry fields and are rendered by
 	// the caller).
 	Names fielderr.Names
+
+	// ownAddrs reads the host's own addresses (BanIgnoreSelf); nil means
+	// netaddr.LocalAddrs. Tests replace it.
+	ownAddrs func() ([]netip.Addr, error)
 }
 
 // Gateway is a running `pgwarden serve`.
@@ -70,7 +75,16 @@ type Gateway struct {
 	metrics  *metrics.Prometheus
 	jail     *acl.Jail
 	admin    *admin.Server // nil without an admin address
+	public   *admin.Server // the read-only endpoint; nil without MetricsListen
 	draining atomic.Bool
+	// refusals sums up the accept-time refusals of every route at info.
+	refusals *acl.RefusalLog
+
+	// banIgnore is BanIgnore as parsed; with BanIgnoreSelf the jail
+	// ignores it plus self, the host's own addresses (reload.go).
+	banIgnore *acl.Allowlist
+	selfMu    sync.Mutex
+	self      []netip.Addr
 
 	fleet     *fleet.Store      // nil without Redis
 	shared    *fleetShared      // the jail's view of fleet
@@ -118,16 +132,33 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	if opts.Listen == nil {
 		opts.Listen = func(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 	}
+	if opts.ownAddrs == nil {
+		opts.ownAddrs = netaddr.LocalAddrs
+	}
 	log := opts.Logger
 	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
-		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups)}
+		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups),
+		refusals: acl.NewRefusalLog(acl.RefusalLogConfig{}, log)}
 	// A problem with the CrowdSec or Redis settings is reported with the
 	// routes' problems, all at once.
 	var errs []error
 	if err := g.buildSeveral(); err != nil {
 		errs = append(errs, err)
 	}
-	jail, err := newJail(cfg, log, g.metrics.OnBan, g.newShared)
+	var err error
+	if g.banIgnore, err = acl.ParseList(acl.FieldIgnore, cfg.BanIgnore); err != nil {
+		g.closeSeveral()
+		return nil, configError(err)
+	}
+	logWarnings(log, g.banIgnore)
+	if cfg.BanIgnoreSelf {
+		if g.self, err = opts.ownAddrs(); err != nil {
+			g.closeSeveral()
+			return nil, err
+		}
+		g.logSelf("the host's own addresses are never banned")
+	}
+	jail, err := newJail(cfg, g.banIgnore.WithAddrs(g.self), log, g.metrics.OnBan, g.newShared)
 	if err != nil {
 		g.closeSeveral()
 		return nil, err
@@ -142,10 +173,18 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		_ = g.closeState()
 		return nil, err
 	}
+	if cfg.MetricsListen != "" {
+		g.public, err = admin.NewMetrics(admin.MetricsConfig{Addr: cfg.MetricsListen, Ready: g.Ready, Registry: g.metrics.Registry(), Logger: log})
+		if err != nil {
+			_ = g.closeState()
+			return nil, configError(err)
+		}
+	}
 	var servers []*proxy.Server
 	var routeNames []string
 	for _, rc := range cfg.AllRoutes() {
 		routeNames = append(routeNames, rc.Name)
+		g.metrics.AddRoute(rc.Name)
 		r, err := g.buildRoute(rc)
 		if err != nil {
 			errs = append(errs, err)
@@ -182,11 +221,18 @@ func (g *Gateway) Listen() error {
 		return err
 	}
 	if g.admin != nil {
+		// admin.Start logs "admin endpoint listening" itself.
 		if err := g.admin.Start(); err != nil {
 			g.closeListeners()
 			return err
 		}
-		g.log.Info("admin endpoint listening", zap.Stringer("address", g.admin.Addr()))
+	}
+	if g.public != nil {
+		if err := g.public.Start(); err != nil {
+			g.closeListeners()
+			g.shutdownEndpoints()
+			return err
+		}
 	}
 	return nil
 }
@@ -209,15 +255,11 @@ func (g *Gateway) closeState() error {
 	return err
 }
 
-// newJail builds the ban jail from the Ban* settings, sharing it through
-// the store newShared returns for the jail's settings (nil: none).
-// Problems with them are ConfigErrors; a state file locked by another
-// process is a runtime error.
-func newJail(c *Config, log *zap.Logger, onBan func(ip netip.Addr, until time.Time), newShared func(acl.JailConfig) acl.Shared) (*acl.Jail, error) {
-	ignore, err := acl.ParseList(acl.FieldIgnore, c.BanIgnore)
-	if err != nil {
-		return nil, configError(err)
-	}
+// newJail builds the ban jail from the Ban* settings, ignoring the sources
+// in ignore and sharing it through the store newShared returns for the
+// jail's settings (nil: none). Problems with them are ConfigErrors; a
+// state file locked by another process is a runtime error.
+func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time), newShared func(acl.JailConfig) acl.Shared) (*acl.Jail, error) {
 	jcfg := acl.DefaultJailConfig()
 	jcfg.MaxRetry = c.BanMaxRetry
 	jcfg.FindTime = c.BanFindTime
@@ -323,16 +365,25 @@ func (g *Gateway) Run(ctx context.Context) error {
 	drain.Wait()
 	stopWatch()
 	wg.Wait()
-	if g.admin != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = g.admin.Shutdown(sctx)
-		scancel()
-	}
+	g.shutdownEndpoints()
+	g.refusals.Close()
 	if cerr := g.closeState(); cerr != nil {
 		g.log.Error("closing the ban state", zap.Error(cerr))
 	}
 	g.log.Info("pgwarden stopped")
 	return err
+}
+
+// shutdownEndpoints stops the admin and metrics endpoints (each a no-op if
+// absent or never started).
+func (g *Gateway) shutdownEndpoints() {
+	for _, s := range []*admin.Server{g.admin, g.public} {
+		if s != nil {
+			sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = s.Shutdown(sctx)
+			scancel()
+		}
+	}
 }
 
 // call runs a hook if it is set.

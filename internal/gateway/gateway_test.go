@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/certstest"
 )
 
@@ -96,4 +99,49 @@ func TestBuildBindsNothing(t *testing.T) {
 	require.ErrorAs(t, err, &ce)
 	require.ErrorContains(t, err, "no allowlist")
 	require.ErrorContains(t, err, "MaxStartups and MaxStartupsPerIP must be at least 1")
+}
+
+// TestBanIgnoreSelf: with BanIgnoreSelf the host's own addresses are never
+// banned, and a reload re-reads them.
+func TestBanIgnoreSelf(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.BanIgnoreSelf = true
+	var mu sync.Mutex
+	own := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
+	g, err := Build(cfg, Options{Logger: zaptest.NewLogger(t), ownAddrs: func() ([]netip.Addr, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(own), nil
+	}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = g.Close() })
+	fail := func(s string) bool {
+		var banned bool
+		for range cfg.BanMaxRetry {
+			banned, _ = g.jail.Failed(netip.MustParseAddr(s), acl.Failure{SQLState: "28P01"})
+		}
+		return banned
+	}
+	require.False(t, fail("127.0.0.1"), "an own address was banned")
+	require.True(t, fail("127.0.0.2"), "127.0.0.2 is not an own address")
+	require.True(t, fail("203.0.113.9"))
+	require.NoError(t, g.jail.Unban("203.0.113.9"))
+
+	// An address appears on an interface: after the reload it is ignored.
+	mu.Lock()
+	own = append(own, netip.MustParseAddr("203.0.113.9"))
+	mu.Unlock()
+	g.Reload()
+	require.False(t, fail("203.0.113.9"), "the reload did not re-read the own addresses")
+
+	// Without BanIgnoreSelf, 127.0.0.1 is a source like any other.
+	cfg = testConfig(t)
+	g2, err := Build(cfg, Options{ownAddrs: func() ([]netip.Addr, error) { t.Fatal("read without BanIgnoreSelf"); return nil, nil }})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = g2.Close() })
+	banned := false
+	for range cfg.BanMaxRetry {
+		banned, _ = g2.jail.Failed(netip.MustParseAddr("127.0.0.1"), acl.Failure{SQLState: "28P01"})
+	}
+	require.True(t, banned)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -46,6 +47,7 @@ func (g *Gateway) Reload() {
 	g.log.Info("SIGHUP: reloading certificates and allowlists")
 	g.reloadAllowlists()
 	g.reloadGrants()
+	g.reloadSelf()
 	for _, r := range g.routes {
 		if err := r.loader.Reload(); err != nil {
 			g.log.Error("certificate reload failed; still serving the previous pair", zap.String("route", r.cfg.Name), zap.Error(err))
@@ -88,8 +90,36 @@ func (g *Gateway) reloadAllowlists() {
 		r.policy.SetAllowlist(allow)
 		if allow.String() != old.String() {
 			g.log.Info("allowlist reloaded", zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
+			logWarnings(g.log.With(zap.String("route", r.cfg.Name)), allow)
 		}
 	}
+}
+
+// reloadSelf re-reads the host's own addresses (BanIgnoreSelf), which
+// change as interfaces come and go, and swaps them into the jail's
+// ignore list.
+func (g *Gateway) reloadSelf() {
+	if !g.cfg.BanIgnoreSelf {
+		return
+	}
+	self, err := g.opts.ownAddrs()
+	if err != nil {
+		g.log.Error("re-reading the host's own addresses failed; still ignoring the previous ones", zap.Error(err))
+		return
+	}
+	g.selfMu.Lock()
+	defer g.selfMu.Unlock()
+	if slices.Equal(self, g.self) {
+		return
+	}
+	g.self = self
+	g.jail.SetIgnore(g.banIgnore.WithAddrs(self))
+	g.logSelf("the host's own addresses changed; they are never banned")
+}
+
+// logSelf logs the own addresses the jail ignores.
+func (g *Gateway) logSelf(msg string) {
+	g.log.Info(msg+" ("+g.opts.Names.Of(FieldBanIgnoreSelf)+")", zap.Stringers("addresses", g.self))
 }
 
 // RouteInfo describes one route as it runs.
@@ -120,6 +150,14 @@ func (g *Gateway) AdminAddr() net.Addr {
 		return nil
 	}
 	return g.admin.Addr()
+}
+
+// MetricsAddr is the read-only endpoint's bound address, nil without one.
+func (g *Gateway) MetricsAddr() net.Addr {
+	if g.public == nil {
+		return nil
+	}
+	return g.public.Addr()
 }
 
 // StateDB is the ban state file (BanState), open while the gateway runs,

@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/netip"
+	"reflect"
 	"strings"
 
 	"go.uber.org/zap"
@@ -34,7 +36,7 @@ type route struct {
 // binding anything yet.
 func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	prefix := g.cfg.routePrefix(rc)
-	wrap := func(err error) error { return fmt.Errorf("%s%w", prefix, err) }
+	wrap := func(err error) error { return prefixEach(prefix, err) }
 	r := &route{cfg: rc}
 	// Collect every problem of the route before giving up, so one run of
 	// the command shows the operator everything to fix.
@@ -48,6 +50,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	if r.trusted, err = proxyproto.ParseTrusted(rc.ProxyProtocolFrom); err != nil {
 		errs = append(errs, wrap(err))
 	}
+	logWarnings(g.log.With(zap.String("route", rc.Name)), allow)
 	if r.upstream, err = parseUpstream(rc.Upstream, rc.AllowRemoteUpstream); err != nil {
 		errs = append(errs, wrap(err))
 	}
@@ -75,7 +78,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		errs = append(errs, wrap(err))
 	}
 	log := g.log.With(zap.String("route", rc.Name))
-	r.gate = acl.NewGate(r.policy, g.metrics.OnReject, log)
+	r.gate = acl.NewGate(r.policy, g.onReject(rc.Name), log)
 	if r.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, log); err != nil {
 		errs = append(errs, wrap(err))
 	}
@@ -124,6 +127,35 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	return r, nil
 }
 
+// logWarnings logs what parsing a list noticed but accepted (an entry with
+// host bits set, ::/0 without 0.0.0.0/0), each naming its flag.
+func logWarnings(log *zap.Logger, list *acl.Allowlist) {
+	for _, w := range list.WarningErrors() {
+		log.Warn("configuration warning", zap.Error(w))
+	}
+}
+
+// joinType is the type errors.Join returns, to tell a list of problems
+// (one line each) from an error that merely wraps several causes.
+var joinType = reflect.TypeOf(errors.Join(errors.New("")))
+
+// prefixEach puts prefix (the route's name) before every problem in err:
+// before each error errors.Join joined into it, else before err itself.
+func prefixEach(prefix string, err error) error {
+	if prefix == "" || err == nil {
+		return err
+	}
+	if reflect.TypeOf(err) == joinType {
+		parts := err.(interface{ Unwrap() []error }).Unwrap()
+		out := make([]error, len(parts))
+		for i, p := range parts {
+			out[i] = prefixEach(prefix, p)
+		}
+		return errors.Join(out...)
+	}
+	return fmt.Errorf("%s%w", prefix, err)
+}
+
 // listen binds every route's addresses, each behind the route's admission
 // gate.
 func (g *Gateway) listen() error {
@@ -163,6 +195,16 @@ func (g *Gateway) listen() error {
 		}
 	}
 	return nil
+}
+
+// onReject is told of each of route's accept-time refusals: counted in
+// pgwarden_rejections_total and summed up in the info log.
+func (g *Gateway) onReject(route string) func(acl.Decision, netip.Addr) {
+	count, note := g.metrics.OnReject(route), g.refusals.OnReject(route)
+	return func(d acl.Decision, ip netip.Addr) {
+		count(d, ip)
+		note(d, ip)
+	}
 }
 
 func (g *Gateway) closeListeners() {

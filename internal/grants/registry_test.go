@@ -443,7 +443,7 @@ func TestAuditLineFields(t *testing.T) {
 	require.NoError(t, err)
 	line := r.logs.FilterMessage("grant created").All()[0].ContextMap()
 	for k, want := range map[string]any{
-		"source": "192.0.2.1/32", "reason": "maintenance window", "created_by": "repo:acme/app:environment:production",
+		"source": "192.0.2.1", "reason": "maintenance window", "created_by": "repo:acme/app:environment:production",
 		"via": "oidc", "rule": `oidc rule "deploy"`,
 	} {
 		require.Equal(t, want, line[k], k)

@@ -25,7 +25,7 @@ import (
 //
 //	pgwarden_connections_total{route,outcome}          counter   connections the proxy handled, by outcome (proxy.Outcome: "ok", "tls_required", ...)
 //	pgwarden_connection_duration_seconds{route}        histogram accept → close, every handled connection
-//	pgwarden_rejections_total{reason}                  counter   connections refused by policy: acl's reasons and the proxy.Outcome refusals
+//	pgwarden_rejections_total{route,reason}            counter   connections refused by policy: acl's reasons and the proxy.Outcome refusals
 //	pgwarden_auth_total{result}                        counter   relayed authentications: "succeeded", "failed", "abandoned", "timed_out", "banned", "error"
 //	pgwarden_auth_failures_total{sqlstate}             counter   failed authentications by postgres' SQLSTATE (28P01, 28000, ...)
 //	pgwarden_bans_active                               gauge     unexpired bans in the jail, read at scrape time
@@ -126,8 +126,8 @@ func New() *Prometheus {
 		}, []string{"route"}),
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricRejections,
-			Help: "Connections refused by policy: at accept (not_allowed, banned) or by the proxy (tls_required, too_many_startups, ...).",
-		}, []string{"reason"}),
+			Help: "Connections refused by policy, by route and reason: at accept (not_allowed, banned) or by the proxy (tls_required, too_many_startups, ...).",
+		}, []string{"route", "reason"}),
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricAuth,
 			Help: "Relayed authentications by result (succeeded, failed, abandoned, timed_out, banned, error).",
@@ -182,15 +182,8 @@ func New() *Prometheus {
 		grantsActive, m.grants, m.grantReqs,
 	)
 	// Series that exist from the start read 0 instead of being absent, so
-	// rate() and alerts work before the first event.
-	for _, d := range acl.Rejections() {
-		m.rejections.WithLabelValues(d.String())
-	}
-	for _, o := range proxy.Outcomes() {
-		if o.Refusal() {
-			m.rejections.WithLabelValues(o.String())
-		}
-	}
+	// rate() and alerts work before the first event (the rejections' once
+	// their route is known: AddRoute).
 	for _, r := range []proxy.AuthResult{proxy.AuthSucceeded, proxy.AuthFailed, proxy.AuthAbandoned,
 		proxy.AuthTimedOut, proxy.AuthBanned, proxy.AuthError} {
 		m.auth.WithLabelValues(r.String())
@@ -204,6 +197,19 @@ func New() *Prometheus {
 		m.grantReqs.WithLabelValues(string(o))
 	}
 	return m
+}
+
+// AddRoute creates route's pgwarden_rejections_total series, every reason
+// at 0, so that they exist before the first refusal.
+func (m *Prometheus) AddRoute(route string) {
+	for _, d := range acl.Rejections() {
+		m.rejections.WithLabelValues(route, d.String())
+	}
+	for _, o := range proxy.Outcomes() {
+		if o.Refusal() {
+			m.rejections.WithLabelValues(route, o.String())
+		}
+	}
 }
 
 // Registry is what the admin endpoint serves at /metrics.
@@ -256,7 +262,7 @@ func (m *Prometheus) ConnectionClosed(route string, outcome proxy.Outcome, d tim
 	m.connections.WithLabelValues(route, outcome.String()).Inc()
 	m.connDuration.WithLabelValues(route).Observe(d.Seconds())
 	if outcome.Refusal() {
-		m.rejections.WithLabelValues(outcome.String()).Inc()
+		m.rejections.WithLabelValues(route, outcome.String()).Inc()
 	}
 }
 
@@ -290,16 +296,16 @@ func (m *Prometheus) SessionsActive(route string, delta int) {
 	m.sessions.WithLabelValues(route).Add(float64(delta))
 }
 
-// Rejected counts one accept-time refusal ("not_allowed", "banned").
-// Proxy refusals arrive through ConnectionClosed instead.
-func (m *Prometheus) Rejected(reason string) {
-	m.rejections.WithLabelValues(reason).Inc()
+// Rejected counts one accept-time refusal ("not_allowed", "banned") on a
+// route. Proxy refusals arrive through ConnectionClosed instead.
+func (m *Prometheus) Rejected(route, reason string) {
+	m.rejections.WithLabelValues(route, reason).Inc()
 }
 
-// OnReject has the signature of acl.ListenerConfig.OnReject, so the
-// listener can be wired with OnReject: metrics.OnReject.
-func (m *Prometheus) OnReject(d acl.Decision, _ netip.Addr) {
-	m.Rejected(d.String())
+// OnReject returns a function with the signature of
+// acl.ListenerConfig.OnReject counting route's accept-time refusals.
+func (m *Prometheus) OnReject(route string) func(acl.Decision, netip.Addr) {
+	return func(d acl.Decision, _ netip.Addr) { m.Rejected(route, d.String()) }
 }
 
 // AuthOutcome counts one relayed authentication by result

@@ -41,10 +41,10 @@ func TestPromMetrics(t *testing.T) {
 	}{
 		{
 			name: "fresh registry has zero series and the go/process collectors",
-			do:   func(*Prometheus) {},
+			do:   func(m *Prometheus) { m.AddRoute("default") },
 			wantLines: []string{
-				`pgwarden_rejections_total{reason="not_allowed"} 0`,
-				`pgwarden_rejections_total{reason="banned"} 0`,
+				`pgwarden_rejections_total{reason="not_allowed",route="default"} 0`,
+				`pgwarden_rejections_total{reason="banned",route="default"} 0`,
 				`pgwarden_auth_total{result="succeeded"} 0`,
 				`pgwarden_auth_total{result="failed"} 0`,
 				`pgwarden_auth_total{result="abandoned"} 0`,
@@ -77,24 +77,28 @@ func TestPromMetrics(t *testing.T) {
 			},
 			wantLines: []string{
 				`pgwarden_connections_total{outcome="tls_required",route="r1"} 1`,
-				`pgwarden_rejections_total{reason="tls_required"} 1`,
-				`pgwarden_rejections_total{reason="too_many_startups"} 1`,
+				`pgwarden_rejections_total{reason="tls_required",route="r1"} 1`,
+				`pgwarden_rejections_total{reason="too_many_startups",route="r1"} 1`,
 				`pgwarden_connections_total{outcome="upstream_unavailable",route="r1"} 1`,
 			},
 			notLines: []string{`reason="upstream_unavailable"`},
 		},
 		{
-			name: "accept-time rejections through OnReject",
+			name: "accept-time rejections through OnReject, by route",
 			do: func(m *Prometheus) {
 				ip := netip.MustParseAddr("192.0.2.1")
-				m.OnReject(acl.RejectBanned, ip)
-				m.OnReject(acl.RejectBanned, ip)
-				m.OnReject(acl.RejectNotAllowed, ip)
+				app, reports := m.OnReject("app"), m.OnReject("reports")
+				app(acl.RejectBanned, ip)
+				app(acl.RejectBanned, ip)
+				app(acl.RejectNotAllowed, ip)
+				reports(acl.RejectNotAllowed, ip)
 			},
 			wantLines: []string{
-				`pgwarden_rejections_total{reason="banned"} 2`,
-				`pgwarden_rejections_total{reason="not_allowed"} 1`,
+				`pgwarden_rejections_total{reason="banned",route="app"} 2`,
+				`pgwarden_rejections_total{reason="not_allowed",route="app"} 1`,
+				`pgwarden_rejections_total{reason="not_allowed",route="reports"} 1`,
 			},
+			notLines: []string{`pgwarden_rejections_total{reason="banned",route="reports"}`},
 		},
 		{
 			name: "handshake histogram in ms buckets",
@@ -198,6 +202,7 @@ func TestPromMetrics(t *testing.T) {
 func TestPromMetricsNames(t *testing.T) {
 	t.Parallel()
 	m := New()
+	m.AddRoute("default")
 	m.ConnectionClosed("default", proxy.OutcomeOK, time.Second)
 	m.HandshakeCompleted("default", time.Millisecond)
 	m.BytesCounter("default", true).Add(1)
@@ -232,9 +237,15 @@ func grepPgwarden(out string) string {
 func TestEveryRefusalIsExported(t *testing.T) {
 	t.Parallel()
 	m := New()
+	m.AddRoute("r")
 	out := scrape(t, m)
+	for _, r := range []string{"not_allowed", "banned"} {
+		if line := fmt.Sprintf(`pgwarden_rejections_total{reason=%q,route="r"} 0`, r); !strings.Contains(out, line+"\n") {
+			t.Errorf("missing %q", line)
+		}
+	}
 	for _, o := range proxy.Outcomes() {
-		line := fmt.Sprintf(`pgwarden_rejections_total{reason=%q} 0`, o.String())
+		line := fmt.Sprintf(`pgwarden_rejections_total{reason=%q,route="r"} 0`, o.String())
 		if o.Refusal() != strings.Contains(out, line+"\n") {
 			t.Errorf("outcome %s: refusal %v, but the scrape has %q: %v", o, o.Refusal(), line, strings.Contains(out, line))
 		}
@@ -247,7 +258,7 @@ func TestEveryRefusalIsExported(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"cancel_rate_limited", "cancel_plaintext_refused", "cancel_cert_rejected", "tls_abuse"} {
-		if !strings.Contains(out, fmt.Sprintf(`pgwarden_rejections_total{reason=%q} 1`, want)) {
+		if !strings.Contains(out, fmt.Sprintf(`pgwarden_rejections_total{reason=%q,route="r"} 1`, want)) {
 			t.Errorf("%s is not counted as a refusal", want)
 		}
 	}
@@ -258,6 +269,7 @@ func TestEveryRefusalIsExported(t *testing.T) {
 func TestSeveralGatewaysMetrics(t *testing.T) {
 	t.Parallel()
 	m := New()
+	m.AddRoute("r")
 	m.ProxyHeaderFailed("timeout") // not enabled: nothing
 	out := scrape(t, m)
 	for _, name := range []string{"pgwarden_proxy_header_errors_total", "pgwarden_redis_up", "pgwarden_crowdsec_up", "pgwarden_crowdsec_decisions"} {
@@ -265,7 +277,7 @@ func TestSeveralGatewaysMetrics(t *testing.T) {
 			t.Errorf("%s exposed without its feature", name)
 		}
 	}
-	if !strings.Contains(out, `pgwarden_rejections_total{reason="crowdsec"} 0`) {
+	if !strings.Contains(out, `pgwarden_rejections_total{reason="crowdsec",route="r"} 0`) {
 		t.Error("the crowdsec rejection reason does not read 0 from the start")
 	}
 
@@ -274,7 +286,7 @@ func TestSeveralGatewaysMetrics(t *testing.T) {
 	m.EnableRedis(func() bool { return up })
 	m.EnableCrowdSec(func() bool { return !up }, func() int { return decisions })
 	m.ProxyHeaderFailed("timeout")
-	m.OnReject(acl.RejectCrowdSec, netip.Addr{})
+	m.OnReject("r")(acl.RejectCrowdSec, netip.Addr{})
 	out = grepPgwarden(scrape(t, m))
 	for _, want := range []string{
 		`pgwarden_proxy_header_errors_total{reason="timeout"} 1`,
@@ -282,7 +294,7 @@ func TestSeveralGatewaysMetrics(t *testing.T) {
 		"pgwarden_redis_up 0",
 		"pgwarden_crowdsec_up 1",
 		"pgwarden_crowdsec_decisions 7",
-		`pgwarden_rejections_total{reason="crowdsec"} 1`,
+		`pgwarden_rejections_total{reason="crowdsec",route="r"} 1`,
 	} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("missing %q in\n%s", want, out)
