@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,22 +62,30 @@ backend gateways
     server gw1 %s send-proxy-v2 source %s check inter 200ms
 `, front, e.addr, balancerIP)), 0o600))
 	cmd := exec.Command(bin, "-db", "-f", cfg)
-	var out strings.Builder
+	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	p, err := testproc.Start(cmd)
 	require.NoError(t, err)
 	t.Cleanup(p.Kill)
+	said := func() string {
+		select {
+		case <-p.Done:
+			return fmt.Sprintf("haproxy exited (%v):\n%s", p.Err, out.String())
+		default:
+			return "haproxy says:\n" + out.String()
+		}
+	}
 
 	// HAProxy's checks arrive as LOCAL headers: health_check, not errors.
 	require.Eventually(t, func() bool {
-		return e.metric(t, `pgwarden_connections_total{outcome="health_check",route="default"}`) >= 2
-	}, 20*time.Second, 50*time.Millisecond, "no health check seen; haproxy says:\n%s", &out)
+		return metricValue(t, e.admin, `pgwarden_connections_total{outcome="health_check",route="default"}`) >= 2
+	}, 30*time.Second, 50*time.Millisecond, "no health check seen; %s", lazy(said))
 
 	// A client through HAProxy, from the allowed address.
 	cfgc := e.config(t, allowedIP+":0", 0, pg.Password)
 	cfgc.Host, cfgc.Port = "127.0.0.3", uint16(mustPort(t, front))
 	conn, err := pgConnect(cfgc)
-	require.NoError(t, err, "haproxy says:\n%s", &out)
+	require.NoError(t, err, "%s", lazy(said))
 	require.NoError(t, closeConn(conn))
 	line := e.closedLine(t, allowedIP+":", "ok")
 	require.True(t, strings.HasPrefix(fmt.Sprint(line["balancer"]), balancerIP+":"), "balancer field: %v", line)
@@ -91,9 +101,33 @@ backend gateways
 	// (HAProxy may retry a connection the server reset at once: at least
 	// one refusal.)
 	require.Eventually(t, func() bool {
-		return e.metric(t, `pgwarden_rejections_total{reason="not_allowed",route="default"}`) >= 1
-	}, 20*time.Second, 50*time.Millisecond, "no refusal counted; haproxy says:\n%s", &out)
+		return metricValue(t, e.admin, `pgwarden_rejections_total{reason="not_allowed",route="default"}`) >= 1
+	}, 20*time.Second, 50*time.Millisecond, "no refusal counted; %s", lazy(said))
 	require.NoError(t, barrier(pg))
 	require.Equal(t, before, pg.TCPConnectionsReceived(), "postgres heard of the refused client")
 	require.Zero(t, e.metric(t, `pgwarden_proxy_header_errors_total{reason="no_header"}`))
 }
+
+// syncBuffer is a bytes.Buffer that a process writes while a test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// lazy formats as what its function returns when printed: a failure
+// message about a process's output, taken at the failure.
+type lazy func() string
+
+func (l lazy) String() string { return l() }
