@@ -256,12 +256,7 @@ func (e *lbEnv) metric(t *testing.T, sample string) float64 {
 // mustMetric is metricValue for a sample that must be exposed.
 func mustMetric(t *testing.T, admin, sample string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	require.Contains(t, string(body), "\n"+sample+" ", "sample not exposed")
+	require.Contains(t, metricsText(t, admin), "\n"+sample+" ", "sample not exposed")
 	return metricValue(t, admin, sample)
 }
 
