@@ -16,7 +16,9 @@ import (
 	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
+	"github.com/pgwarden/pgwarden/internal/crowdsec"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/internal/fleet"
 	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/internal/metrics"
 	"github.com/pgwarden/pgwarden/internal/netaddr"
@@ -84,6 +86,11 @@ type Gateway struct {
 	selfMu    sync.Mutex
 	self      []netip.Addr
 
+	fleet     *fleet.Store      // nil without Redis
+	shared    *fleetShared      // the jail's view of fleet
+	grantSync *grantSync        // the grants' view of fleet; nil without Redis
+	crowdsec  *crowdsec.Bouncer // nil without a CrowdSec LAPI
+
 	// grants are the access grants (grants.go); grantAPI is their
 	// self-service endpoint, nil without GrantListen. servers are the
 	// routes' proxy servers once built, for ending a grant's sessions.
@@ -132,39 +139,47 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
 		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups),
 		refusals: acl.NewRefusalLog(acl.RefusalLogConfig{}, log)}
+	// A problem with the CrowdSec or Redis settings is reported with the
+	// routes' problems, all at once.
+	var errs []error
+	if err := g.buildSeveral(); err != nil {
+		errs = append(errs, err)
+	}
 	var err error
 	if g.banIgnore, err = acl.ParseList(acl.FieldIgnore, cfg.BanIgnore); err != nil {
+		g.closeSeveral()
 		return nil, configError(err)
 	}
 	logWarnings(log, g.banIgnore)
 	if cfg.BanIgnoreSelf {
 		if g.self, err = opts.ownAddrs(); err != nil {
+			g.closeSeveral()
 			return nil, err
 		}
 		g.logSelf("the host's own addresses are never banned")
 	}
-	jail, err := newJail(cfg, g.banIgnore.WithAddrs(g.self), log, g.metrics.OnBan)
+	jail, err := newJail(cfg, g.banIgnore.WithAddrs(g.self), log, g.metrics.OnBan, g.newShared)
 	if err != nil {
+		g.closeSeveral()
 		return nil, err
 	}
 	g.jail = jail
 	g.metrics.SetBanStore(jail)
 	if g.cancel, err = newCancelLimiter(cfg, jail); err != nil {
-		_ = jail.Close()
+		_ = g.closeState()
 		return nil, configError(err)
 	}
 	if err := g.newGrants(); err != nil {
-		_ = jail.Close()
+		_ = g.closeState()
 		return nil, err
 	}
 	if cfg.MetricsListen != "" {
 		g.public, err = admin.NewMetrics(admin.MetricsConfig{Addr: cfg.MetricsListen, Ready: g.Ready, Registry: g.metrics.Registry(), Logger: log})
 		if err != nil {
-			_ = jail.Close()
+			_ = g.closeState()
 			return nil, configError(err)
 		}
 	}
-	var errs []error
 	var servers []*proxy.Server
 	var routeNames []string
 	for _, rc := range cfg.AllRoutes() {
@@ -187,7 +202,7 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
-		g.closeState()
+		_ = g.closeState()
 		return nil, configError(err)
 	}
 	g.servers.Store(&servers)
@@ -222,26 +237,29 @@ func (g *Gateway) Listen() error {
 	return nil
 }
 
-// Close releases what Build took (listeners, the grants, the ban state)
-// for a gateway that will not Run.
+// Close releases what Build took (listeners, the grants, the ban state,
+// the Redis client) for a gateway that will not Run.
 func (g *Gateway) Close() error {
 	g.closeListeners()
 	return g.closeState()
 }
 
 // closeState closes the grant registry, then the ban jail, whose state
-// file the registry writes to.
+// file the registry writes to, then the clients the jail used.
 func (g *Gateway) closeState() error {
 	if g.grants != nil {
 		_ = g.grants.Close()
 	}
-	return g.jail.Close()
+	err := g.jail.Close()
+	g.closeSeveral()
+	return err
 }
 
 // newJail builds the ban jail from the Ban* settings, ignoring the sources
-// in ignore. Problems with them are ConfigErrors; a state file locked by
-// another process is a runtime error.
-func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
+// in ignore and sharing it through the store newShared returns for the
+// jail's settings (nil: none). Problems with them are ConfigErrors; a
+// state file locked by another process is a runtime error.
+func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time), newShared func(acl.JailConfig) acl.Shared) (*acl.Jail, error) {
 	jcfg := acl.DefaultJailConfig()
 	jcfg.MaxRetry = c.BanMaxRetry
 	jcfg.FindTime = c.BanFindTime
@@ -257,6 +275,7 @@ func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip ne
 	if err := jcfg.CheckAndSetDefaults(); err != nil {
 		return nil, configError(err)
 	}
+	jcfg.Shared = newShared(jcfg)
 	j, err := acl.NewJail(jcfg)
 	if err != nil {
 		if errors.Is(err, acl.ErrStateLocked) {
@@ -286,6 +305,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer stopWatch()
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
+	g.runSeveral(watchCtx, &wg)
 	for _, r := range g.routes {
 		wg.Add(3)
 		go func() {

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"strings"
 
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
+	"github.com/pgwarden/pgwarden/internal/proxyproto"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -19,7 +21,9 @@ import (
 type route struct {
 	cfg       RouteConfig
 	upstream  proxy.Upstream
-	policy    *acl.Policy // the route's admission: its allowlist, then the jail
+	policy    *acl.Policy // the route's admission: its allowlist, then the jail and CrowdSec
+	gate      *acl.Gate   // applies policy at accept, and to clients named by a trusted balancer
+	trusted   *proxyproto.Trusted
 	loader    *certs.Loader
 	authz     *certs.Authorizer // nil without a client CA
 	tls       *tls.Config       // the route's TLS (its loader's certificate)
@@ -40,7 +44,10 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	allow, err := acl.ParseAllowlist(rc.Allow)
 	if err != nil {
 		errs = append(errs, wrap(err))
-	} else if r.policy, err = acl.NewPolicy(allow, []acl.Allower{grantAllower{g.grants, rc.Name}}, []acl.Denier{g.jail}); err != nil {
+	} else if r.policy, err = acl.NewPolicy(allow, []acl.Allower{grantAllower{g.grants, rc.Name}}, g.deniers()); err != nil {
+		errs = append(errs, wrap(err))
+	}
+	if r.trusted, err = proxyproto.ParseTrusted(rc.ProxyProtocolFrom); err != nil {
 		errs = append(errs, wrap(err))
 	}
 	logWarnings(g.log.With(zap.String("route", rc.Name)), allow)
@@ -71,6 +78,7 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		errs = append(errs, wrap(err))
 	}
 	log := g.log.With(zap.String("route", rc.Name))
+	r.gate = acl.NewGate(r.policy, g.onReject(rc.Name), log)
 	if r.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, log); err != nil {
 		errs = append(errs, wrap(err))
 	}
@@ -107,6 +115,10 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay)                        // checked by Validate
 	if r.authz != nil {
 		pcfg.Authorizer = r.authz
+	}
+	if r.trusted != nil {
+		pcfg.Sources = &balancerSources{trusted: r.trusted, timeout: g.proxyProtocolTimeout(), gate: r.gate,
+			onHeaderError: g.metrics.ProxyHeaderFailed}
 	}
 	r.server, err = proxy.New(pcfg)
 	if err != nil {
@@ -149,6 +161,10 @@ func prefixEach(prefix string, err error) error {
 func (g *Gateway) listen() error {
 	for _, r := range g.routes {
 		allow := r.policy.Allowlist()
+		for _, w := range r.trusted.Warnings() {
+			g.log.Warn(strings.ReplaceAll(w, proxyproto.FieldTrusted.Name, g.opts.Names.Of(proxyproto.FieldTrusted)),
+				zap.String("route", r.cfg.Name))
+		}
 		if allow.AllowsAny() {
 			g.log.Warn("allowlist admits every address: this gateway is open to the whole internet; narrow "+g.opts.Names.Of(acl.FieldAllow),
 				zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
@@ -158,16 +174,24 @@ func (g *Gateway) listen() error {
 			if err != nil {
 				return errorf("%s %s: %w", FieldListen, addr, err)
 			}
-			ln, err := acl.NewListener(inner, acl.ListenerConfig{
-				Gate: acl.NewGate(r.policy, g.onReject(r.cfg.Name), g.log.With(zap.String("route", r.cfg.Name))),
-			})
+			lcfg := acl.ListenerConfig{Gate: r.gate}
+			if r.trusted != nil {
+				// The balancers' connections are judged by the client
+				// their header names, in the connection's goroutine.
+				lcfg.Defer = r.trusted.ContainsAddr
+			}
+			ln, err := acl.NewListener(inner, lcfg)
 			if err != nil {
 				_ = inner.Close()
 				return errorf("%s %s: %w", FieldListen, addr, err)
 			}
 			r.listeners = append(r.listeners, ln)
-			g.log.Info("listening", zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
-				zap.Stringer("upstream", r.upstream), zap.Stringer("allow", allow))
+			fields := []zap.Field{zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
+				zap.Stringer("upstream", r.upstream), zap.Stringer("allow", allow)}
+			if r.trusted != nil {
+				fields = append(fields, zap.Stringer("proxy_protocol_from", r.trusted))
+			}
+			g.log.Info("listening", fields...)
 		}
 	}
 	return nil
