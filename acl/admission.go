@@ -173,18 +173,23 @@ func (g *Gate) Policy() *Policy { return g.policy }
 // IP (a unix socket, an odd wrapper) is refused: fail closed.
 func (g *Gate) Admit(c net.Conn) Verdict {
 	ip, ok := PeerAddr(c.RemoteAddr())
-	return g.AdmitSource(c, ip, ok)
+	return g.decide(c, ip, ok, nil)
 }
 
 // AdmitSource is Admit for a source learnt otherwise than from the peer
-// address (ok false: none).
+// address (ok false: none): the client a trusted load balancer named in a
+// PROXY header. Its refusal line gives the source and the balancer.
 func (g *Gate) AdmitSource(c net.Conn, ip netip.Addr, ok bool) Verdict {
+	return g.decide(c, ip, ok, c.RemoteAddr())
+}
+
+func (g *Gate) decide(c net.Conn, ip netip.Addr, ok bool, balancer net.Addr) Verdict {
 	v := Verdict{Decision: RejectNotAllowed}
 	if ok {
 		v = g.policy.Decide(ip)
 	}
 	if v.Decision != Admit {
-		g.reject(c, v.Decision, ip)
+		g.reject(c, v.Decision, ip, balancer)
 	} else if g.onAdmit != nil {
 		g.onAdmit(v.Rule)
 	}
@@ -193,11 +198,12 @@ func (g *Gate) AdmitSource(c net.Conn, ip netip.Addr, ok bool) Verdict {
 
 // reject counts, resets and logs one refused connection. The counter is
 // bumped before the close, so anyone who observed the reset sees the count.
-func (g *Gate) reject(c net.Conn, d Decision, ip netip.Addr) {
-	if d == RejectBanned {
-		g.banned.Add(1)
-	} else {
+// balancer is the peer that named ip, nil for a direct peer.
+func (g *Gate) reject(c net.Conn, d Decision, ip netip.Addr, balancer net.Addr) {
+	if d == RejectNotAllowed {
 		g.notAllowed.Add(1)
+	} else {
+		g.banned.Add(1)
 	}
 	if g.onReject != nil {
 		g.onReject(d, ip)
@@ -209,16 +215,18 @@ func (g *Gate) reject(c net.Conn, d Decision, ip netip.Addr) {
 
 	if ce := g.log.Check(zapcore.DebugLevel, "connection rejected"); ce != nil {
 		if log, suppressed := g.sampler.sample(); log {
-			ce.Write(
-				zap.Stringer("reason", d),
-				zap.Stringer("remote", remote),
-				zap.Uint64("suppressed", suppressed),
-			)
+			fields := []zap.Field{zap.Stringer("reason", d), zap.Stringer("remote", remote), zap.Uint64("suppressed", suppressed)}
+			if balancer != nil {
+				fields[1] = zap.Stringer("remote", ip)
+				fields = append(fields, zap.Stringer("balancer", balancer))
+			}
+			ce.Write(fields...)
 		}
 	}
 }
 
-// Rejected returns how many connections were refused for each reason.
+// Rejected returns how many connections were refused for each reason
+// (banned includes bans by other deny sources, such as CrowdSec's).
 func (g *Gate) Rejected() (notAllowed, banned uint64) {
 	return g.notAllowed.Load(), g.banned.Load()
 }

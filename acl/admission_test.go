@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // grantsFake admits one address under a rule with an id, as grants will.
@@ -92,4 +95,38 @@ func TestListenerDefersTrustedPeers(t *testing.T) {
 	}
 	na, _ := l.Rejected()
 	require.EqualValues(t, 1, na)
+}
+
+// TestGateCountsOtherDenySourcesAndNamesTheBalancer: a refusal by another
+// deny source (CrowdSec) carries its own reason, counts with the bans, and
+// a refusal of a source a balancer named is logged with both addresses.
+func TestGateCountsOtherDenySourcesAndNamesTheBalancer(t *testing.T) {
+	t.Parallel()
+	decided := ip("10.7.7.7")
+	p, err := NewPolicy(mustAllow(t, "10.0.0.0/8"), nil, []Denier{denyOne{decided, RejectCrowdSec}})
+	require.NoError(t, err)
+	core, logs := observer.New(zapcore.DebugLevel)
+	var reasons []Decision
+	g := NewGate(p, func(d Decision, _ netip.Addr) { reasons = append(reasons, d) }, zap.New(core))
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	require.NoError(t, err)
+	defer client.Close()
+	c, err := ln.Accept()
+	require.NoError(t, err)
+
+	v := g.AdmitSource(c, decided, true)
+	require.Equal(t, RejectCrowdSec, v.Decision)
+	require.Equal(t, "crowdsec", v.Decision.String())
+	require.ErrorIs(t, v.Decision.Err(), ErrBanned)
+	require.Equal(t, []Decision{RejectCrowdSec}, reasons)
+	_, banned := g.Rejected()
+	require.EqualValues(t, 1, banned)
+	lines := logs.FilterMessage("connection rejected").All()
+	require.Len(t, lines, 1)
+	fields := lines[0].ContextMap()
+	require.Equal(t, "crowdsec", fields["reason"])
+	require.Equal(t, "10.7.7.7", fields["remote"])
+	require.Equal(t, c.RemoteAddr().String(), fields["balancer"])
+	require.Contains(t, Rejections(), RejectCrowdSec)
 }

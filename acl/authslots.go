@@ -39,6 +39,15 @@ import (
 // Ignored sources (JailConfig.Ignore) are never banned, so they are not
 // limited either; their attempts are still tracked, so a manual ban ends
 // them.
+//
+// With a Shared store the failures counted are the larger of the jail's own
+// and the fleet's (read once per admission), so a source that failed on
+// other gateways has fewer retries here too. Attempts in progress are
+// counted per gateway, and a gateway with none in progress for a key always
+// admits one: a fleet count at MaxRetry means a ban is on its way (or its
+// maker died before publishing it), and nothing here would ever wake a
+// waiter. So the fleet-wide guesses before a ban are at most MaxRetry plus
+// one per other gateway racing at the same instant.
 
 // authSlots is the jail's state of authentications in progress, guarded by
 // Jail.mu. Every map is bounded by the attempts in progress, which the
@@ -146,6 +155,10 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 	limited := a.ip.IsValid() && !j.ignored(a.ip)
 	waited := false
 	for {
+		var fleetHost, fleetAgg int
+		if limited {
+			fleetHost, fleetAgg = j.fleetFailures(a.host, a.agg)
+		}
 		now := j.config().Now()
 		j.mu.Lock()
 		if !a.ip.IsValid() || j.closed {
@@ -159,7 +172,7 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 			return nil, fmt.Errorf("admitting an authentication from %s: %w (%s until %s)",
 				a.ip, ErrBanned, keyString(key), b.Until.UTC().Format(time.RFC3339))
 		}
-		hostFull, aggFull := limited && j.fullLocked(a.host, now), limited && j.fullLocked(a.agg, now)
+		hostFull, aggFull := limited && j.fullLocked(a.host, now, fleetHost), limited && j.fullLocked(a.agg, now, fleetAgg)
 		if !hostFull && !aggFull {
 			j.admitLocked(a, limited)
 			j.mu.Unlock()
@@ -197,9 +210,18 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 }
 
 // fullLocked reports whether key (if valid) has no retry left that an
-// attempt in progress is not already using.
-func (j *Jail) fullLocked(key netip.Prefix, now time.Time) bool {
-	return key.IsValid() && j.tracker.count(key, now, j.config().FindTime)+j.auths.inflight[key] >= j.config().MaxRetry
+// attempt in progress is not already using. fleet is key's fleet-wide
+// failure count; it counts only while an attempt is in progress here (see
+// the comment at the top of this file).
+func (j *Jail) fullLocked(key netip.Prefix, now time.Time, fleet int) bool {
+	if !key.IsValid() {
+		return false
+	}
+	failures, inflight := j.tracker.count(key, now, j.config().FindTime), j.auths.inflight[key]
+	if inflight > 0 {
+		failures = max(failures, fleet)
+	}
+	return failures+inflight >= j.config().MaxRetry
 }
 
 // admitLocked registers a as in progress, holding a slot when limited.

@@ -14,8 +14,11 @@
 // ErrorResponse, no TLS alert, just a TCP RST (SO_LINGER 0). Nothing the
 // client sends can influence the decision, because the decision happens
 // before the client has been given the chance to send anything; this also
-// means a PROXY-protocol header or a startup parameter can never choose the
-// key a ban is stored under.
+// means a startup parameter can never choose the key a ban is stored under.
+// The one exception is a peer the operator listed as a trusted load
+// balancer: Listener.Accept leaves its connections undecided (Defer), and
+// the same Gate judges the client its PROXY-protocol header names
+// (Gate.AdmitSource); a header from any other peer is never read.
 //
 // Addresses are normalised before every decision: an IPv4-mapped IPv6 peer
 // (::ffff:10.1.2.3, as a dual-stack listener reports IPv4 clients) is

@@ -60,6 +60,12 @@ type Jail struct {
 	store     *store     // nil when StatePath is "" or after Close
 	lastPurge time.Time
 
+	// dirty holds keys whose state persistLater queued for the sweeper
+	// goroutine to write; flush wakes it.
+	dirtyMu sync.Mutex
+	dirty   map[netip.Prefix]struct{}
+	flush   chan struct{}
+
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
@@ -77,6 +83,8 @@ func NewJail(cfg JailConfig) (*Jail, error) {
 		bans:    map[netip.Prefix]banRecord{},
 		history: map[netip.Prefix]historyRecord{},
 		auths:   newAuthSlots(),
+		dirty:   map[netip.Prefix]struct{}{},
+		flush:   make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -185,6 +193,10 @@ func (j *Jail) failed(a *AuthAttempt, ip netip.Addr, f Failure) (banned bool, un
 		return false, time.Time{}
 	}
 	host, agg := j.keys(ip)
+	// The fleet counts first, outside the locks (a network round trip);
+	// a's slot is still held meanwhile, so no waiting authentication can
+	// slip in before this failure is counted here.
+	fleetHost, fleetAgg := j.shareFailure(host), j.shareFailure(agg)
 	now := j.config().Now()
 
 	j.mu.Lock()
@@ -194,23 +206,23 @@ func (j *Jail) failed(a *AuthAttempt, ip netip.Addr, f Failure) (banned bool, un
 		return false, time.Time{}
 	}
 	prevKey, prev, wasBanned := j.activeBanLocked(ip, now)
-	hostN := j.tracker.add(host, now, j.config().FindTime)
+	hostN := max(j.tracker.add(host, now, j.config().FindTime), fleetHost.failures)
 	aggN := 0
 	if agg.IsValid() {
-		aggN = j.tracker.add(agg, now, j.config().FindTime)
+		aggN = max(j.tracker.add(agg, now, j.config().FindTime), fleetAgg.failures)
 	}
 	var key netip.Prefix
-	var n int
+	var n, fleetBans int
 	switch {
 	case agg.IsValid() && aggN >= j.config().MaxRetry:
-		key, n = agg, aggN // covers host
+		key, n, fleetBans = agg, aggN, fleetAgg.bans // covers host
 	case hostN >= j.config().MaxRetry:
-		key, n = host, hostN
+		key, n, fleetBans = host, hostN, fleetHost.bans
 	}
 	var b banRecord
 	var revoked []*AuthAttempt
 	if key.IsValid() {
-		b = j.banLocked(key, now, 0, n, false)
+		b = j.banLocked(key, now, 0, n, false, fleetBans)
 		j.tracker.remove(host)
 		if agg.IsValid() {
 			j.tracker.remove(agg)
@@ -233,6 +245,7 @@ func (j *Jail) failed(a *AuthAttempt, ip netip.Addr, f Failure) (banned bool, un
 		return wasBanned, prev.Until
 	}
 	j.persist(key)
+	b = j.publishBan(key, b, otherKeys(key, host, agg))
 	j.announceBan(key, b, failureFields(f), false)
 	return true, b.Until
 }
@@ -286,6 +299,7 @@ func (j *Jail) Close() error {
 		j.closed = true
 		j.auths.wakeAll()
 		j.mu.Unlock()
+		j.flushDirty() // fleet bans applied since the last flush
 		j.storeMu.Lock()
 		defer j.storeMu.Unlock()
 		if j.store != nil {
@@ -326,16 +340,18 @@ func (j *Jail) activeBanLocked(ip netip.Addr, now time.Time) (netip.Prefix, banR
 }
 
 // banLocked bans key from now, for d or (d == 0) the escalated length of
-// its next ban, and records the ban in its history. The caller revokes the
+// its next ban, and records the ban in its history. The ban's number is
+// one more than the larger of the key's own history and fleetBans (its
+// fleet-wide history, 0 without one). The caller revokes the
 // authentications the new ban covers (revokeLocked).
-func (j *Jail) banLocked(key netip.Prefix, now time.Time, d time.Duration, failures int, manual bool) banRecord {
+func (j *Jail) banLocked(key netip.Prefix, now time.Time, d time.Duration, failures int, manual bool, fleetBans int) banRecord {
 	h := j.history[key]
-	h.Bans++
+	h.Bans = max(h.Bans, fleetBans) + 1
 	h.Last = now
 	if d == 0 {
 		d = j.config().banDuration(h.Bans)
 	}
-	b := banRecord{Until: now.Add(d), Failures: failures, Bans: h.Bans, Manual: manual}
+	b := banRecord{Until: now.Add(d), Failures: failures, Bans: h.Bans, Manual: manual, At: now}
 	old, existed := j.bans[key]
 	if !manual && existed && old.Until.After(now) {
 		// An automatic re-ban while banned (failures that postgres

@@ -84,10 +84,12 @@ func (j *Jail) ActiveBans() int {
 
 // Ban bans an address or prefix by hand for exactly d or, when d is 0, for
 // the escalated (and jittered) length of the key's next ban. It replaces
-// any ban on the same key and counts in the key's ban history. The ignore
-// list does not apply: an operator's explicit ban wins, even over ignored
-// addresses inside a banned prefix. Authentications in progress from the
-// sources it covers are revoked (see AuthAttempt.Context).
+// any ban on the same key and counts in the key's ban history (the larger
+// of its own and, with a Shared store, the fleet's). The ignore list does
+// not apply: an operator's explicit ban wins, even over ignored addresses
+// inside a banned prefix. Authentications in progress from the sources it
+// covers are revoked (see AuthAttempt.Context). With a Shared store the
+// ban is published to the fleet.
 func (j *Jail) Ban(prefixOrIP string, d time.Duration) (BanInfo, error) {
 	key, err := parseKey(prefixOrIP)
 	if err != nil {
@@ -96,18 +98,23 @@ func (j *Jail) Ban(prefixOrIP string, d time.Duration) (BanInfo, error) {
 	if d < 0 {
 		return BanInfo{}, fmt.Errorf("banning %s: duration %s is negative", key, d)
 	}
+	fleetBans := 0
+	if d == 0 {
+		fleetBans = j.fleetHistory(key)
+	}
 	now := j.config().Now()
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
 		return BanInfo{}, fmt.Errorf("banning %s: %w", key, ErrJailClosed)
 	}
-	b := j.banLocked(key, now, d, 0, true)
+	b := j.banLocked(key, now, d, 0, true, fleetBans)
 	j.tracker.remove(key)
 	revoked := j.revokeLocked(key, true)
 	j.mu.Unlock()
 	revoke(revoked)
 	j.persist(key)
+	b = j.publishBan(key, b, nil)
 	j.announceBan(key, b, nil, true)
 	return banInfo(key, b), nil
 }
@@ -115,8 +122,10 @@ func (j *Jail) Ban(prefixOrIP string, d time.Duration) (BanInfo, error) {
 // Unban lifts the ban on exactly this address or prefix. The key's failure
 // count is reset, so one more failure does not re-ban it at once; its ban
 // history is kept, so a later ban still escalates. An address that is only
-// covered by a prefix ban is an error naming that prefix. Every error when
-// there is no such ban wraps ErrNotBanned.
+// covered by a prefix ban is an error naming that prefix. With a Shared
+// store the unban is published to the fleet even when this jail holds no
+// such ban (another gateway may), and succeeds if the fleet held one.
+// Every error when there is no such ban wraps ErrNotBanned.
 func (j *Jail) Unban(prefixOrIP string) error {
 	key, err := parseKey(prefixOrIP)
 	if err != nil {
@@ -129,23 +138,50 @@ func (j *Jail) Unban(prefixOrIP string) error {
 		return fmt.Errorf("unbanning %s: %w", key, ErrJailClosed)
 	}
 	b, ok := j.bans[key]
-	if !ok || !b.Until.After(now) {
-		cover, _, covered := j.activeBanLocked(key.Addr(), now)
+	if ok && b.Until.After(now) {
+		delete(j.bans, key)
+		j.reindexLocked()
+		j.tracker.remove(key)
 		j.mu.Unlock()
-		if covered && key.IsSingleIP() {
-			return fmt.Errorf("unbanning %s: %w itself; it is covered by the ban on %s, unban that",
-				keyString(key), ErrNotBanned, keyString(cover))
-		}
-		return fmt.Errorf("unbanning %s: %w", keyString(key), ErrNotBanned)
+		j.persist(key)
+		fleetHad, _ := j.publishUnban(key)
+		j.log.Info("source unbanned", zap.String("source", keyString(key)),
+			zap.Int("bans", b.Bans), zap.String("reason", "manual"), zap.Bool("fleet", fleetHad))
+		return nil
 	}
-	delete(j.bans, key)
-	j.reindexLocked()
-	j.tracker.remove(key)
+	cover, _, covered := j.activeBanLocked(key.Addr(), now)
 	j.mu.Unlock()
-	j.persist(key)
-	j.log.Info("source unbanned", zap.String("source", keyString(key)),
-		zap.Int("bans", b.Bans), zap.String("reason", "manual"))
-	return nil
+	fleetHad, ferr := j.publishUnban(key)
+	if ferr == nil && fleetHad {
+		j.log.Info("source unbanned", zap.String("source", keyString(key)),
+			zap.String("reason", "manual"), zap.Bool("fleet", true))
+		return nil
+	}
+	if ferr != nil {
+		return fmt.Errorf("unbanning %s: %w here, and the fleet store did not answer (other gateways may hold a ban; it is lifted there when the store is back): %w",
+			keyString(key), ErrNotBanned, ferr)
+	}
+	if covered && key.IsSingleIP() {
+		return fmt.Errorf("unbanning %s: %w itself; it is covered by the ban on %s, unban that",
+			keyString(key), ErrNotBanned, keyString(cover))
+	}
+	return fmt.Errorf("unbanning %s: %w", keyString(key), ErrNotBanned)
+}
+
+// publishUnban lifts key's ban in the fleet, if there is one, and reports
+// whether the fleet held one.
+func (j *Jail) publishUnban(key netip.Prefix) (bool, error) {
+	if j.config().Shared == nil {
+		return false, nil
+	}
+	ctx, cancel := sharedCtx()
+	defer cancel()
+	had, err := j.config().Shared.Unban(ctx, key)
+	if err != nil {
+		j.log.Warn("publishing an unban failed; it reaches the other gateways when the fleet store is back",
+			zap.String("source", keyString(key)), zap.Error(err))
+	}
+	return had, err
 }
 
 // parseKey reads an operator-supplied address or CIDR with the same strict

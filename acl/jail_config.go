@@ -81,6 +81,9 @@ type JailConfig struct {
 	Rand func() float64
 	// Logger receives failure and ban events; nil means none.
 	Logger *zap.Logger
+	// Shared, if set, is the fleet-wide state this jail shares with other
+	// gateways (see shared.go); nil keeps everything local.
+	Shared Shared
 	// OnBan, if set, is called after each ban (automatic or manual), outside
 	// the jail's locks; ip is the ban key's address (the prefix's first
 	// address for an aggregate ban).

@@ -22,6 +22,8 @@ func (j *Jail) sweepLoop() {
 			return
 		case <-t.C:
 			j.sweep(false)
+		case <-j.flush:
+			j.flushDirty()
 		}
 	}
 }

@@ -19,9 +19,16 @@ const (
 	RejectNotAllowed
 	// RejectBanned closes a peer the jail has banned.
 	RejectBanned
+	// RejectCrowdSec closes a peer a CrowdSec decision bans.
+	RejectCrowdSec
 )
 
-// String returns the metric/log label: "admitted", "not_allowed" or "banned".
+// Rejections lists every refusing Decision, for metrics that pre-register
+// their labels.
+func Rejections() []Decision { return []Decision{RejectNotAllowed, RejectBanned, RejectCrowdSec} }
+
+// String returns the metric/log label: "admitted", "not_allowed", "banned"
+// or "crowdsec".
 func (d Decision) String() string {
 	switch d {
 	case Admit:
@@ -30,6 +37,8 @@ func (d Decision) String() string {
 		return "not_allowed"
 	case RejectBanned:
 		return "banned"
+	case RejectCrowdSec:
+		return "crowdsec"
 	default:
 		return "unknown"
 	}
@@ -40,7 +49,7 @@ func (d Decision) Err() error {
 	switch d {
 	case Admit:
 		return nil
-	case RejectBanned:
+	case RejectBanned, RejectCrowdSec:
 		return ErrBanned
 	default:
 		return ErrNotAllowed

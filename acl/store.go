@@ -16,7 +16,7 @@ import (
 // The state file holds the jail's buckets keyed by the ban key's prefix text
 // ("192.0.2.7/32", "2001:db8:1:2::/64"):
 //
-//	bans     active bans:  {"until": RFC3339, "failures": N, "bans": N, "manual": bool}
+//	bans     active bans:  {"until": RFC3339, "failures": N, "bans": N, "manual": bool, "at": RFC3339}
 //	history  ban history:  {"bans": N, "last": RFC3339}
 //
 // and a meta bucket with the format version. Failure counts are not
@@ -34,6 +34,10 @@ type banRecord struct {
 	Failures int       `json:"failures"`
 	Bans     int       `json:"bans"`
 	Manual   bool      `json:"manual,omitempty"`
+	// At is when the ban was made (here, or on the gateway that made it);
+	// zero in files written before it was kept, which counts as older
+	// than any unban the fleet remembers.
+	At time.Time `json:"at,omitzero"`
 }
 
 type historyRecord struct {

@@ -87,12 +87,18 @@ func (s *Server) authExchange(sess *session, up net.Conn, p *startupPacket) (unr
 			// postgres ends the connection after a startup error; relay it
 			// as is (it is postgres's own message) and stop.
 			sess.sqlstate = m.Code
-			be.Send(m)
-			_ = be.Flush()
 			if !authenticated {
+				// The outcome first: a ban this failure brings (which may
+				// take a round trip to the fleet's store) is in force
+				// before the client reads its answer, so a client that
+				// retries at once meets it at accept.
 				s.endAuth(sess, AuthFailed, m.Code)
+				be.Send(m)
+				_ = be.Flush()
 				return unregister, silent(OutcomeAuthFailed, nil)
 			}
+			be.Send(m)
+			_ = be.Flush()
 			return unregister, silent(OutcomeStartupFailed, nil)
 		case *pgproto3.BackendKeyData:
 			if len(m.SecretKey) >= 4 {

@@ -129,6 +129,10 @@ type Config struct {
 	StartupPolicy StartupPolicy
 	// Observer, if set, receives every authentication outcome.
 	Observer AuthObserver
+	// Sources, if set, establishes each connection's client before
+	// anything else is read (a trusted load balancer's PROXY header) and
+	// admits it; nil takes every peer as its own client.
+	Sources SourceResolver
 	// AuthGate, if set, admits every authentication before postgres is
 	// dialed and learns its outcome (per-source limits and bans).
 	AuthGate AuthGate

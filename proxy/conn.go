@@ -29,7 +29,13 @@ type session struct {
 	start  time.Time
 	raw    net.Conn
 	remote netip.Addr
-	source string // peer address as host:port, for the log line
+	source string // the client's address as host:port, for the log line
+	// balancer is the load balancer that named the client in a PROXY
+	// header (host:port), for the log line; "" for a direct peer.
+	balancer string
+	// refusedAtAdmission: the admission policy refused the client a
+	// balancer named, and counted and logged it as at accept.
+	refusedAtAdmission bool
 
 	tls        *tls.Conn // set once the handshake succeeds
 	tlsMode    string    // "sslrequest" or "direct"
@@ -63,7 +69,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		raw:   raw,
 	}
 	// Normalised as the accept-time policy saw it: the key of the
-	// per-source limits and of bans.
+	// per-source limits and of bans. Behind a trusted load balancer it is
+	// replaced by the client the balancer names (resolveSource).
 	sess.remote, _ = netaddr.Peer(raw.RemoteAddr())
 	sess.source = raw.RemoteAddr().String()
 	s.track(sess)
@@ -82,7 +89,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 func (s *Server) run(ctx context.Context, sess *session) (outcome Outcome, err error) {
 	defer s.closeConns(sess)
 
-	release, ok := s.acquireStartup(sess.remote)
+	slot, ok := s.acquireStartup()
 	if !ok {
 		// Over the pre-authentication caps: a slow-loris or a flood.
 		// Refused like a denied source: no byte, RST.
@@ -97,9 +104,12 @@ func (s *Server) run(ctx context.Context, sess *session) (outcome Outcome, err e
 	// then exits, leaves the session's long-lived goroutines with small
 	// stacks: that is most of an idle session's memory.
 	onFreshStack(sess, func() {
+		if outcome, done, err = s.admitSource(sess, slot); done {
+			return
+		}
 		outcome, done, unregister, err = s.startSession(ctx, sess)
 	})
-	release()
+	slot.release()
 	if sess.panicked != nil {
 		return OutcomeInternalError, sess.panicked
 	}
@@ -126,6 +136,21 @@ func onFreshStack(sess *session, f func()) {
 		f()
 	}()
 	<-done
+}
+
+// admitSource learns the connection's client (resolveSource) and takes
+// the client's place under the per-source startup cap.
+func (s *Server) admitSource(sess *session, slot *startupSlot) (outcome Outcome, done bool, err error) {
+	outcome, done, refused, err := s.resolveSource(sess)
+	if done {
+		sess.refusedAtAdmission = refused
+		return outcome, true, err
+	}
+	if !slot.bindSource(sess.remote) {
+		netconn.ResetClose(sess.raw)
+		return OutcomeTooManyStartups, true, nil
+	}
+	return 0, false, nil
 }
 
 // startSession takes a connection from accept to ReadyForQuery: encryption
@@ -213,6 +238,9 @@ func (s *Server) refuseClient(sess *session, err error) (Outcome, error) {
 // encoder), never into the message, with bytes that are not UTF-8 as \xNN
 // (logtext.Escape) so the log shows the name postgres saw.
 func (s *Server) finish(sess *session, outcome Outcome, err error) {
+	if sess.refusedAtAdmission {
+		return // counted and logged by the admission policy, as at accept
+	}
 	d := time.Since(sess.start)
 	s.cfg.Metrics.ConnectionClosed(s.cfg.Name, outcome, d)
 	if outcome != OutcomeOK && !s.logs.sample(sess.remote, outcome) {
@@ -226,6 +254,9 @@ func (s *Server) finish(sess *session, outcome Outcome, err error) {
 		zap.Duration("duration", d),
 		zap.Int64("bytes_in", sess.bytesToUpstream),
 		zap.Int64("bytes_out", sess.bytesToClient),
+	}
+	if sess.balancer != "" {
+		fields = append(fields, zap.String("balancer", sess.balancer))
 	}
 	if sess.user != "" {
 		fields = append(fields, zap.String("user", logtext.Escape(sess.user)), zap.String("database", logtext.Escape(sess.database)))

@@ -6,6 +6,8 @@
 // A connection's life, in the order the code runs it:
 //
 //	client                      pgwarden                              postgres
+//	  │ (via a trusted balancer:   │ its PROXY header, read exactly, names    │
+//	  │  PROXY header)             │ the client, admitted then (source.go)    │
 //	  │ SSLRequest (8 bytes)       │ read exactly 8 bytes (framing.go)        │
 //	  │ ◄──────────── 'S'          │ nothing more is written before TLS       │
 //	  │ ═══ TLS handshake ═══════► │ (or direct TLS: first byte 0x16 + ALPN)  │

@@ -17,6 +17,9 @@ type Outcome uint8
 const (
 	// Admission before anything is read.
 	OutcomeTooManyStartups Outcome = iota
+	// A trusted load balancer's PROXY header.
+	OutcomeBadProxyHeader
+	OutcomeHealthCheck
 	// Encryption negotiation and the startup packet.
 	OutcomeClientGone
 	OutcomeTimeout
@@ -70,6 +73,8 @@ var outcomes = [numOutcomes]struct {
 	level   zapcore.Level // of the "connection closed" line
 }{
 	OutcomeTooManyStartups:           {"too_many_startups", true, zapcore.InfoLevel},        // over Config.MaxStartups or MaxStartupsPerIP: RST
+	OutcomeBadProxyHeader:            {"bad_proxy_header", true, zapcore.InfoLevel},         // a trusted balancer sent no valid PROXY header in time
+	OutcomeHealthCheck:               {"health_check", false, zapcore.DebugLevel},           // a trusted balancer named no client (LOCAL, UNKNOWN, or a close before any byte)
 	OutcomeClientGone:                {"client_gone", false, zapcore.InfoLevel},             // closed or reset before authentication
 	OutcomeTimeout:                   {"timeout", false, zapcore.InfoLevel},                 // a handshake or authentication deadline passed
 	OutcomeTLSFailed:                 {"tls_failed", false, zapcore.InfoLevel},              // the TLS handshake failed

@@ -173,29 +173,59 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-// acquireStartup takes a pre-authentication slot for ip, globally and per
-// source, without waiting. The session is tracked from here on so Shutdown
-// can close it.
-func (s *Server) acquireStartup(ip netip.Addr) (release func(), ok bool) {
-	tun := s.tun.Load()
+// startupSlot is a connection's place under the pre-authentication caps:
+// first under MaxStartups, taken at once, then under MaxStartupsPerIP once
+// the connection's source is known (after a load balancer's PROXY header,
+// so clients behind one balancer each get their own cap, and a balancer
+// slow to send headers still counts toward the global one).
+type startupSlot struct {
+	s      *Server
+	ip     netip.Addr
+	source bool // counted under ip
+	once   sync.Once
+}
+
+// acquireStartup takes a global pre-authentication slot without waiting.
+// The session is tracked from here on so Shutdown can close it.
+func (s *Server) acquireStartup() (*startupSlot, bool) {
+	limit := s.tun.Load().MaxStartups
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.startups >= tun.MaxStartups || s.startupsByIP[ip] >= tun.MaxStartupsPerIP {
+	if s.startups >= limit {
 		return nil, false
 	}
 	s.startups++
+	return &startupSlot{s: s}, true
+}
+
+// bindSource counts the slot under its source ip too, without waiting.
+func (sl *startupSlot) bindSource(ip netip.Addr) bool {
+	s := sl.s
+	limit := s.tun.Load().MaxStartupsPerIP
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.startupsByIP[ip] >= limit {
+		return false
+	}
 	s.startupsByIP[ip]++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			s.startups--
-			if s.startupsByIP[ip]--; s.startupsByIP[ip] <= 0 {
-				delete(s.startupsByIP, ip)
-			}
-		})
-	}, true
+	sl.ip, sl.source = ip, true
+	return true
+}
+
+// release frees the slot; calls after the first do nothing.
+func (sl *startupSlot) release() {
+	sl.once.Do(func() {
+		s := sl.s
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.startups--
+		if !sl.source {
+			return
+		}
+		if s.startupsByIP[sl.ip]--; s.startupsByIP[sl.ip] <= 0 {
+			delete(s.startupsByIP, sl.ip)
+		}
+	})
 }
 
 // track registers a session for forced close at the end of a drain.

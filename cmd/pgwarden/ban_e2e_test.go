@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -69,13 +68,7 @@ type banEntry struct {
 
 func (e *banEnv) bans(t *testing.T) []banEntry {
 	t.Helper()
-	resp, err := http.Get("http://" + e.admin + "/bans")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	var out []banEntry
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
-	return out
+	return getBans(t, e.admin)
 }
 
 // get fetches an admin endpoint path and requires the status code.
@@ -122,7 +115,9 @@ func (e *banEnv) failLogins(t *testing.T, source string, n int) {
 	}
 }
 
-func startBanEnv(t *testing.T, pg *pgtest.Postgres) *banEnv {
+// startBanEnv starts the gateway; extra flags are appended (a flag given
+// twice takes its last value).
+func startBanEnv(t *testing.T, pg *pgtest.Postgres, extra ...string) *banEnv {
 	certFile, keyFile, caFile := tlsFiles(t)
 	e := &banEnv{pg: pg, port: freePort(t), caFile: caFile, statePath: filepath.Join(t.TempDir(), "bans.db")}
 	e.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -130,6 +125,7 @@ func startBanEnv(t *testing.T, pg *pgtest.Postgres) *banEnv {
 		"--allow", "127.0.0.0/8", "--tls-cert", certFile, "--tls-key", keyFile,
 		"--ban-max-retry", "3", "--ban-find-time", "1m", "--ban-time", "1s", "--ban-time-factor", "20",
 		"--ban-state", e.statePath, "--admin", e.admin, "--drain-timeout", "1s"}
+	e.args = append(e.args, extra...)
 	e.gw = startBinary(t, e.args...)
 	return e
 }

@@ -226,6 +226,11 @@ func TestServeConfigErrorsExit2BeforeListening(t *testing.T) {
 		{"no tls", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1"}, "--tls-cert and --tls-key are required"},
 		{"missing cert file", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", "/nonexistent.crt", "--tls-key", keyFile}, "/nonexistent.crt"},
 		{"empty template", []string{"--listen", `{{ GetInterfaceIP "^nonexistent0$" }}:5432`, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile}, "rendered no address"},
+		{"bad balancer", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--proxy-protocol-from", "10.0.0.256"}, `--proxy-protocol-from "10.0.0.256"`},
+		{"bad redis url", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--redis", "http://127.0.0.1:6379"}, `--redis scheme "http": use redis://`},
+		{"bad redis prefix", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--redis", "redis://127.0.0.1:6379", "--redis-prefix", "a}b"}, `--redis-prefix "a}b"`},
+		{"missing crowdsec key", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--crowdsec-lapi", "http://127.0.0.1:8080/", "--crowdsec-key-file", "/nonexistent.key"}, "--crowdsec-key-file"},
+		{"crowdsec without key", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--crowdsec-lapi", "http://127.0.0.1:8080/"}, "--crowdsec-key-file: the bouncer key file is required"},
 		// The certificate loads (and would log so) before the allowlist is refused.
 		{"bad allow after a good certificate", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "10.0.0.0/33", "--tls-cert", certFile, "--tls-key", keyFile}, `--allow "10.0.0.0/33"`},
 		{"missing config file", []string{"--config", filepath.Join(dir, "nope.yaml")}, "nope.yaml: no such file"},

@@ -8,6 +8,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/pgwarden/pgwarden/acl"
+	"github.com/pgwarden/pgwarden/internal/crowdsec"
+	"github.com/pgwarden/pgwarden/internal/fleet"
 	"github.com/pgwarden/pgwarden/internal/gateway"
 	"github.com/pgwarden/pgwarden/proxy"
 )
@@ -40,6 +42,7 @@ func routeFlags(fs *pflag.FlagSet, rc *gateway.RouteConfig) {
 	pathVar(fs, &rc.TLSMapFile, "tls-map-file", "file of 'CN ROLE' lines, like pg_ident.conf")
 	pathVar(fs, &rc.TLSClientCRL, "tls-client-crl", "certificate revocation list (PEM) of each --tls-client-ca CA: listed client certificates are refused")
 	fs.StringVar(&rc.Name, "name", "", "route name used in logs and metrics")
+	fs.StringArrayVar(&rc.ProxyProtocolFrom, "proxy-protocol-from", nil, "load balancer IP or CIDR (repeatable) whose connections MUST start with a PROXY v1 or v2 header; the client it names is the one checked against the allowlist, bans and grants, and logged")
 	fs.StringVar(&rc.CancelPlaintext, "cancel-plaintext", "", "cancel requests sent without TLS, as psql before 17 sends them: allow, deny, or auto (the default: deny on a route with --tls-client-ca, allow elsewhere)")
 }
 
@@ -75,6 +78,12 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.IntVar(&c.CancelBurst, "cancel-burst", proxy.DefaultCancelBurst, "cancel requests one source may send at once before --cancel-rate applies")
 	fs.IntVar(&c.CancelUnknownPerFailure, "cancel-unknown-per-failure", proxy.DefaultCancelUnknownPerFailure, "every N cancel requests with an unknown key from one source count as one failed login toward --ban-max-retry (0: never)")
 	fs.StringVar(&c.Relay, "relay", "auto", "what relays authenticated sessions: auto (event loops on Linux, goroutines elsewhere), loop, or goroutines (two per session; relies on nothing crypto/tls does not promise)")
+	fs.DurationVar(&c.ProxyProtocolTimeout, "proxy-protocol-timeout", gateway.DefaultProxyProtocolTimeout, "how long a --proxy-protocol-from balancer may take to send its PROXY header")
+	fs.StringVar(&c.Redis, "redis", "", "redis://[user:password@]host:port[/db] or rediss://: failure counts, bans and grants are shared by every gateway using it (best in the --config file: a password on the command line is visible to other users)")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", fleet.DefaultPrefix, "key prefix on --redis, so several fleets can share one Redis")
+	fs.StringVar(&c.CrowdSecLAPI, "crowdsec-lapi", "", "CrowdSec Local API URL (e.g. http://127.0.0.1:8080/): its ban decisions for IPs and ranges are refused at accept")
+	pathVar(fs, &c.CrowdSecKeyFile, "crowdsec-key-file", "file holding the bouncer API key (cscli bouncers add pgwarden)")
+	fs.DurationVar(&c.CrowdSecInterval, "crowdsec-interval", crowdsec.DefaultInterval, "how often the CrowdSec decision stream is pulled")
 	grantFlags(fs, &c.Config)
 	return fs
 }

@@ -49,6 +49,11 @@ func TestParseServeArgsErrors(t *testing.T) {
 		{"relay auto", append(base, "--relay", "auto"), ""},
 		{"relay loop", append(base, "--relay", "loop"), ""},
 		{"bad relay", append(base, "--relay", "epoll"), `--relay "epoll": use auto, loop or goroutines`},
+		{"proxy protocol", append(base, "--proxy-protocol-from", "10.0.0.2", "--proxy-protocol-from", "10.1.0.0/24", "--proxy-protocol-timeout", "1s"), ""},
+		{"negative proxy timeout", append(base, "--proxy-protocol-timeout", "-1s"), "--proxy-protocol-timeout must be positive"},
+		{"redis", append(base, "--redis", "redis://127.0.0.1:6379/0", "--redis-prefix", "fleet-a"), ""},
+		{"crowdsec key without lapi", append(base, "--crowdsec-key-file", "k"), "--crowdsec-key-file needs --crowdsec-lapi"},
+		{"negative crowdsec interval", append(base, "--crowdsec-interval", "-1s"), "--crowdsec-interval must be positive"},
 		{"metrics on every interface", append(base, "--metrics-listen", "0.0.0.0:9188"), ""},
 		{"metrics on a private address", append(base, "--metrics-listen", "10.0.0.5:9188"), ""},
 		{"bad metrics address", append(base, "--metrics-listen", "9188"), `--metrics-listen "9188": expected HOST:PORT`},
@@ -98,6 +103,29 @@ func TestConfigRoutes(t *testing.T) {
 	require.Equal(t, []string{"192.168.1.0/24", "2001:db8::/32"}, reports.Allow)
 	require.Equal(t, "/var/run/postgresql:5433", reports.Upstream)
 	require.Equal(t, 5*time.Second, cfg.HandshakeTimeout)
+}
+
+func TestConfigSeveralGateways(t *testing.T) {
+	cfg, err := parseServeArgs([]string{"--config", "testdata/several.yaml", "--redis-prefix", "staging"})
+	require.NoError(t, err)
+	require.NoError(t, cfg.validate())
+	routes := cfg.AllRoutes()
+	require.Len(t, routes, 2)
+	require.Equal(t, []string{"10.9.0.2", "10.9.1.0/24"}, routes[0].ProxyProtocolFrom)
+	require.Empty(t, routes[1].ProxyProtocolFrom)
+	require.Equal(t, 2*time.Second, cfg.ProxyProtocolTimeout)
+	require.Equal(t, "redis://:secret@10.9.0.5:6379/1", cfg.Redis)
+	require.Equal(t, "staging", cfg.RedisPrefix, "the flag wins")
+	require.Equal(t, "http://127.0.0.1:8080/", cfg.CrowdSecLAPI)
+	require.Equal(t, "/etc/pgwarden/crowdsec.key", cfg.CrowdSecKeyFile)
+	require.Equal(t, 30*time.Second, cfg.CrowdSecInterval)
+
+	// The defaults.
+	cfg, err = parseServeArgs([]string{"--listen", "127.0.0.1:6432"})
+	require.NoError(t, err)
+	require.Equal(t, 3*time.Second, cfg.ProxyProtocolTimeout)
+	require.Equal(t, "pgwarden", cfg.RedisPrefix)
+	require.Equal(t, 10*time.Second, cfg.CrowdSecInterval)
 }
 
 // TestConfigFileRelativePaths: a relative path in the file starts in the

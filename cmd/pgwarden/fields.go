@@ -9,6 +9,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/forward"
 	"github.com/pgwarden/pgwarden/internal/gateway"
 	"github.com/pgwarden/pgwarden/internal/oidcauth"
+	"github.com/pgwarden/pgwarden/internal/proxyproto"
 )
 
 // flagNames names the libraries' configuration fields by the flags that
@@ -33,6 +34,13 @@ var flagNames = fielderr.Names{
 	gateway.FieldCancelUnknownPerFailure: "--cancel-unknown-per-failure",
 	gateway.FieldRelay:                   "--relay",
 	gateway.FieldBanState:                "--ban-state",
+	gateway.FieldProxyProtocolTimeout:    "--proxy-protocol-timeout",
+	gateway.FieldRedis:                   "--redis",
+	gateway.FieldRedisPrefix:             "--redis-prefix",
+	gateway.FieldCrowdSecLAPI:            "--crowdsec-lapi",
+	gateway.FieldCrowdSecKeyFile:         "--crowdsec-key-file",
+	gateway.FieldCrowdSecInterval:        "--crowdsec-interval",
+	proxyproto.FieldTrusted:              "--proxy-protocol-from",
 	gateway.FieldBanIgnoreSelf:           "--ban-ignore-self",
 	gateway.MakeCertificate:              "`pgwarden certs init --dir DIR --host NAME` makes a pair",
 	gateway.FieldGrantMaxTTL:             "--grant-max-ttl",

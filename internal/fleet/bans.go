@@ -95,6 +95,48 @@ func (s *Store) RecordFailure(ctx context.Context, key netip.Prefix, window time
 	return out, nil
 }
 
+// FailureCounts returns the fleet-wide failures within window of each key,
+// without recording one: what an authentication about to start still has
+// left before a ban. Invalid keys (the zero Prefix) read 0.
+func (s *Store) FailureCounts(ctx context.Context, window time.Duration, keys ...netip.Prefix) ([]int, error) {
+	out := make([]int, len(keys))
+	var names []string
+	var at []int
+	for i, k := range keys {
+		if !k.IsValid() {
+			continue
+		}
+		if err := validPrefix(k); err != nil {
+			return nil, err
+		}
+		names = append(names, s.key("fail:"+k.String()))
+		at = append(at, i)
+	}
+	if window <= 0 {
+		return nil, fmt.Errorf("%w: window %s must be positive", ErrInvalid, window)
+	}
+	if len(names) == 0 {
+		return out, nil
+	}
+	err := s.call(ctx, func(ctx context.Context) error {
+		res, err := countScript.Run(ctx, s.rdb, names, window.Milliseconds()).Int64Slice()
+		if err != nil {
+			return err
+		}
+		if len(res) != len(names) {
+			return fmt.Errorf("count script returned %d values for %d keys", len(res), len(names))
+		}
+		for j, n := range res {
+			out[at[j]] = int(n)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading failure counts from redis: %w", err)
+	}
+	return out, nil
+}
+
 // BanRequest is a ban to publish.
 type BanRequest struct {
 	Key netip.Prefix

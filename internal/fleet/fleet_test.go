@@ -45,6 +45,35 @@ func TestFailuresAddUpAcrossGateways(t *testing.T) {
 	require.True(t, ttl > 0 && ttl <= time.Minute, "PTTL %v", ttl)
 }
 
+// TestFailureCountsReadWithoutRecording: FailureCounts sees every
+// gateway's failures within the window and records none itself.
+func TestFailureCountsReadWithoutRecording(t *testing.T) {
+	srv := redistest.Start(t)
+	a, _ := newStore(t, srv, "A")
+	b, _ := newStore(t, srv, "B")
+	ctx := ctxT(t)
+	src, agg, quiet := pfx("2001:db8:9::7/128"), pfx("2001:db8:9::/64"), pfx("192.0.2.99/32")
+	for range 2 {
+		_, err := a.RecordFailure(ctx, src, time.Minute)
+		require.NoError(t, err)
+	}
+	_, err := a.RecordFailure(ctx, agg, time.Minute)
+	require.NoError(t, err)
+	for range 2 {
+		n, err := b.FailureCounts(ctx, time.Minute, src, agg, quiet, netip.Prefix{})
+		require.NoError(t, err)
+		require.Equal(t, []int{2, 1, 0, 0}, n)
+	}
+	f, err := b.RecordFailure(ctx, src, time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, 3, f.Count, "reading recorded nothing")
+
+	_, err = b.FailureCounts(ctx, time.Minute, pfx("192.0.2.0/24").Masked(), pfx("::ffff:192.0.2.1/128"))
+	require.ErrorIs(t, err, ErrInvalid, "a mapped prefix is refused")
+	_, err = b.FailureCounts(ctx, 0, src)
+	require.ErrorIs(t, err, ErrInvalid)
+}
+
 // TestFailureWindowSlides: failures older than the window stop counting.
 func TestFailureWindowSlides(t *testing.T) {
 	srv := redistest.Start(t)

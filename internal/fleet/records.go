@@ -135,13 +135,23 @@ func (s *Store) putRecord(ctx context.Context, r Record, mode string) (status, o
 // which goes out even if Redis held no such record. It reports whether
 // Redis held one.
 func (s *Store) RevokeRecord(ctx context.Context, ref RecordRef) (bool, error) {
+	return s.RevokeRecordWith(ctx, ref, nil)
+}
+
+// RevokeRecordWith is RevokeRecord with a note for the other gateways (how
+// to revoke, say): JSON of at most Config.MaxRecordBytes, delivered as the
+// revoke event's Record.Data. The note is not stored.
+func (s *Store) RevokeRecordWith(ctx context.Context, ref RecordRef, note json.RawMessage) (bool, error) {
 	if err := checkRef(ref); err != nil {
 		return false, err
+	}
+	if len(note) > 0 && (len(note) > s.cfg.MaxRecordBytes || !json.Valid(note)) {
+		return false, fmt.Errorf("%w: the revoke note of %s is not JSON of at most %d bytes", ErrInvalid, ref, s.cfg.MaxRecordBytes)
 	}
 	var had bool
 	err := s.call(ctx, func(ctx context.Context) error {
 		n, err := revokeRecordScript.Run(ctx, s.rdb, s.recKeys(), ref.field(), s.cfg.Instance,
-			s.cfg.TombstoneTTL.Milliseconds(), s.cfg.StreamMaxLen).Int64()
+			s.cfg.TombstoneTTL.Milliseconds(), s.cfg.StreamMaxLen, string(note)).Int64()
 		had = n > 0
 		return err
 	})

@@ -85,6 +85,17 @@ local bans = tonumber(redis.call('GET', KEYS[2]) or '0')
 return {n, bans}
 `)
 
+// countScript returns, for each key {P}:fail:<prefix>, its failures within
+// the window, without recording one.
+//
+//	KEYS: {P}:fail:<prefix>...  ARGV[1] window ms
+var countScript = redis.NewScript(luaLib + `
+local floor = now_ms() - tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. floor, '+inf') end
+return out
+`)
+
 // banKeys is the KEYS layout shared by banScript, pushBanScript and
 // unbanScript; failure windows to clear follow from index 8.
 //
@@ -207,9 +218,11 @@ return {status, old or ''}
 `)
 
 // revokeRecordScript removes a record, leaves a tombstone, and returns 1 if
-// it was stored. The event goes out either way, as for unbans.
+// it was stored. The event goes out either way, as for unbans, carrying
+// the caller's note (how to revoke: JSON, or empty).
 //
 //	ARGV[1] field  ARGV[2] origin  ARGV[3] tombstone TTL ms  ARGV[4] stream max length
+//	ARGV[5] note
 var revokeRecordScript = redis.NewScript(luaLib + `
 local now = now_ms()
 local field = ARGV[1]
@@ -218,7 +231,7 @@ prune(KEYS[3], KEYS[4], now)
 local had = redis.call('HDEL', KEYS[1], field)
 redis.call('ZREM', KEYS[2], field)
 tombstone(KEYS[3], KEYS[4], field, now, tonumber(ARGV[3]))
-event(KEYS[5], ARGV[4], 'revoke', field, '', ARGV[2])
+event(KEYS[5], ARGV[4], 'revoke', field, ARGV[5] or '', ARGV[2])
 return had
 `)
 
@@ -234,5 +247,5 @@ return {now, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3])}
 
 // allScripts are loaded into the script cache on every (re)connect, so
 // pipelined EVALSHA calls find them even after a Redis restart.
-var allScripts = []*redis.Script{failureScript, banScript, pushBanScript, unbanScript,
+var allScripts = []*redis.Script{failureScript, countScript, banScript, pushBanScript, unbanScript,
 	putRecordScript, revokeRecordScript, snapshotScript}

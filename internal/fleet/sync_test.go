@@ -39,12 +39,16 @@ func TestRecordsPropagate(t *testing.T) {
 	res, err = a.PutRecord(ctx, Record{Kind: "grant", ID: "g-1", Until: until.Add(time.Hour), Data: data})
 	require.NoError(t, err)
 	require.Equal(t, RecordReplaced, res)
-	had, err := a.RevokeRecord(ctx, RecordRef{"grant", "g-1"})
+	had, err := a.RevokeRecordWith(ctx, RecordRef{"grant", "g-1"}, json.RawMessage(`{"keep_sessions":true}`))
 	require.NoError(t, err)
 	require.True(t, had)
 	recB.waitFor(t, "B to see the revoke", func(ev []Event, _ []resyncCall) bool {
-		return hasEvent(ev, EventRevoke, func(e Event) bool { return e.Ref == RecordRef{"grant", "g-1"} })
+		return hasEvent(ev, EventRevoke, func(e Event) bool {
+			return e.Ref == RecordRef{"grant", "g-1"} && string(e.Record.Data) == `{"keep_sessions":true}`
+		})
 	})
+	_, err = a.RevokeRecordWith(ctx, RecordRef{"grant", "g-1"}, json.RawMessage(`{not json`))
+	require.ErrorIs(t, err, ErrInvalid)
 	snap, err := b.Snapshot(ctx)
 	require.NoError(t, err)
 	require.Empty(t, snap.Records)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -25,7 +26,7 @@ const (
 	EventBan    EventType = "ban"    // Ban is set
 	EventUnban  EventType = "unban"  // Key is set
 	EventPut    EventType = "put"    // Record (and Ref) are set
-	EventRevoke EventType = "revoke" // Ref is set
+	EventRevoke EventType = "revoke" // Ref is set, and Record.Data to the revoker's note, if any
 )
 
 // Event is one change another gateway published.
@@ -337,6 +338,9 @@ func decodeEvent(m redis.XMessage) (Event, error) {
 			return Event{}, err
 		}
 		ev.Ref = ref
+		if value != "" && json.Valid([]byte(value)) {
+			ev.Record = Record{Kind: kind, ID: id, Data: json.RawMessage(value), Origin: ev.Origin}
+		}
 	default:
 		return Event{}, fmt.Errorf("unknown event type %q", ev.Type)
 	}

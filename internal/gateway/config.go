@@ -30,6 +30,10 @@ type RouteConfig struct {
 	TLSMapFile          string
 	TLSClientCRL        string
 	CancelPlaintext     string // "allow", "deny" or "auto" (default)
+	// ProxyProtocolFrom lists the load balancers (IPs, CIDRs, templates)
+	// that must start every connection with a PROXY header naming the
+	// client (proxyproto.ParseTrusted); empty: none.
+	ProxyProtocolFrom []string
 }
 
 // Config is everything a gateway takes, as the operator writes it.
@@ -70,6 +74,20 @@ type Config struct {
 
 	Relay string // "auto" (default), "loop" or "goroutines"
 
+	// ProxyProtocolTimeout bounds the wait for a balancer's PROXY header
+	// (within HandshakeTimeout); 0 means DefaultProxyProtocolTimeout.
+	ProxyProtocolTimeout time.Duration
+	// Redis, if set, is the redis:// or rediss:// URL the jail and the
+	// grants are shared on with every gateway using it and RedisPrefix.
+	Redis       string
+	RedisPrefix string // "" means fleet.DefaultPrefix
+	// CrowdSecLAPI, if set, is the CrowdSec Local API whose ban decisions
+	// are refused at accept; CrowdSecKeyFile holds the bouncer key, and
+	// CrowdSecInterval (0: crowdsec.DefaultInterval) paces the pulls.
+	CrowdSecLAPI     string
+	CrowdSecKeyFile  string
+	CrowdSecInterval time.Duration
+
 	// Access grants (grants.go): a source outside a route's allowlist
 	// may connect while a grant covers it.
 	GrantMaxTTL      time.Duration // longest grant; 0 means grants.DefaultMaxTTL
@@ -97,8 +115,9 @@ func (o OIDCConfig) set() bool {
 
 // Defaults for the fields the proxy and the jail do not define.
 const (
-	DefaultDrainTimeout = 30 * time.Second
-	defaultMinVersion   = "1.2"
+	DefaultDrainTimeout         = 30 * time.Second
+	DefaultProxyProtocolTimeout = 3 * time.Second
+	defaultMinVersion           = "1.2"
 )
 
 // The fields this package's errors name, beyond those of acl, certs and
@@ -121,6 +140,12 @@ var (
 	FieldCancelUnknownPerFailure = field("CancelUnknownPerFailure")
 	FieldRelay                   = field("Relay")
 	FieldBanState                = field("BanState")
+	FieldProxyProtocolTimeout    = field("ProxyProtocolTimeout")
+	FieldRedis                   = field("Redis")
+	FieldRedisPrefix             = field("RedisPrefix")
+	FieldCrowdSecLAPI            = field("CrowdSecLAPI")
+	FieldCrowdSecKeyFile         = field("CrowdSecKeyFile")
+	FieldCrowdSecInterval        = field("CrowdSecInterval")
 	FieldGrantMaxTTL             = field("GrantMaxTTL")
 	FieldGrantEndSessions        = field("GrantEndSessions")
 	FieldGrantListen             = field("GrantListen")
@@ -180,6 +205,7 @@ func (c *Config) AllRoutes() []RouteConfig {
 		inheritList(&r.TLSAllowSAN, top.TLSAllowSAN)
 		inheritList(&r.TLSMapUser, top.TLSMapUser)
 		inherit(&r.CancelPlaintext, top.CancelPlaintext)
+		inheritList(&r.ProxyProtocolFrom, top.ProxyProtocolFrom)
 		r.AllowRemoteUpstream = r.AllowRemoteUpstream || top.AllowRemoteUpstream
 		out = append(out, r)
 	}
@@ -266,6 +292,15 @@ func (c *Config) Validate() error {
 	}
 	if _, err := parseRelayMode(c.Relay); err != nil {
 		errs = append(errs, err)
+	}
+	if c.ProxyProtocolTimeout < 0 {
+		add("%s must be positive, e.g. 3s", FieldProxyProtocolTimeout)
+	}
+	if c.CrowdSecInterval < 0 {
+		add("%s must be positive, e.g. 10s", FieldCrowdSecInterval)
+	}
+	if c.CrowdSecKeyFile != "" && c.CrowdSecLAPI == "" {
+		add("%s needs %s: the URL of the CrowdSec Local API (e.g. http://127.0.0.1:8080/)", FieldCrowdSecKeyFile, FieldCrowdSecLAPI)
 	}
 	errs = append(errs, c.validateGrants())
 	return errors.Join(errs...)

@@ -16,4 +16,11 @@
 // READY, RELOADING and STOPPING), Options.Listen lets it hand over
 // listening sockets, and Routes describes what runs, for a configuration
 // check.
+//
+// With other gateways (several.go): a route's trusted load balancers have
+// their PROXY headers read and their clients admitted in the connection's
+// goroutine (balancer.go); the jail shares its failures, bans and history
+// on Redis and applies the other gateways' (fleet.go), and so do the
+// grants (fleet_grants.go); CrowdSec's decisions join the admission policy
+// as a deny source.
 package gateway

@@ -15,7 +15,9 @@ import (
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
+	"github.com/pgwarden/pgwarden/internal/crowdsec"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/internal/fleet"
 	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/internal/metrics"
 	"github.com/pgwarden/pgwarden/internal/netaddr"
@@ -95,8 +97,14 @@ type Gateway struct {
 	mu           sync.Mutex
 	applied      *Config
 	drainTimeout atomic.Int64 // DrainTimeout in force
+	ppTimeout    atomic.Int64 // ProxyProtocolTimeout in force, or its default
 	watchCtx     context.Context
 	watchWG      *sync.WaitGroup
+
+	fleet     *fleet.Store      // nil without Redis
+	shared    *fleetShared      // the jail's view of fleet
+	grantSync *grantSync        // the grants' view of fleet; nil without Redis
+	crowdsec  *crowdsec.Bouncer // nil without a CrowdSec LAPI
 
 	// grants are the access grants (grants.go); grantAPI is their
 	// self-service endpoint, nil without GrantListen. servers are the
@@ -149,19 +157,29 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		refusals: acl.NewRefusalLog(acl.RefusalLogConfig{}, log), applied: cfg.clone()}
 	g.drainTimeout.Store(int64(cfg.DrainTimeout))
 	g.grantEndSessions.Store(cfg.GrantEndSessions)
+	g.ppTimeout.Store(int64(proxyProtocolTimeout(cfg)))
+	// A problem with the CrowdSec or Redis settings is reported with the
+	// routes' problems, all at once.
+	var errs []error
+	if err := g.buildSeveral(); err != nil {
+		errs = append(errs, err)
+	}
 	var err error
 	if g.banIgnore, err = acl.ParseList(acl.FieldIgnore, cfg.BanIgnore); err != nil {
+		g.closeSeveral()
 		return nil, configError(err)
 	}
 	logWarnings(log, g.banIgnore)
 	if cfg.BanIgnoreSelf {
 		if g.self, err = opts.ownAddrs(); err != nil {
+			g.closeSeveral()
 			return nil, err
 		}
 		g.logSelf("the host's own addresses are never banned")
 	}
-	jail, err := newJail(cfg, g.banIgnore.WithAddrs(g.self), log, g.metrics.OnBan)
+	jail, err := newJail(cfg, g.banIgnore.WithAddrs(g.self), log, g.metrics.OnBan, g.newShared)
 	if err != nil {
+		g.closeSeveral()
 		return nil, err
 	}
 	g.jail = jail
@@ -172,21 +190,20 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	}
 	g.metrics.Registry().MustRegister(g.hits.Collector())
 	if g.cancel, err = newCancelLimiter(cfg, jail); err != nil {
-		_ = jail.Close()
+		_ = g.closeState()
 		return nil, configError(err)
 	}
 	if err := g.newGrants(); err != nil {
-		_ = jail.Close()
+		_ = g.closeState()
 		return nil, err
 	}
 	if cfg.MetricsListen != "" {
 		g.public, err = admin.NewMetrics(admin.MetricsConfig{Addr: cfg.MetricsListen, Ready: g.Ready, Registry: g.metrics.Registry(), Logger: log})
 		if err != nil {
-			_ = jail.Close()
+			_ = g.closeState()
 			return nil, configError(err)
 		}
 	}
-	var errs []error
 	var servers []*proxy.Server
 	var routeNames []string
 	for _, rc := range cfg.AllRoutes() {
@@ -209,7 +226,7 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
-		g.closeState()
+		_ = g.closeState()
 		return nil, configError(err)
 	}
 	g.servers.Store(&servers)
@@ -247,20 +264,22 @@ func (g *Gateway) Listen() error {
 	return nil
 }
 
-// Close releases what Build took (listeners, the grants, the ban state)
-// for a gateway that will not Run.
+// Close releases what Build took (listeners, the grants, the ban state,
+// the Redis client) for a gateway that will not Run.
 func (g *Gateway) Close() error {
 	g.closeListeners()
 	return g.closeState()
 }
 
 // closeState closes the grant registry, then the ban jail, whose state
-// file the registry writes to.
+// file the registry writes to, then the clients the jail used.
 func (g *Gateway) closeState() error {
 	if g.grants != nil {
 		_ = g.grants.Close()
 	}
-	return g.jail.Close()
+	err := g.jail.Close()
+	g.closeSeveral()
+	return err
 }
 
 // jailConfig is the jail's configuration from the Ban* settings, ignoring
@@ -286,13 +305,15 @@ func jailConfig(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip
 }
 
 // newJail builds the ban jail from the Ban* settings, ignoring the sources
-// in ignore. Problems with them are ConfigErrors; a state file locked by
-// another process is a runtime error.
-func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (*acl.Jail, error) {
+// in ignore and sharing it through the store newShared returns for the
+// jail's settings (nil: none). Problems with them are ConfigErrors; a
+// state file locked by another process is a runtime error.
+func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time), newShared func(acl.JailConfig) acl.Shared) (*acl.Jail, error) {
 	jcfg, err := jailConfig(c, ignore, log, onBan)
 	if err != nil {
 		return nil, configError(err)
 	}
+	jcfg.Shared = newShared(jcfg)
 	j, err := acl.NewJail(jcfg)
 	if err != nil {
 		if errors.Is(err, acl.ErrStateLocked) {
@@ -333,6 +354,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.watch(watchCtx, r, &wg)
 	}
 	g.mu.Unlock()
+	g.runSeveral(watchCtx, &wg)
 	for _, r := range g.routes {
 		for _, ln := range r.listeners {
 			wg.Add(1)

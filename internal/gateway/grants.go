@@ -188,7 +188,10 @@ func (g *Gateway) newGrants() error {
 				g.endGrantSessions(gr, "revoked")
 			}
 		},
-		OnChange: g.metrics.OnGrantChange,
+		OnChange: func(c grants.Change) {
+			g.metrics.OnGrantChange(c)
+			g.grantSync.onChange(c) // shared with the fleet (fleet_grants.go)
+		},
 	}
 	if db := g.jail.DB(); db != nil {
 		store, err := grants.NewBoltStore(db)
@@ -202,6 +205,9 @@ func (g *Gateway) newGrants() error {
 		return err
 	}
 	g.grants = reg
+	if g.grantSync != nil {
+		g.grantSync.reg = reg
+	}
 	g.metrics.SetGrantStore(reg)
 	return nil
 }

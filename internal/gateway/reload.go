@@ -13,6 +13,7 @@ import (
 	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
+	"github.com/pgwarden/pgwarden/internal/proxyproto"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -62,6 +63,12 @@ var configSettings = map[string]setting{
 	"CancelUnknownPerFailure": {FieldCancelUnknownPerFailure, true},
 	"Relay":                   {FieldRelay, false},
 	"BanIgnoreSelf":           {FieldBanIgnoreSelf, true},
+	"ProxyProtocolTimeout":    {FieldProxyProtocolTimeout, true},
+	"Redis":                   {FieldRedis, false},
+	"RedisPrefix":             {FieldRedisPrefix, false},
+	"CrowdSecLAPI":            {FieldCrowdSecLAPI, false},
+	"CrowdSecKeyFile":         {FieldCrowdSecKeyFile, false},
+	"CrowdSecInterval":        {FieldCrowdSecInterval, false},
 	"MetricsListen":           {admin.FieldMetricsAddr, false},
 	"GrantMaxTTL":             {FieldGrantMaxTTL, true},
 	"GrantEndSessions":        {FieldGrantEndSessions, true},
@@ -86,6 +93,9 @@ var routeSettings = map[string]setting{
 	"TLSMapFile":          {certs.FieldMapFile, true},
 	"TLSClientCRL":        {certs.FieldClientCRL, true},
 	"CancelPlaintext":     {FieldCancelPlaintext, true},
+	// Reloaded while the route has balancers before and after; adding the
+	// first or removing the last needs a restart (prepareRoute).
+	"ProxyProtocolFrom": {proxyproto.FieldTrusted, true},
 }
 
 // diff compares two structs of the same type field by field (an empty list
@@ -146,6 +156,7 @@ type routePlan struct {
 	r       *route
 	cfg     RouteConfig // the route's settings from now on
 	allow   *acl.Allowlist
+	trusted *proxyproto.Trusted // the balancers from now on, when r has some
 	tls     tlsParts
 	commits []func() // staged re-reads of the files in force
 	tun     proxy.Tunables
@@ -286,8 +297,25 @@ func (g *Gateway) prepareRoute(cfg *Config, r *route, rc RouteConfig, plan *relo
 		}
 	}
 	rp.cfg.Listen, rp.cfg.Upstream, rp.cfg.AllowRemoteUpstream = r.cfg.Listen, r.cfg.Upstream, r.cfg.AllowRemoteUpstream
+	trusted, err := proxyproto.ParseTrusted(rc.ProxyProtocolFrom)
+	switch {
+	case err != nil:
+		errs = append(errs, wrap(err))
+	case (trusted == nil) != (r.sources == nil):
+		// The listeners defer to a header only if they did so from the
+		// start: turning PROXY protocol on or off needs new listeners.
+		for i, name := range plan.applied {
+			if name == prefix+g.opts.Names.Of(proxyproto.FieldTrusted) {
+				plan.applied = append(plan.applied[:i], plan.applied[i+1:]...)
+				plan.restart = append(plan.restart, name)
+				break
+			}
+		}
+		rp.cfg.ProxyProtocolFrom = r.cfg.ProxyProtocolFrom
+	default:
+		rp.trusted = trusted
+	}
 
-	var err error
 	if rp.allow, err = acl.ParseAllowlist(rc.Allow); err != nil {
 		errs = append(errs, wrap(err))
 	}
@@ -385,6 +413,7 @@ func (g *Gateway) commit(plan *reloadPlan) {
 	g.upstream.SetMax(cfg.MaxUpstreamStartups)
 	g.commitGrants(plan.grants)
 	g.drainTimeout.Store(int64(cfg.DrainTimeout))
+	g.ppTimeout.Store(int64(proxyProtocolTimeout(cfg)))
 	for _, rp := range plan.routes {
 		r := rp.r
 		for _, commit := range rp.commits {
@@ -400,6 +429,9 @@ func (g *Gateway) commit(plan *reloadPlan) {
 				g.log.Warn("allowlist admits every address: this gateway is open to the whole internet; narrow "+g.opts.Names.Of(acl.FieldAllow),
 					zap.String("route", r.cfg.Name), zap.Stringer("allow", rp.allow))
 			}
+		}
+		if r.sources != nil && rp.trusted != nil {
+			r.sources.trusted.Store(rp.trusted)
 		}
 		if err := r.server.SetTunables(rp.tun); err != nil {
 			g.log.Error("proxy settings not reloaded", zap.String("route", r.cfg.Name), zap.Error(err))

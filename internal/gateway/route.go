@@ -17,6 +17,7 @@ import (
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
+	"github.com/pgwarden/pgwarden/internal/proxyproto"
 	"github.com/pgwarden/pgwarden/internal/rulehits"
 	"github.com/pgwarden/pgwarden/proxy"
 )
@@ -27,8 +28,11 @@ import (
 type route struct {
 	cfg       RouteConfig
 	upstream  proxy.Upstream
-	policy    *acl.Policy     // the route's admission: its allowlist, then the jail
-	hits      *rulehits.Route // what each of its rules admitted
+	policy    *acl.Policy         // the route's admission: its allowlist, then the jail and CrowdSec
+	gate      *acl.Gate           // applies policy at accept, and to clients named by a trusted balancer
+	trusted   *proxyproto.Trusted // the balancers at start; sources has those in force
+	sources   *balancerSources    // nil without trusted balancers at start
+	hits      *rulehits.Route     // what each of its rules admitted
 	tls       tlsParts
 	cert      atomic.Pointer[certs.Loader] // tls.loader, for readers outside Gateway.mu
 	server    *proxy.Server
@@ -102,11 +106,14 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	allow, err := acl.ParseAllowlist(rc.Allow)
 	if err != nil {
 		errs = append(errs, wrap(err))
-	} else if r.policy, err = acl.NewPolicy(allow, []acl.Allower{grantAllower{g.grants, rc.Name}}, []acl.Denier{g.jail}); err != nil {
+	} else if r.policy, err = acl.NewPolicy(allow, []acl.Allower{grantAllower{g.grants, rc.Name}}, g.deniers()); err != nil {
 		errs = append(errs, wrap(err))
 	} else {
 		r.hits = g.hits.Route(rc.Name)
 		r.hits.SetAllowlist(allow)
+	}
+	if r.trusted, err = proxyproto.ParseTrusted(rc.ProxyProtocolFrom); err != nil {
+		errs = append(errs, wrap(err))
 	}
 	logWarnings(g.log.With(zap.String("route", rc.Name)), allow)
 	if r.upstream, err = parseUpstream(rc.Upstream, rc.AllowRemoteUpstream); err != nil {
@@ -124,6 +131,10 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		errs = append(errs, wrap(err))
 	}
 	log := g.log.With(zap.String("route", rc.Name))
+	r.gate = acl.NewGate(r.policy, g.onReject(rc.Name), log)
+	if r.hits != nil {
+		r.gate.OnAdmit(r.hits.Hit)
+	}
 	if r.tls.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, log); err != nil {
 		errs = append(errs, wrap(err))
 	}
@@ -159,6 +170,11 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		StartupPolicy:    grantLimits{g.grants, rc.Name, r.policy},
 	}
 	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay) // checked by Validate
+	if r.trusted != nil {
+		r.sources = &balancerSources{timeout: &g.ppTimeout, gate: r.gate, onHeaderError: g.metrics.ProxyHeaderFailed}
+		r.sources.trusted.Store(r.trusted)
+		pcfg.Sources = r.sources
+	}
 	r.server, err = proxy.New(pcfg)
 	if err != nil {
 		return nil, wrap(err)
@@ -226,6 +242,10 @@ func prefixEach(prefix string, err error) error {
 func (g *Gateway) listen() error {
 	for _, r := range g.routes {
 		allow := r.policy.Allowlist()
+		for _, w := range r.trusted.Warnings() {
+			g.log.Warn(strings.ReplaceAll(w, proxyproto.FieldTrusted.Name, g.opts.Names.Of(proxyproto.FieldTrusted)),
+				zap.String("route", r.cfg.Name))
+		}
 		if allow.AllowsAny() {
 			g.log.Warn("allowlist admits every address: this gateway is open to the whole internet; narrow "+g.opts.Names.Of(acl.FieldAllow),
 				zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
@@ -236,16 +256,24 @@ func (g *Gateway) listen() error {
 				return errorf("%s %s: %w", FieldListen, addr, err)
 			}
 			for _, inner := range inners {
-				gate := acl.NewGate(r.policy, g.onReject(r.cfg.Name), g.log.With(zap.String("route", r.cfg.Name)))
-				gate.OnAdmit(r.hits.Hit)
-				ln, err := acl.NewListener(inner, acl.ListenerConfig{Gate: gate})
+				lcfg := acl.ListenerConfig{Gate: r.gate}
+				if r.trusted != nil {
+					// The balancers' connections are judged by the client
+					// their header names, in the connection's goroutine.
+					lcfg.Defer = func(ip netip.Addr) bool { return r.sources.trusted.Load().ContainsAddr(ip) }
+				}
+				ln, err := acl.NewListener(inner, lcfg)
 				if err != nil {
 					_ = inner.Close()
 					return errorf("%s %s: %w", FieldListen, addr, err)
 				}
 				r.listeners = append(r.listeners, ln)
-				g.log.Info("listening", zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
-					zap.Stringer("upstream", r.upstream), zap.Stringer("allow", allow))
+				fields := []zap.Field{zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
+					zap.Stringer("upstream", r.upstream), zap.Stringer("allow", allow)}
+				if r.trusted != nil {
+					fields = append(fields, zap.Stringer("proxy_protocol_from", r.trusted))
+				}
+				g.log.Info("listening", fields...)
 			}
 		}
 	}

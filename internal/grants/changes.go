@@ -26,6 +26,10 @@ type Change struct {
 	KeepSessions bool
 	// By names who revoked (RevokeOptions.By); "" for other kinds.
 	By string
+	// Remote is set for a change another gateway made (Apply, or Revoke
+	// with RevokeOptions.Remote): whoever shares changes with the other
+	// gateways skips it.
+	Remote bool
 }
 
 // auditMessage is each kind's audit line.

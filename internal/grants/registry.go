@@ -84,6 +84,8 @@ type RevokeOptions struct {
 	KeepSessions bool
 	// By names who revoked, for the audit line (default "admin").
 	By string
+	// Remote marks a revocation made on another gateway (Change.Remote).
+	Remote bool
 }
 
 // New validates cfg, restores persisted grants (dropping those that
@@ -372,7 +374,7 @@ func (r *Registry) Revoke(target string, opts RevokeOptions) ([]Grant, error) {
 	}
 	slices.SortFunc(revoked, func(a, b Grant) int { return strings.Compare(a.ID, b.ID) })
 	for _, g := range revoked {
-		r.announce(Change{Kind: ChangeRevoked, Grant: g, KeepSessions: opts.KeepSessions, By: opts.By})
+		r.announce(Change{Kind: ChangeRevoked, Grant: g, KeepSessions: opts.KeepSessions, By: opts.By, Remote: opts.Remote})
 	}
 	return revoked, errors.Join(errs...)
 }

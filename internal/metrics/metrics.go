@@ -42,6 +42,13 @@ import (
 //	pgwarden_grants_total{via}                         counter   access grants made, "admin" or "oidc" (extensions not counted)
 //	pgwarden_grant_requests_total{outcome}             counter   self-service grant requests by answer (grantapi.Outcome: "granted", "bad_token", ...)
 //
+// and, when the features are configured (several.go):
+//
+//	pgwarden_proxy_header_errors_total{reason}         counter   trusted balancers' connections without a valid PROXY header (proxyproto.Reason)
+//	pgwarden_redis_up                                  gauge     1 while the fleet's Redis answers (--redis)
+//	pgwarden_crowdsec_up                               gauge     1 while the last CrowdSec decision pull succeeded
+//	pgwarden_crowdsec_decisions                        gauge     CrowdSec ban decisions held
+//
 // plus the standard go_* and process_* collectors.
 const (
 	metricConnections        = "pgwarden_connections_total"
@@ -94,6 +101,7 @@ type Prometheus struct {
 	upstreamUp   *prometheus.GaugeVec
 	grants       *prometheus.CounterVec
 	grantReqs    *prometheus.CounterVec
+	proxyHeader  *prometheus.CounterVec // registered by EnableProxyProtocol
 
 	// banStore is read by the pgwarden_bans_active GaugeFunc. It is set
 	// after construction (SetBanStore) because the jail is built with
@@ -205,8 +213,8 @@ func New() *Prometheus {
 // AddRoute creates route's pgwarden_rejections_total series, every reason
 // at 0, so that they exist before the first refusal.
 func (m *Prometheus) AddRoute(route string) {
-	for _, r := range []string{acl.RejectNotAllowed.String(), acl.RejectBanned.String()} {
-		m.rejections.WithLabelValues(route, r)
+	for _, d := range acl.Rejections() {
+		m.rejections.WithLabelValues(route, d.String())
 	}
 	for _, o := range proxy.Outcomes() {
 		if o.Refusal() {
@@ -244,8 +252,8 @@ func (m *Prometheus) activeGrants() float64 {
 // the grants made, by who made them. An unknown via (never written by
 // the registry) is counted as "other" so the label set stays bounded.
 func (m *Prometheus) OnGrantChange(c grants.Change) {
-	if c.Kind != grants.ChangeCreated {
-		return
+	if c.Kind != grants.ChangeCreated || c.Remote {
+		return // grants made on other gateways count there
 	}
 	via := c.Grant.Via
 	if via != grants.ViaAdmin && via != grants.ViaOIDC {

@@ -281,3 +281,45 @@ func TestEveryRefusalIsExported(t *testing.T) {
 		}
 	}
 }
+
+// TestSeveralGatewaysMetrics: the PROXY, Redis and CrowdSec series exist
+// only once their feature is enabled, and read what they are given.
+func TestSeveralGatewaysMetrics(t *testing.T) {
+	t.Parallel()
+	m := New()
+	m.AddRoute("r")
+	m.ProxyHeaderFailed("timeout") // not enabled: nothing
+	out := scrape(t, m)
+	for _, name := range []string{"pgwarden_proxy_header_errors_total", "pgwarden_redis_up", "pgwarden_crowdsec_up", "pgwarden_crowdsec_decisions"} {
+		if strings.Contains(out, name) {
+			t.Errorf("%s exposed without its feature", name)
+		}
+	}
+	if !strings.Contains(out, `pgwarden_rejections_total{reason="crowdsec",route="r"} 0`) {
+		t.Error("the crowdsec rejection reason does not read 0 from the start")
+	}
+
+	up, decisions := false, 7
+	m.EnableProxyProtocol([]string{"timeout", "no_header"})
+	m.EnableRedis(func() bool { return up })
+	m.EnableCrowdSec(func() bool { return !up }, func() int { return decisions })
+	m.ProxyHeaderFailed("timeout")
+	m.OnReject("r")(acl.RejectCrowdSec, netip.Addr{})
+	out = grepPgwarden(scrape(t, m))
+	for _, want := range []string{
+		`pgwarden_proxy_header_errors_total{reason="timeout"} 1`,
+		`pgwarden_proxy_header_errors_total{reason="no_header"} 0`,
+		"pgwarden_redis_up 0",
+		"pgwarden_crowdsec_up 1",
+		"pgwarden_crowdsec_decisions 7",
+		`pgwarden_rejections_total{reason="crowdsec",route="r"} 1`,
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("missing %q in\n%s", want, out)
+		}
+	}
+	up = true
+	if out := scrape(t, m); !strings.Contains(out, "pgwarden_redis_up 1\n") {
+		t.Error("pgwarden_redis_up is not read at scrape time")
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgwarden/pgwarden/internal/testproc"
 )
 
 const (
@@ -56,7 +57,7 @@ type Postgres struct {
 	logPath string              // base/postgres.log
 	logFile *os.File            // the server's stderr, kept open until Stop
 	cred    *syscall.Credential // non-nil when running the server as another user
-	proc    *process
+	proc    *testproc.Process
 
 	barrier  atomic.Uint64
 	stopOnce sync.Once
@@ -65,13 +66,6 @@ type Postgres struct {
 	mu       sync.Mutex // guards the two fields below: Log may race with Stop
 	stopped  bool
 	finalLog string // the log as it was at Stop, after base is gone
-}
-
-// process is one postmaster and the goroutine waiting for it.
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has exited
-	err  error         // cmd.Wait's result, valid after done
 }
 
 // Option changes how the server is set up.
@@ -407,7 +401,7 @@ func (p *Postgres) startOnce(ctx context.Context, port int, extraConf []string) 
 	// No context: the server must outlive StartE's context.
 	cmd := p.command(nil, "postgres", args...)
 	cmd.Stdout, cmd.Stderr = p.logFile, p.logFile
-	proc, err := spawn(cmd)
+	proc, err := testproc.Start(cmd)
 	if err != nil {
 		return fmt.Errorf("pgtest: starting postgres: %w", err)
 	}
@@ -427,43 +421,15 @@ func (p *Postgres) startOnce(ctx context.Context, port int, extraConf []string) 
 		}
 		lastErr = err
 		select {
-		case <-proc.done:
+		case <-proc.Done:
 			p.proc = nil
-			return fmt.Errorf("pgtest: postgres exited during startup: %v", proc.err)
+			return fmt.Errorf("pgtest: postgres exited during startup: %v", proc.Err)
 		case <-ctx.Done():
 			return fmt.Errorf("pgtest: postgres not ready after %v: %w (last attempt: %v)",
 				time.Since(start).Round(time.Millisecond), ctx.Err(), lastErr)
 		case <-time.After(25 * time.Millisecond):
 		}
 	}
-}
-
-// spawn starts cmd from a goroutine locked to its OS thread and keeps that
-// thread until the process exits. Pdeathsig fires when the creating thread
-// dies, not the process, so the thread must live as long as the server: then
-// a test binary that dies (a panic, go test's -timeout) takes its postgres
-// with it instead of leaving it running.
-func spawn(cmd *exec.Cmd) (*process, error) {
-	// SIGKILL, not a shutdown request: the postmaster cannot ignore it, and
-	// its backends exit by themselves when they see the postmaster gone.
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	proc := &process{cmd: cmd, done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		proc.err = cmd.Wait()
-		close(proc.done)
-	}()
-	if err := <-started; err != nil {
-		return nil, err
-	}
-	return proc, nil
 }
 
 func (p *Postgres) createFixtures(ctx context.Context) error {
@@ -495,9 +461,9 @@ func (p *Postgres) stop() error {
 	var errs []error
 	if proc := p.proc; proc != nil {
 		select {
-		case <-proc.done:
+		case <-proc.Done:
 			// It died on its own: a test should hear about that.
-			errs = append(errs, fmt.Errorf("pgtest: postgres had already exited: %v", proc.err))
+			errs = append(errs, fmt.Errorf("pgtest: postgres had already exited: %v", proc.Err))
 		default:
 			if err := terminate(proc); err != nil {
 				errs = append(errs, err)
@@ -520,7 +486,7 @@ func (p *Postgres) stop() error {
 }
 
 // terminate escalates from fast shutdown to immediate shutdown to SIGKILL.
-func terminate(proc *process) error {
+func terminate(proc *testproc.Process) error {
 	steps := []struct {
 		sig  syscall.Signal
 		wait time.Duration
@@ -530,9 +496,9 @@ func terminate(proc *process) error {
 		{syscall.SIGKILL, 5 * time.Second},
 	}
 	for i, s := range steps {
-		_ = proc.cmd.Process.Signal(s.sig)
+		_ = proc.Cmd.Process.Signal(s.sig)
 		select {
-		case <-proc.done:
+		case <-proc.Done:
 			if i > 0 {
 				return fmt.Errorf("pgtest: postgres ignored fast shutdown, needed %v", s.sig)
 			}

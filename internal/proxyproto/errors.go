@@ -24,6 +24,12 @@ var (
 	ErrClosed = errors.New("connection closed before a PROXY header")
 )
 
+// Reasons lists every label Reason returns, for metrics that pre-register
+// them.
+func Reasons() []string {
+	return []string{"timeout", "no_header", "malformed", "unsupported", "closed", "error"}
+}
+
 // Reason returns a short label for err, for a metric label or a log field:
 // "timeout", "no_header", "malformed", "unsupported", "closed", or "error"
 // for anything else (an I/O error in the middle of a header, say).
