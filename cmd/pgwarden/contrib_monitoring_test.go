@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/pgwarden/pgwarden/internal/pgtest"
+	"github.com/pgwarden/pgwarden/internal/redistest"
 )
 
 var metricName = regexp.MustCompile(`\bpgwarden_[a-z0-9_]+\b`)
@@ -110,7 +112,7 @@ func TestContribDashboardAndAlerts(t *testing.T) {
 	exprs := dashboardExprs(t, dashboard)
 	rules := alertExprs(t, alerts)
 	for _, want := range []string{"PgwardenCertificateExpiringSoon", "PgwardenCertificateExpired", "PgwardenBanStorm",
-		"PgwardenUpstreamNotReady", "PgwardenRefusalsSpike"} {
+		"PgwardenUpstreamNotReady", "PgwardenRefusalsSpike", "PgwardenRedisDown", "PgwardenCrowdSecDown"} {
 		require.Contains(t, rules, want)
 	}
 	all := strings.Join(exprs, "\n")
@@ -150,16 +152,28 @@ func TestContribDashboardAndAlerts(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 }
 
-// scrapeBusyGateway runs the gateway, gives it a session, a failed login,
-// a refused source and a ban, and returns the metric names of its
-// /metrics.
+// scrapeBusyGateway runs the gateway with everything that has metrics of
+// its own (a fleet Redis, a CrowdSec LAPI, a trusted load balancer), gives
+// it a session, a failed login, a refused source and a ban, and returns
+// the metric names of its /metrics.
 func scrapeBusyGateway(t *testing.T) map[string]bool {
 	t.Helper()
 	pg := pgtest.Start(t)
+	rds := redistest.Start(t)
+	// The LAPI refuses the stream (pgwarden_crowdsec_up 0): only the
+	// series' presence matters here.
+	lapi := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, `{"message":"access forbidden"}`, http.StatusForbidden)
+	}))
+	t.Cleanup(lapi.Close)
 	certFile, keyFile, caFile := tlsFiles(t)
+	bouncerKey := filepath.Join(t.TempDir(), "bouncer.key")
+	require.NoError(t, os.WriteFile(bouncerKey, []byte("key\n"), 0o600))
 	port := freePort(t)
 	g := startBinary(t, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--upstream", pg.Addr(), "--allow", "127.0.0.1",
-		"--tls-cert", certFile, "--tls-key", keyFile, "--admin", "127.0.0.1:0")
+		"--tls-cert", certFile, "--tls-key", keyFile, "--admin", "127.0.0.1:0",
+		"--redis", rds.URL(), "--crowdsec-lapi", lapi.URL, "--crowdsec-key-file", bouncerKey,
+		"--proxy-protocol-from", "127.0.0.9")
 	admin := adminAddr(t, g)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -195,6 +195,7 @@ func Run(cfg *gateway.Config, opts Options) *Report {
 	}
 	c.checkBanState()
 	c.checkAdmin()
+	c.checkFleet()
 	c.checkUpstreamStartups()
 	return c.rep
 }

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -24,6 +26,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/pgwarden/pgwarden/internal/gateway"
 	"github.com/pgwarden/pgwarden/internal/pgtest"
+	"github.com/pgwarden/pgwarden/internal/redistest"
 )
 
 // fixture is a configuration to check, with its files.
@@ -385,4 +388,35 @@ func TestCheckConfigErrors(t *testing.T) {
 	f.cfg.Route.Allow = []string{"010.0.0.1"}
 	f.cfg.MaxStartups = 10
 	requireOne(t, f.run(env()), "config", Fail, `allowlist "010.0.0.1": leading zeros are ambiguous (octal or decimal?); write 10.0.0.1`)
+}
+
+// TestCheckFleet: the Redis and CrowdSec LAPI of --redis and
+// --crowdsec-lapi must answer; down, each is a FAIL.
+func TestCheckFleet(t *testing.T) {
+	pg := pgtest.Start(t)
+	rds := redistest.Start(t)
+	lapi := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/health" || r.Header.Get("X-Api-Key") != "" {
+			http.Error(w, "unexpected", http.StatusTeapot)
+			return
+		}
+		_, _ = w.Write([]byte(`{"status":"up"}`))
+	}))
+	defer lapi.Close()
+	keyFile := filepath.Join(t.TempDir(), "bouncer.key")
+	require.NoError(t, os.WriteFile(keyFile, []byte("secret\n"), 0o600))
+
+	f := newFixture(t, pg.Addr())
+	f.cfg.Redis = rds.URL()
+	f.cfg.CrowdSecLAPI, f.cfg.CrowdSecKeyFile = lapi.URL, keyFile
+	rep := f.run(env())
+	requireOne(t, rep, "redis", OK, rds.Addr()+" answers PING")
+	requireOne(t, rep, "crowdsec", OK, "answers (200 OK for /health)")
+
+	down := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	f.cfg.Redis = "redis://" + down
+	f.cfg.CrowdSecLAPI = "http://" + down
+	rep = f.run(env())
+	requireOne(t, rep, "redis", Fail, down+" does not answer PING")
+	requireOne(t, rep, "crowdsec", Fail, "the LAPI at "+down+" does not answer: connection refused")
 }

@@ -2,11 +2,13 @@ package check
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
@@ -339,4 +342,64 @@ func splitLines(s string) []string {
 		}
 	}
 	return out
+}
+
+// checkFleet: the Redis the jail and grants are shared on, and the
+// CrowdSec LAPI decisions come from, answer. The gateway starts without
+// them (an outage is logged and counted), but then bans are not shared
+// and CrowdSec's decisions are not applied.
+func (c *checker) checkFleet() {
+	if c.cfg.Redis != "" {
+		c.checkRedis()
+	}
+	if c.cfg.CrowdSecLAPI != "" {
+		c.checkCrowdSec()
+	}
+}
+
+func (c *checker) checkRedis() {
+	flag := c.name(gateway.FieldRedis)
+	opts, err := redis.ParseURL(c.cfg.Redis)
+	if err != nil {
+		return // a config FAIL already
+	}
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = c.env.DialTimeout, c.env.DialTimeout, c.env.DialTimeout
+	opts.MaxRetries = -1
+	client := redis.NewClient(opts)
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), c.env.DialTimeout)
+	defer cancel()
+	if err := client.Ping(ctx).Err(); err != nil {
+		c.result("redis", Fail, nil, "start Redis, or point "+flag+" at it (redis://[:PASSWORD@]HOST:PORT/DB)",
+			"%s does not answer PING: %v; bans and grants would not be shared with the other gateways", opts.Addr, err)
+		return
+	}
+	c.ok("redis", nil, "%s answers PING", opts.Addr)
+}
+
+// checkCrowdSec asks the LAPI's /health, which needs no key: pulling the
+// decision stream with the gateway's key would move the LAPI's record of
+// what that bouncer has seen, and the running gateway could miss
+// decisions.
+func (c *checker) checkCrowdSec() {
+	flag := c.name(gateway.FieldCrowdSecLAPI)
+	u, err := url.Parse(c.cfg.CrowdSecLAPI)
+	if err != nil || u.Host == "" {
+		return // a config FAIL already
+	}
+	health := u.JoinPath("/health")
+	client := &http.Client{Timeout: c.env.DialTimeout, Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Get(health.String())
+	if err != nil {
+		c.result("crowdsec", Fail, nil, "start the CrowdSec LAPI, or point "+flag+" at it",
+			"the LAPI at %s does not answer: %s; CrowdSec's decisions would not be applied", u.Host, describe(err))
+		return
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode >= 500 {
+		c.result("crowdsec", Fail, nil, "see the LAPI's log", "the LAPI at %s answers %s", u.Host, resp.Status)
+		return
+	}
+	c.ok("crowdsec", nil, "the LAPI at %s answers (%s for /health)", u.Host, resp.Status)
 }
