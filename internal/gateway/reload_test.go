@@ -43,10 +43,13 @@ var testNames = fielderr.Names{
 	FieldMaxUpstreamStartups: "--max-upstream-startups",
 }
 
-func startReloadable(t *testing.T) *reloadable {
+func startReloadable(t *testing.T, mutate ...func(*Config)) *reloadable {
 	t.Helper()
 	cfg := testConfig(t)
 	cfg.Route.Allow = []string{"127.0.0.1"}
+	for _, m := range mutate {
+		m(cfg)
+	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	rl := &reloadable{next: cfg.clone(), logs: logs}
 	g, err := New(cfg, Options{
@@ -261,4 +264,27 @@ func TestReloadRereadsFilesInPlace(t *testing.T) {
 	require.NotEqual(t, first.SerialNumber, next.SerialNumber)
 	require.Equal(t, 9, rl.g.routes[0].server.Tunables().MaxStartups)
 	require.True(t, strings.Contains(fmt.Sprint(rl.lastMessage("configuration reloaded").ContextMap()["changed"]), "--max-startups"))
+}
+
+// TestReloadTrustedBalancers: the balancers a route takes PROXY headers
+// from change with a reload while the route has some; turning PROXY
+// protocol off (or on) needs new listeners, so it waits for a restart.
+func TestReloadTrustedBalancers(t *testing.T) {
+	rl := startReloadable(t, func(c *Config) { c.Route.ProxyProtocolFrom = []string{"127.0.0.9"} })
+	src := rl.g.routes[0].sources
+	require.True(t, src.trusted.Load().ContainsAddr(netip.MustParseAddr("127.0.0.9")))
+
+	rl.next.Route.ProxyProtocolFrom = []string{"127.0.0.8"}
+	rl.next.ProxyProtocolTimeout = time.Second
+	rl.g.Reload()
+	require.Contains(t, rl.lastMessage("configuration reloaded").ContextMap()["changed"], "proxy-protocol-from")
+	require.False(t, src.trusted.Load().ContainsAddr(netip.MustParseAddr("127.0.0.9")))
+	require.True(t, src.trusted.Load().ContainsAddr(netip.MustParseAddr("127.0.0.8")))
+	require.Equal(t, int64(time.Second), src.timeout.Load())
+
+	rl.next.Route.ProxyProtocolFrom = nil
+	rl.g.Reload()
+	restart := rl.lastMessage("settings changed that take effect only after a restart; they keep their running values until then")
+	require.Contains(t, restart.ContextMap()["restart_needed"], "proxy-protocol-from")
+	require.True(t, src.trusted.Load().ContainsAddr(netip.MustParseAddr("127.0.0.8")), "still in force until a restart")
 }
