@@ -25,11 +25,7 @@ func TestSIGHUPReloadsAllowlist(t *testing.T) {
 	certFile, keyFile, caFile := tlsFiles(t)
 	port := freePort(t)
 	cfgFile := filepath.Join(t.TempDir(), "pgwarden.yaml")
-	writeCfg := func(allow string) {
-		require.NoError(t, os.WriteFile(cfgFile, []byte(fmt.Sprintf(
-			"listen: [127.0.0.1:%d]\nupstream: %s\nallow: [%s]\ntls-cert: %s\ntls-key: %s\n",
-			port, pg.Addr(), allow, certFile, keyFile)), 0o600))
-	}
+	writeCfg := func(allow string) { writeServeConfig(t, cfgFile, port, pg.Addr(), certFile, keyFile, allow, "") }
 	writeCfg("127.0.0.2/32")
 	g := startBinary(t, "--config", cfgFile)
 
@@ -77,9 +73,7 @@ func TestSIGHUPReloadsBanSettingsAndTLSVersion(t *testing.T) {
 	port := freePort(t)
 	cfgFile := filepath.Join(t.TempDir(), "pgwarden.yaml")
 	writeCfg := func(extra string) {
-		require.NoError(t, os.WriteFile(cfgFile, []byte(fmt.Sprintf(
-			"listen: [127.0.0.1:%d]\nupstream: %s\nallow: [127.0.0.0/8]\ntls-cert: %s\ntls-key: %s\n%s",
-			port, pg.Addr(), certFile, keyFile, extra)), 0o600))
+		writeServeConfig(t, cfgFile, port, pg.Addr(), certFile, keyFile, "127.0.0.0/8", extra)
 	}
 	writeCfg("")
 	g := startBinary(t, "--config", cfgFile)
@@ -145,4 +139,13 @@ func waitLogLine(t *testing.T, g *process, mark int, what string, match func(map
 		return false
 	}, 20*time.Second, 20*time.Millisecond, "no log line: %s; log since mark:\n%v", what, logsSince(g, mark))
 	return found
+}
+
+// writeServeConfig writes a one-route config file: listen on 127.0.0.1
+// port, in front of upstream, admitting allow; extra is more YAML.
+func writeServeConfig(t *testing.T, path string, port int, upstream, certFile, keyFile, allow, extra string) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(path, []byte(fmt.Sprintf(
+		"listen: [127.0.0.1:%d]\nupstream: %s\nallow: [%s]\ntls-cert: %s\ntls-key: %s\n%s",
+		port, upstream, allow, certFile, keyFile, extra)), 0o600))
 }

@@ -81,9 +81,7 @@ func TestSystemdNotifySequence(t *testing.T) {
 	notify := listenNotify(t)
 	cfgFile := filepath.Join(t.TempDir(), "pgwarden.yaml")
 	writeCfg := func(allow string) {
-		require.NoError(t, os.WriteFile(cfgFile, []byte(fmt.Sprintf(
-			"listen: [127.0.0.1:%d]\nupstream: %s\nallow: [%s]\ntls-cert: %s\ntls-key: %s\nadmin: 127.0.0.1:0\ndrain-timeout: 2s\n",
-			port, pg.Addr(), allow, certFile, keyFile)), 0o600))
+		writeServeConfig(t, cfgFile, port, pg.Addr(), certFile, keyFile, allow, "admin: 127.0.0.1:0\ndrain-timeout: 2s\n")
 	}
 	writeCfg("127.0.0.1/32")
 
