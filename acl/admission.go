@@ -143,6 +143,7 @@ const (
 type Gate struct {
 	policy     *Policy
 	onReject   func(Decision, netip.Addr)
+	onAdmit    func(Rule)
 	log        *zap.Logger
 	sampler    *sampler
 	notAllowed atomic.Uint64
@@ -158,6 +159,11 @@ func NewGate(p *Policy, onReject func(Decision, netip.Addr), log *zap.Logger) *G
 	}
 	return &Gate{policy: p, onReject: onReject, log: log, sampler: newSampler(sampleFirst, sampleThereafter, time.Now)}
 }
+
+// OnAdmit makes the gate tell f the rule that admitted each connection
+// (hit counts per rule). f runs on the accept path: it must be cheap and
+// never block. Call it before the gate is used.
+func (g *Gate) OnAdmit(f func(Rule)) { g.onAdmit = f }
 
 // Policy is the policy the gate applies.
 func (g *Gate) Policy() *Policy { return g.policy }
@@ -184,6 +190,8 @@ func (g *Gate) decide(c net.Conn, ip netip.Addr, ok bool, balancer net.Addr) Ver
 	}
 	if v.Decision != Admit {
 		g.reject(c, v.Decision, ip, balancer)
+	} else if g.onAdmit != nil {
+		g.onAdmit(v.Rule)
 	}
 	return v
 }

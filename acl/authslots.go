@@ -159,7 +159,7 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 		if limited {
 			fleetHost, fleetAgg = j.fleetFailures(a.host, a.agg)
 		}
-		now := j.cfg.Now()
+		now := j.config().Now()
 		j.mu.Lock()
 		if !a.ip.IsValid() || j.closed {
 			// Untracked: nothing to count, nothing to revoke.
@@ -192,7 +192,7 @@ func (j *Jail) BeginAuth(ctx context.Context, ip netip.Addr) (*AuthAttempt, erro
 		if aggFull {
 			wakeAgg = j.auths.wakeChan(a.agg)
 		}
-		inflight, failures := j.auths.inflight[a.host], j.tracker.count(a.host, now, j.cfg.FindTime)
+		inflight, failures := j.auths.inflight[a.host], j.tracker.count(a.host, now, j.config().FindTime)
 		j.mu.Unlock()
 		if !waited {
 			waited = true
@@ -217,11 +217,11 @@ func (j *Jail) fullLocked(key netip.Prefix, now time.Time, fleet int) bool {
 	if !key.IsValid() {
 		return false
 	}
-	failures, inflight := j.tracker.count(key, now, j.cfg.FindTime), j.auths.inflight[key]
+	failures, inflight := j.tracker.count(key, now, j.config().FindTime), j.auths.inflight[key]
 	if inflight > 0 {
 		failures = max(failures, fleet)
 	}
-	return failures+inflight >= j.cfg.MaxRetry
+	return failures+inflight >= j.config().MaxRetry
 }
 
 // admitLocked registers a as in progress, holding a slot when limited.

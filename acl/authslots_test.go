@@ -161,7 +161,7 @@ func TestAuthSlotsCountRecentFailures(t *testing.T) {
 	r := receive(t, w)
 	require.NoError(t, r.err)
 	r.a.End()
-	clock.Advance(j.cfg.FindTime)
+	clock.Advance(j.config().FindTime)
 	for range 3 {
 		defer begin(t, j, src).End()
 	}

@@ -32,7 +32,9 @@ import (
 // sharing a NAT with a legitimate client) could interleave good logins to
 // brute-force other roles forever. Failures simply age out of FindTime.
 type Jail struct {
-	cfg JailConfig
+	// cfg is the configuration in force, replaced whole by Reconfigure;
+	// read it through config().
+	cfg atomic.Pointer[JailConfig]
 	log *zap.Logger
 
 	// mu guards tracker, bans, lens4/6, history, closed and lastPurge.
@@ -76,7 +78,6 @@ func NewJail(cfg JailConfig) (*Jail, error) {
 		return nil, err
 	}
 	j := &Jail{
-		cfg:     cfg,
 		log:     cfg.Logger,
 		tracker: newTracker(cfg.MaxTracked, cfg.MaxRetry),
 		bans:    map[netip.Prefix]banRecord{},
@@ -87,6 +88,7 @@ func NewJail(cfg JailConfig) (*Jail, error) {
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	j.cfg.Store(&cfg)
 	j.ignore.Store(cfg.Ignore)
 	if cfg.StatePath != "" {
 		s, st, err := openStore(cfg.StatePath, cfg.StateLockTimeout, cfg.Now(), j.log)
@@ -106,6 +108,35 @@ func NewJail(cfg JailConfig) (*Jail, error) {
 	return j, nil
 }
 
+// config is the configuration in force.
+func (j *Jail) config() *JailConfig { return j.cfg.Load() }
+
+// Reconfigure puts the ban settings of c in force (a reload): MaxRetry,
+// FindTime, BanTime, TimeFactor, MaxTime, Ignore, IPv6Prefix, MaxTracked
+// and HistoryTTL; the rest of c (the state file, the clock, the hooks)
+// stays as the jail was built. Failures already counted stay counted and
+// are judged by the new window and threshold from the next one; bans in
+// force keep their end (new ones get the new lengths); IPv6 sources are
+// counted under the new prefix length from now on, while bans of prefixes
+// of the old length stay in force. c is validated first: an invalid one is
+// refused whole.
+func (j *Jail) Reconfigure(c JailConfig) error {
+	old := j.config()
+	next := *old
+	next.MaxRetry, next.FindTime, next.BanTime = c.MaxRetry, c.FindTime, c.BanTime
+	next.TimeFactor, next.MaxTime, next.Ignore = c.TimeFactor, c.MaxTime, c.Ignore
+	next.IPv6Prefix, next.MaxTracked, next.HistoryTTL = c.IPv6Prefix, c.MaxTracked, c.HistoryTTL
+	if err := next.CheckAndSetDefaults(); err != nil {
+		return err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.tracker.resize(next.MaxTracked, next.MaxRetry)
+	j.cfg.Store(&next)
+	j.ignore.Store(next.Ignore)
+	return nil
+}
+
 // Banned reports whether ip, or a banned prefix containing it, is banned
 // now. It is the accept-path check: one atomic load when nobody is banned,
 // otherwise a read lock and one map lookup per distinct ban-key length. An
@@ -115,7 +146,7 @@ func (j *Jail) Banned(ip netip.Addr) bool {
 		return false
 	}
 	ip = normalize(ip)
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.RLock()
 	defer j.mu.RUnlock()
 	_, _, ok := j.activeBanLocked(ip, now)
@@ -166,7 +197,7 @@ func (j *Jail) failed(a *AuthAttempt, ip netip.Addr, f Failure) (banned bool, un
 	// a's slot is still held meanwhile, so no waiting authentication can
 	// slip in before this failure is counted here.
 	fleetHost, fleetAgg := j.shareFailure(host), j.shareFailure(agg)
-	now := j.cfg.Now()
+	now := j.config().Now()
 
 	j.mu.Lock()
 	j.endLocked(a)
@@ -175,17 +206,17 @@ func (j *Jail) failed(a *AuthAttempt, ip netip.Addr, f Failure) (banned bool, un
 		return false, time.Time{}
 	}
 	prevKey, prev, wasBanned := j.activeBanLocked(ip, now)
-	hostN := max(j.tracker.add(host, now, j.cfg.FindTime), fleetHost.failures)
+	hostN := max(j.tracker.add(host, now, j.config().FindTime), fleetHost.failures)
 	aggN := 0
 	if agg.IsValid() {
-		aggN = max(j.tracker.add(agg, now, j.cfg.FindTime), fleetAgg.failures)
+		aggN = max(j.tracker.add(agg, now, j.config().FindTime), fleetAgg.failures)
 	}
 	var key netip.Prefix
 	var n, fleetBans int
 	switch {
-	case agg.IsValid() && aggN >= j.cfg.MaxRetry:
+	case agg.IsValid() && aggN >= j.config().MaxRetry:
 		key, n, fleetBans = agg, aggN, fleetAgg.bans // covers host
-	case hostN >= j.cfg.MaxRetry:
+	case hostN >= j.config().MaxRetry:
 		key, n, fleetBans = host, hostN, fleetHost.bans
 	}
 	var b banRecord
@@ -283,8 +314,8 @@ func (j *Jail) Close() error {
 // and for IPv6 its aggregate prefix (invalid when aggregation is off).
 func (j *Jail) keys(ip netip.Addr) (host, agg netip.Prefix) {
 	host = netip.PrefixFrom(ip, ip.BitLen())
-	if ip.Is6() && j.cfg.IPv6Prefix < 128 {
-		agg, _ = ip.Prefix(j.cfg.IPv6Prefix)
+	if ip.Is6() && j.config().IPv6Prefix < 128 {
+		agg, _ = ip.Prefix(j.config().IPv6Prefix)
 	}
 	return host, agg
 }
@@ -318,7 +349,7 @@ func (j *Jail) banLocked(key netip.Prefix, now time.Time, d time.Duration, failu
 	h.Bans = max(h.Bans, fleetBans) + 1
 	h.Last = now
 	if d == 0 {
-		d = j.cfg.banDuration(h.Bans)
+		d = j.config().banDuration(h.Bans)
 	}
 	b := banRecord{Until: now.Add(d), Failures: failures, Bans: h.Bans, Manual: manual, At: now}
 	old, existed := j.bans[key]
@@ -380,8 +411,8 @@ func (j *Jail) announceBan(key netip.Prefix, b banRecord, why []zap.Field, manua
 		zap.Int("bans", b.Bans),
 		zap.Bool("manual", manual),
 	}, why...)...)
-	if j.cfg.OnBan != nil {
-		j.cfg.OnBan(key.Addr(), b.Until)
+	if j.config().OnBan != nil {
+		j.config().OnBan(key.Addr(), b.Until)
 	}
 }
 

@@ -51,7 +51,7 @@ func ceilSecond(t time.Time) time.Time {
 
 // List returns the active bans, sorted by address (IPv4 first).
 func (j *Jail) List() []BanInfo {
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.RLock()
 	keys := make([]netip.Prefix, 0, len(j.bans))
 	for k, b := range j.bans {
@@ -70,7 +70,7 @@ func (j *Jail) List() []BanInfo {
 
 // ActiveBans is the number of unexpired bans (for a gauge).
 func (j *Jail) ActiveBans() int {
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.RLock()
 	defer j.mu.RUnlock()
 	n := 0
@@ -102,7 +102,7 @@ func (j *Jail) Ban(prefixOrIP string, d time.Duration) (BanInfo, error) {
 	if d == 0 {
 		fleetBans = j.fleetHistory(key)
 	}
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
@@ -131,7 +131,7 @@ func (j *Jail) Unban(prefixOrIP string) error {
 	if err != nil {
 		return fmt.Errorf("unbanning %q: %w", prefixOrIP, err)
 	}
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.Lock()
 	if j.closed {
 		j.mu.Unlock()
@@ -171,12 +171,12 @@ func (j *Jail) Unban(prefixOrIP string) error {
 // publishUnban lifts key's ban in the fleet, if there is one, and reports
 // whether the fleet held one.
 func (j *Jail) publishUnban(key netip.Prefix) (bool, error) {
-	if j.cfg.Shared == nil {
+	if j.config().Shared == nil {
 		return false, nil
 	}
 	ctx, cancel := sharedCtx()
 	defer cancel()
-	had, err := j.cfg.Shared.Unban(ctx, key)
+	had, err := j.config().Shared.Unban(ctx, key)
 	if err != nil {
 		j.log.Warn("publishing an unban failed; it reaches the other gateways when the fleet store is back",
 			zap.String("source", keyString(key)), zap.Error(err))

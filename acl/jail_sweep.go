@@ -14,7 +14,7 @@ const historyPurgeEvery = time.Minute
 // sweepLoop lifts expired bans every SweepInterval until Close.
 func (j *Jail) sweepLoop() {
 	defer close(j.done)
-	t := time.NewTicker(j.cfg.SweepInterval)
+	t := time.NewTicker(j.config().SweepInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -33,7 +33,7 @@ func (j *Jail) sweepLoop() {
 // FindTime, and now and then purges ban history older than HistoryTTL or
 // beyond MaxTracked entries. purgeNow forces the history purge.
 func (j *Jail) sweep(purgeNow bool) {
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.Lock()
 	var expired []netip.Prefix
 	var expiredBans []banRecord
@@ -47,9 +47,9 @@ func (j *Jail) sweep(purgeNow bool) {
 	if len(expired) > 0 {
 		j.reindexLocked()
 	}
-	j.tracker.expire(now.Add(-j.cfg.FindTime))
+	j.tracker.expire(now.Add(-j.config().FindTime))
 	var purged []netip.Prefix
-	if purgeNow || now.Sub(j.lastPurge) >= historyPurgeEvery || len(j.history) > j.cfg.MaxTracked {
+	if purgeNow || now.Sub(j.lastPurge) >= historyPurgeEvery || len(j.history) > j.config().MaxTracked {
 		j.lastPurge = now
 		purged = j.purgeHistoryLocked(now)
 	}
@@ -72,12 +72,12 @@ func (j *Jail) sweep(purgeNow bool) {
 func (j *Jail) purgeHistoryLocked(now time.Time) []netip.Prefix {
 	var purged []netip.Prefix
 	for k, h := range j.history {
-		if _, banned := j.bans[k]; !banned && now.Sub(h.Last) > j.cfg.HistoryTTL {
+		if _, banned := j.bans[k]; !banned && now.Sub(h.Last) > j.config().HistoryTTL {
 			purged = append(purged, k)
 			delete(j.history, k)
 		}
 	}
-	if over := len(j.history) - j.cfg.MaxTracked; over > 0 {
+	if over := len(j.history) - j.config().MaxTracked; over > 0 {
 		var idle []netip.Prefix
 		for k := range j.history {
 			if _, banned := j.bans[k]; !banned {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -134,6 +135,17 @@ func (l *Listener) Decide(ip netip.Addr) Decision { return l.gate.policy.Decide(
 
 // Close closes the inner listener; a blocked Accept returns its error.
 func (l *Listener) Close() error { return l.inner.Close() }
+
+// SetDeadline sets the inner listener's accept deadline, so that a
+// blocked Accept can be woken (a liveness check); an inner listener
+// without deadlines returns errors.ErrUnsupported.
+func (l *Listener) SetDeadline(t time.Time) error {
+	d, ok := l.inner.(interface{ SetDeadline(time.Time) error })
+	if !ok {
+		return errors.ErrUnsupported
+	}
+	return d.SetDeadline(t)
+}
 
 // Addr is the inner listener's address.
 func (l *Listener) Addr() net.Addr { return l.inner.Addr() }

@@ -80,12 +80,12 @@ type fleetCount struct {
 
 // shareFailure records a failure of key in the fleet, if there is one.
 func (j *Jail) shareFailure(key netip.Prefix) fleetCount {
-	if j.cfg.Shared == nil || !key.IsValid() {
+	if j.config().Shared == nil || !key.IsValid() {
 		return fleetCount{}
 	}
 	ctx, cancel := sharedCtx()
 	defer cancel()
-	n, bans, err := j.cfg.Shared.RecordFailure(ctx, key, j.cfg.FindTime)
+	n, bans, err := j.config().Shared.RecordFailure(ctx, key, j.config().FindTime)
 	if err != nil {
 		j.log.Debug("sharing a failure failed; counting locally", zap.String("key", keyString(key)), zap.Error(err))
 		return fleetCount{}
@@ -96,12 +96,12 @@ func (j *Jail) shareFailure(key netip.Prefix) fleetCount {
 // fleetFailures reads the fleet-wide failure counts of host and agg; zero
 // when there is no store or it does not answer.
 func (j *Jail) fleetFailures(host, agg netip.Prefix) (hostN, aggN int) {
-	if j.cfg.Shared == nil {
+	if j.config().Shared == nil {
 		return 0, 0
 	}
 	ctx, cancel := sharedCtx()
 	defer cancel()
-	n, err := j.cfg.Shared.FailureCounts(ctx, j.cfg.FindTime, host, agg)
+	n, err := j.config().Shared.FailureCounts(ctx, j.config().FindTime, host, agg)
 	if err != nil || len(n) != 2 {
 		return 0, 0
 	}
@@ -110,12 +110,12 @@ func (j *Jail) fleetFailures(host, agg netip.Prefix) (hostN, aggN int) {
 
 // fleetHistory is key's fleet-wide ban count, 0 without an answer.
 func (j *Jail) fleetHistory(key netip.Prefix) int {
-	if j.cfg.Shared == nil {
+	if j.config().Shared == nil {
 		return 0
 	}
 	ctx, cancel := sharedCtx()
 	defer cancel()
-	n, err := j.cfg.Shared.BanHistory(ctx, key)
+	n, err := j.config().Shared.BanHistory(ctx, key)
 	if err != nil {
 		return 0
 	}
@@ -128,22 +128,22 @@ func (j *Jail) fleetHistory(key netip.Prefix) int {
 // the store does not answer, the local ban stands and reaches the fleet
 // with the next resynchronisation.
 func (j *Jail) publishBan(key netip.Prefix, b banRecord, clear []netip.Prefix) banRecord {
-	if j.cfg.Shared == nil {
+	if j.config().Shared == nil {
 		return b
 	}
-	d := b.Until.Sub(j.cfg.Now())
+	d := b.Until.Sub(j.config().Now())
 	if d <= 0 {
 		return b
 	}
 	ctx, cancel := sharedCtx()
 	defer cancel()
-	fb, err := j.cfg.Shared.Ban(ctx, key, d, b.Failures, b.Manual, clear)
+	fb, err := j.config().Shared.Ban(ctx, key, d, b.Failures, b.Manual, clear)
 	if err != nil {
 		j.log.Debug("publishing a ban failed; it stands locally and is pushed when the fleet store is back",
 			zap.String("source", keyString(key)), zap.Error(err))
 		return b
 	}
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.Lock()
 	cur, ok := j.bans[key]
 	if ok && cur.At.Equal(b.At) && fb.Until.After(now) {
@@ -178,7 +178,7 @@ func (j *Jail) ApplyBan(b SharedBan) {
 	if !key.IsValid() || key != key.Masked() {
 		return
 	}
-	now := j.cfg.Now()
+	now := j.config().Now()
 	if !b.Until.After(now) {
 		return
 	}
@@ -243,7 +243,7 @@ func (j *Jail) ApplyUnban(key netip.Prefix) {
 // SharedBans returns the jail's active bans, for pushing to the fleet
 // after an outage.
 func (j *Jail) SharedBans() []SharedBan {
-	now := j.cfg.Now()
+	now := j.config().Now()
 	j.mu.RLock()
 	defer j.mu.RUnlock()
 	out := make([]SharedBan, 0, len(j.bans))

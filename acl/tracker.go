@@ -28,6 +28,22 @@ func newTracker(maxKeys, keep int) *tracker {
 	return &tracker{max: maxKeys, keep: keep, entries: make(map[netip.Prefix]*list.Element)}
 }
 
+// resize changes the bounds (a reload): past max keys the least recently
+// failing are evicted now, and a key holding more than keep timestamps
+// keeps its newest keep.
+func (t *tracker) resize(maxKeys, keep int) {
+	t.max, t.keep = maxKeys, keep
+	for len(t.entries) > t.max {
+		t.removeElement(t.order.Back())
+	}
+	for el := t.order.Front(); el != nil; el = el.Next() {
+		e := el.Value.(*trackEntry)
+		if over := len(e.times) - keep; over > 0 {
+			e.times = append(e.times[:0], e.times[over:]...)
+		}
+	}
+}
+
 // add records a failure for key at now and returns how many failures the
 // key has in (now-window, now].
 func (t *tracker) add(key netip.Prefix, now time.Time, window time.Duration) int {

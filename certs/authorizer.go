@@ -204,6 +204,25 @@ func (a *Authorizer) Reload() error {
 	return nil
 }
 
+// Stage reads --tls-client-ca, --tls-map-file and --tls-client-crl as
+// Reload does, without putting them in force; commit does (see
+// Loader.Stage). A nil Authorizer stages nothing.
+func (a *Authorizer) Stage() (commit func(), err error) {
+	if a == nil {
+		return func() {}, nil
+	}
+	st, err := a.load()
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		a.reloadMu.Lock()
+		defer a.reloadMu.Unlock()
+		a.state.Store(st)
+		a.logger.Info("client CA reloaded", zap.String("file", a.caFile), zap.String("map_file", a.mapFile))
+	}, nil
+}
+
 // Authorize checks cs's client certificate and whether it may log in as
 // role. The result is nil or an *AuthError whose Error() is safe to send to
 // the unauthenticated client in a FATAL 28000; its Cause is for the log.

@@ -98,6 +98,27 @@ func (l *Loader) Reload() error {
 	return nil
 }
 
+// Stage reads and checks both files as Reload does, without swapping
+// anything: a reload of the whole configuration first stages every part,
+// and commits only if none failed. commit swaps the staged pair in (and
+// does nothing if the files held the pair in force).
+func (l *Loader) Stage() (commit func(), err error) {
+	pair, err := loadKeyPair(l.certFile, l.keyFile, l.now())
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		l.reloadMu.Lock()
+		defer l.reloadMu.Unlock()
+		old := l.pair.Load()
+		if bytes.Equal(old.certPEM, pair.certPEM) && bytes.Equal(old.keyPEM, pair.keyPEM) {
+			return
+		}
+		l.pair.Store(pair)
+		l.logLoaded("certificate reloaded", pair)
+	}, nil
+}
+
 // WarnIfExpiring logs at warn when the current certificate ends within
 // `within` (at error once it has ended), with the days left.
 func (l *Loader) WarnIfExpiring(within time.Duration) {

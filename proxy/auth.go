@@ -224,7 +224,7 @@ func (s *Server) gssContinue(sess *session, fe *pgproto3.Frontend, be *pgproto3.
 		// crypto/tls and the reader resumable.
 		_ = sess.raw.SetReadDeadline(time.Now())
 		c := <-clientc
-		_ = sess.raw.SetReadDeadline(sess.start.Add(s.cfg.AuthTimeout))
+		_ = sess.raw.SetReadDeadline(sess.start.Add(sess.tun.AuthTimeout))
 		switch {
 		case c.err == nil:
 			return nil, refuse(OutcomeProtocolViolation, codeProtocolViolation,

@@ -93,6 +93,28 @@ func NewUpstreamLimiter(max int) *UpstreamLimiter {
 	return &UpstreamLimiter{max: max, sems: make(map[Upstream]chan struct{})}
 }
 
+// SetMax changes the cap (a reload; max <= 0 means the default). Logins
+// that hold or wait for a slot under the old cap finish under it, so for
+// at most one authentication timeout both caps are in use.
+func (l *UpstreamLimiter) SetMax(max int) {
+	if max <= 0 {
+		max = DefaultMaxUpstreamStartups
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if max != l.max {
+		l.max = max
+		l.sems = make(map[Upstream]chan struct{})
+	}
+}
+
+// Max is the cap in force.
+func (l *UpstreamLimiter) Max() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.max
+}
+
 // acquire takes a slot for up, waiting until one frees or ctx is done.
 // Waiters are served in arrival order: a channel's blocked senders are
 // queued first in, first out, so a steady stream of newcomers cannot starve
@@ -246,8 +268,8 @@ func (s *Server) interruptAuth(sess *session) {
 // up rather than prompt with a connection open). Arming it could undo the
 // deadline a revocation just set, so it checks for one afterwards.
 func (s *Server) awaitClient(sess *session) error {
-	d := time.Now().Add(s.cfg.AuthStepTimeout)
-	if end := sess.start.Add(s.cfg.AuthTimeout); end.Before(d) {
+	d := time.Now().Add(sess.tun.AuthStepTimeout)
+	if end := sess.start.Add(sess.tun.AuthTimeout); end.Before(d) {
 		d = end
 	}
 	_ = sess.raw.SetReadDeadline(d)

@@ -126,20 +126,20 @@ func (s *Server) forwardCancel(ctx context.Context, sess *session, p *startupPac
 // cancel names no role, so the role rule does not apply.
 func (s *Server) cancelAdmitted(sess *session) error {
 	if sess.tls == nil {
-		switch s.cfg.PlaintextCancel {
+		switch sess.tun.PlaintextCancel {
 		case PlaintextCancelAllow:
 			return nil
 		case PlaintextCancelDeny:
 			return silent(OutcomeCancelPlaintextRefused, nil)
 		}
-		if s.cfg.Authorizer != nil {
+		if sess.tun.Authorizer != nil {
 			return silent(OutcomeCancelPlaintextRefused, nil)
 		}
 		return nil
 	}
-	if s.cfg.Authorizer != nil {
+	if sess.tun.Authorizer != nil {
 		cs := sess.tls.ConnectionState()
-		if err := s.cfg.Authorizer.VerifyPeer(&cs); err != nil {
+		if err := sess.tun.Authorizer.VerifyPeer(&cs); err != nil {
 			return silent(OutcomeCancelCertRejected, err)
 		}
 	}

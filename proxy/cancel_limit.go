@@ -157,6 +157,34 @@ func (c *CancelLimiter) observe(remote netip.Addr, known bool) (allowed bool) {
 	return allowed
 }
 
+// SetLimits changes Rate, Burst and UnknownPerFailure (a reload), for the
+// sources already tracked too; MaxSources and OnGuesses stay. Invalid
+// limits are refused whole.
+func (c *CancelLimiter) SetLimits(rateLimit float64, burst, unknownPerFailure int) error {
+	check := c.limits
+	check.Rate, check.Burst, check.UnknownPerFailure = rateLimit, burst, unknownPerFailure
+	if _, err := NewCancelLimiter(check); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.limits.Rate, c.limits.Burst, c.limits.UnknownPerFailure = rateLimit, burst, unknownPerFailure
+	for _, k := range c.sources.Keys() {
+		if src, ok := c.sources.Peek(k); ok {
+			src.limiter.SetLimit(rate.Limit(rateLimit))
+			src.limiter.SetBurst(burst)
+		}
+	}
+	return nil
+}
+
+// Limits returns the limits in force.
+func (c *CancelLimiter) Limits() CancelLimits {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.limits
+}
+
 // Sources reports how many sources the limiter tracks now.
 func (c *CancelLimiter) Sources() int {
 	c.mu.Lock()

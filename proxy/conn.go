@@ -24,6 +24,7 @@ var connIDs atomic.Uint64
 
 // session is one client connection, from accept to close.
 type session struct {
+	tun    *Tunables // the settings in force when it was accepted
 	id     uint64
 	start  time.Time
 	raw    net.Conn
@@ -62,6 +63,7 @@ type session struct {
 // handle runs one connection to its end and writes its one log line.
 func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	sess := &session{
+		tun:   s.tun.Load(),
 		id:    connIDs.Add(1),
 		start: time.Now(),
 		raw:   raw,
@@ -159,7 +161,7 @@ func (s *Server) admitSource(sess *session, slot *startupSlot) (outcome Outcome,
 func (s *Server) startSession(ctx context.Context, sess *session) (outcome Outcome, done bool, unregister func(), err error) {
 	// One absolute deadline for accept → TLS → StartupMessage, so a client
 	// trickling a byte at a time is still dropped on time.
-	handshakeDeadline := sess.start.Add(s.cfg.HandshakeTimeout)
+	handshakeDeadline := sess.start.Add(sess.tun.HandshakeTimeout)
 	_ = sess.raw.SetDeadline(handshakeDeadline)
 	hctx, cancel := context.WithDeadline(ctx, handshakeDeadline)
 	p, err := s.negotiate(hctx, sess)
@@ -175,9 +177,9 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome Outco
 	sess.user, sess.database = p.user(), p.database()
 	sess.appName = truncateName(p.param("application_name"))
 
-	if s.cfg.Authorizer != nil {
+	if sess.tun.Authorizer != nil {
 		cs := sess.tls.ConnectionState()
-		if err := s.cfg.Authorizer.Authorize(&cs, sess.user); err != nil {
+		if err := sess.tun.Authorizer.Authorize(&cs, sess.user); err != nil {
 			outcome, err = s.refuseClient(sess, refuse(OutcomeCertRejected, codeInvalidAuthorization, err.Error(), "", err))
 			return outcome, true, nil, err
 		}
@@ -190,7 +192,7 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome Outco
 	}
 
 	// From here the authentication deadline applies, to both sides.
-	authDeadline := sess.start.Add(s.cfg.AuthTimeout)
+	authDeadline := sess.start.Add(sess.tun.AuthTimeout)
 	_ = sess.raw.SetDeadline(authDeadline)
 	unregister, err = s.authenticate(ctx, sess, p, authDeadline)
 	if err != nil {

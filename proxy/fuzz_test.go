@@ -124,7 +124,7 @@ func FuzzNegotiate(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		conn := &memConn{r: bytes.NewReader(data)}
-		sess := &session{raw: conn, start: time.Now(), remote: netip.MustParseAddr("127.0.0.1")}
+		sess := &session{tun: srv.tun.Load(), raw: conn, start: time.Now(), remote: netip.MustParseAddr("127.0.0.1")}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		p, err := srv.negotiate(ctx, sess)
@@ -210,7 +210,7 @@ func FuzzAuthResponse(f *testing.F) {
 		client := bytes.NewReader(data)
 		be := pgproto3.NewBackend(newFrameReader(client), io.Discard)
 		be.SetMaxBodyLen(defaultAuthMessageMaxLen)
-		sess := &session{start: time.Now()}
+		sess := &session{tun: srv.tun.Load(), start: time.Now()}
 		err = srv.readAuthResponse(sess, fe, be)
 		if err != nil {
 			var ce *clientError

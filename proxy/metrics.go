@@ -24,6 +24,9 @@ type Metrics interface {
 	CancelRequest(forwarded bool)
 	// SessionsActive moves the gauge of connections being handled.
 	SessionsActive(route string, delta int)
+	// UpstreamDialed reports whether a connection to the route's upstream
+	// (for a client's login) could be opened.
+	UpstreamDialed(route string, ok bool)
 }
 
 // Counter is the one method of a Prometheus counter the relay needs.
@@ -40,3 +43,4 @@ func (nopMetrics) HandshakeCompleted(string, time.Duration)        {}
 func (nopMetrics) BytesCounter(string, bool) Counter               { return nopCounter{} }
 func (nopMetrics) CancelRequest(bool)                              {}
 func (nopMetrics) SessionsActive(string, int)                      {}
+func (nopMetrics) UpstreamDialed(string, bool)                     {}

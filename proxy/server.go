@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -18,6 +19,7 @@ import (
 // several listeners; Shutdown stops them all and drains the sessions.
 type Server struct {
 	cfg  Config
+	tun  atomic.Pointer[Tunables] // what a reload may change (tunables.go)
 	log  *zap.Logger
 	logs *logSampler // for connection lines (logsample.go)
 
@@ -31,7 +33,7 @@ type Server struct {
 
 	mu           sync.Mutex
 	shuttingDown bool
-	listeners    map[net.Listener]struct{}
+	listeners    map[net.Listener]*acceptLoop
 	sessions     map[*session]struct{}
 	startups     int
 	startupsByIP map[netip.Addr]int
@@ -51,7 +53,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
+	s := &Server{
 		relay:        rl,
 		ctx:          ctx,
 		cancelCtx:    cancel,
@@ -60,10 +62,13 @@ func New(cfg Config) (*Server, error) {
 		logs:         newLogSampler(cfg.LogSampling, cfg.Logger, cfg.Name),
 		bytesUp:      cfg.Metrics.BytesCounter(cfg.Name, true),
 		bytesDown:    cfg.Metrics.BytesCounter(cfg.Name, false),
-		listeners:    make(map[net.Listener]struct{}),
+		listeners:    make(map[net.Listener]*acceptLoop),
 		sessions:     make(map[*session]struct{}),
 		startupsByIP: make(map[netip.Addr]int),
-	}, nil
+	}
+	tun := cfg.tunables()
+	s.tun.Store(&tun)
+	return s, nil
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -80,7 +85,8 @@ func (s *Server) Serve(ln net.Listener) error {
 		_ = ln.Close()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
+	loop := newAcceptLoop(ln)
+	s.listeners[ln] = loop
 	s.mu.Unlock()
 
 	var backoff time.Duration
@@ -89,6 +95,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		if err != nil {
 			if s.closing() {
 				return ErrServerClosed
+			}
+			if loop.answer(err) {
+				continue // a liveness poke (alive.go), not a failure
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || !errors.Is(err, net.ErrClosed) {
@@ -179,9 +188,10 @@ type startupSlot struct {
 // acquireStartup takes a global pre-authentication slot without waiting.
 // The session is tracked from here on so Shutdown can close it.
 func (s *Server) acquireStartup() (*startupSlot, bool) {
+	limit := s.tun.Load().MaxStartups
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.startups >= s.cfg.MaxStartups {
+	if s.startups >= limit {
 		return nil, false
 	}
 	s.startups++
@@ -191,9 +201,10 @@ func (s *Server) acquireStartup() (*startupSlot, bool) {
 // bindSource counts the slot under its source ip too, without waiting.
 func (sl *startupSlot) bindSource(ip netip.Addr) bool {
 	s := sl.s
+	limit := s.tun.Load().MaxStartupsPerIP
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.startupsByIP[ip] >= s.cfg.MaxStartupsPerIP {
+	if s.startupsByIP[ip] >= limit {
 		return false
 	}
 	s.startupsByIP[ip]++

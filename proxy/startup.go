@@ -103,7 +103,7 @@ func (s *Server) negotiate(ctx context.Context, sess *session) (*startupPacket, 
 func (s *Server) handshake(ctx context.Context, sess *session, conn net.Conn) error {
 	// The relay's conn sits under crypto/tls from the start: the session
 	// keeps its TLS state when it is handed over after authentication.
-	tconn := tls.Server(s.relay.Wrap(conn), s.cfg.TLS)
+	tconn := tls.Server(s.relay.Wrap(conn), sess.tun.TLS)
 	if err := tconn.HandshakeContext(ctx); err != nil {
 		if netconn.IsTimeout(err) || errors.Is(err, context.DeadlineExceeded) {
 			return silent(OutcomeTimeout, err)

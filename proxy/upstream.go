@@ -23,6 +23,7 @@ func (s *Server) dialUpstream(ctx context.Context, deadline time.Time) (net.Conn
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	conn, err := s.cfg.Upstream.Dial(dctx)
+	s.cfg.Metrics.UpstreamDialed(s.cfg.Name, err == nil)
 	if err != nil {
 		return nil, refuse(OutcomeUpstreamUnavailable, codeConnectionFailure,
 			"could not connect to the upstream PostgreSQL server: "+dialProblem(err),

@@ -90,6 +90,14 @@ func startProcessIn(t *testing.T, dir, ready string, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(pgwardenBinary(t), args...)
 	cmd.Dir = dir
+	return startCommand(t, cmd, ready)
+}
+
+// startCommand runs cmd, a pgwarden command (perhaps behind a wrapper or
+// with an environment of its own), and waits for its log line ready.
+func startCommand(t *testing.T, cmd *exec.Cmd, ready string) *process {
+	t.Helper()
+	args := cmd.Args[1:]
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())

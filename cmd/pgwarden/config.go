@@ -101,22 +101,32 @@ var routeKeys = func() map[string]bool {
 // YAML file underneath it: a flag on the command line replaces the file's
 // value (the whole list, for a repeatable flag).
 func parseServeArgs(args []string) (*serveConfig, error) {
+	return parseServeArgsWith(args, "serve", nil)
+}
+
+// parseServeArgsWith is parseServeArgs for command cmd, which takes the
+// flags of extra besides serve's (check's --json): on the command line
+// only, never as YAML keys.
+func parseServeArgsWith(args []string, cmd string, extra *pflag.FlagSet) (*serveConfig, error) {
 	c := &serveConfig{}
 	fs := newServeFlags(c)
+	if extra != nil {
+		fs.AddFlagSet(extra)
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil, errHelp
 		}
-		return nil, usageError{fmt.Errorf("%w (pgwarden serve --help lists the flags)", err)}
+		return nil, usageError{fmt.Errorf("%w (pgwarden %s --help lists the flags)", err, cmd)}
 	}
 	if fs.NArg() > 0 {
-		return nil, usageError{fmt.Errorf("unexpected argument %q: serve takes only flags", fs.Arg(0))}
+		return nil, usageError{fmt.Errorf("unexpected argument %q: %s takes only flags", fs.Arg(0), cmd)}
 	}
 	if c.ConfigFile != "" {
 		fromCLI := map[string]bool{}
 		fs.Visit(func(f *pflag.Flag) { fromCLI[f.Name] = true })
-		if err := applyFile(c, fs, fromCLI); err != nil {
-			return nil, err
+		if err := applyFile(c, fs, fromCLI, extra); err != nil {
+			return nil, fileError{err}
 		}
 	}
 	return c, nil
@@ -134,6 +144,13 @@ func sortedKeys[V any](m map[string]V) []string {
 // validate checks what can be checked without touching the network or
 // files, collecting every problem; each names its flag and the fix.
 func (c *serveConfig) validate() error {
+	errs := c.loggingErrors()
+	errs = append(errs, c.Config.Validate())
+	return withFlagNames(errors.Join(errs...))
+}
+
+// loggingErrors are the problems with --log-format and --log-level.
+func (c *serveConfig) loggingErrors() []error {
 	var errs []error
 	switch c.LogFormat {
 	case "json", "console":
@@ -145,12 +162,18 @@ func (c *serveConfig) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--log-level %q: use debug, info, warn or error", c.LogLevel))
 	}
-	errs = append(errs, c.Config.Validate())
-	return withFlagNames(errors.Join(errs...))
+	return errs
 }
 
 // errHelp is returned when --help was asked for.
 var errHelp = errors.New("help requested")
+
+// fileError marks a problem of the --config file (still a usage error for
+// the exit status), which check reports as a failed check rather than a
+// command line it cannot parse.
+type fileError struct{ error }
+
+func (f fileError) Unwrap() error { return f.error }
 
 // usageError marks a problem with the command line or the --config file
 // (exit 2).

@@ -150,8 +150,9 @@ func (f *configFile) mapping(n *yaml.Node, what string) ([]keyValue, error) {
 	return out, nil
 }
 
-// applyFile sets from the YAML file every flag not given on the command line.
-func applyFile(c *serveConfig, fs *pflag.FlagSet, fromCLI map[string]bool) error {
+// applyFile sets from the YAML file every flag not given on the command
+// line; the flags of notKeys (check's own) are not keys of the file.
+func applyFile(c *serveConfig, fs *pflag.FlagSet, fromCLI map[string]bool, notKeys *pflag.FlagSet) error {
 	f := &configFile{path: c.ConfigFile}
 	keys, err := f.load()
 	if err != nil {
@@ -173,7 +174,7 @@ func applyFile(c *serveConfig, fs *pflag.FlagSet, fromCLI map[string]bool) error
 			if err := applyOIDC(c, f, kv, present, fs, fromCLI); err != nil {
 				return err
 			}
-		case kv.key == "config" || fs.Lookup(kv.key) == nil:
+		case kv.key == "config" || fs.Lookup(kv.key) == nil || notKeys != nil && notKeys.Lookup(kv.key) != nil:
 			return usageError{fmt.Errorf("%s: unknown key %q (keys are the flag names, e.g. listen, upstream, allow, tls-cert; pgwarden serve --help lists them)", f.at(kv.line), kv.key)}
 		case fromCLI[kv.key]:
 			// The command line wins.

@@ -33,6 +33,7 @@ var flagNames = fielderr.Names{
 	gateway.FieldCancelBurst:             "--cancel-burst",
 	gateway.FieldCancelUnknownPerFailure: "--cancel-unknown-per-failure",
 	gateway.FieldRelay:                   "--relay",
+	gateway.FieldBanState:                "--ban-state",
 	gateway.FieldProxyProtocolTimeout:    "--proxy-protocol-timeout",
 	gateway.FieldRedis:                   "--redis",
 	gateway.FieldRedisPrefix:             "--redis-prefix",
@@ -82,10 +83,14 @@ var flagNames = fielderr.Names{
 
 	admin.FieldAddr:        "--admin",
 	admin.FieldMetricsAddr: "--metrics-listen",
+	fieldStale:             "--stale",
 
 	forward.FieldListen:      "--listen",
 	forward.FieldAllowRemote: "--allow-remote-listen",
 }
+
+// fieldStale is `pgwarden rules --stale`.
+var fieldStale = fielderr.Field{Pkg: "main", Name: "stale"}
 
 // clientFlagNames are connect's and probe's: a client certificate is
 // --sslcert and --sslkey there, as libpq's parameters.

@@ -20,9 +20,11 @@ const usage = `pgwarden: a TLS-terminating access gateway for PostgreSQL
 
 Usage:
   pgwarden serve [--config FILE] [flags]   run the gateway (pgwarden serve --help lists the flags)
+  pgwarden check [--config FILE] [flags]   check that configuration, and postgres's exposure, from this host
   pgwarden connect --to HOST:PORT [flags]  local plaintext listener carrying clients to a gateway over TLS (stunnel client = yes)
   pgwarden probe HOST:PORT [flags]         check a postgres endpoint layer by layer: why can't I connect?
   pgwarden bans list|ban|unban ...          inspect and change bans through the admin endpoint
+  pgwarden rules [--stale DUR]              allowlist entries and grants that admitted nothing lately
   pgwarden grants request --url URL [flags] from a CI job: ask for a time-boxed grant for this runner's address
   pgwarden certs init|issue ...             make a private CA, server and client certificates
   pgwarden health [--url URL]               exit 0 if the gateway is ready (a container's HEALTHCHECK)
@@ -43,12 +45,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return runServe(args[1:], stdout, stderr)
+	case "check":
+		return runCheck(args[1:], stdout, stderr)
 	case "connect":
 		return runConnect(args[1:], stdout, stderr)
 	case "probe":
 		return runProbe(args[1:], stdout, stderr)
 	case "bans":
 		return runBans(args[1:], stdout, stderr)
+	case "rules":
+		return runRules(args[1:], stdout, stderr)
 	case "grants":
 		return runGrants(args[1:], stdout, stderr)
 	case "certs":

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pgwarden/pgwarden/internal/gateway"
+	"github.com/pgwarden/pgwarden/internal/systemd"
 )
 
 // runServe is `pgwarden serve`.
@@ -41,15 +42,35 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
-	gw, err := gateway.New(&cfg.Config, gateway.Options{
-		Logger:  log,
-		Version: buildVersion(),
-		Names:   flagNames,
-		// SIGHUP re-reads the command line and its file for the allowlists.
+	// Under systemd: READY, RELOADING, STOPPING, STATUS and the watchdog
+	// (Type=notify), and sockets it passes in (--listen systemd:NAME).
+	notify := systemd.NewNotifier(log)
+	sockets := &systemd.Sockets{}
+	watchCtx, stopWatchdog := context.WithCancel(context.Background())
+	defer stopWatchdog()
+	var gw *gateway.Gateway
+	gw, err = gateway.New(&cfg.Config, gateway.Options{
+		Logger:    log,
+		Version:   buildVersion(),
+		Names:     flagNames,
+		Inherited: sockets.Take,
+		Hooks: gateway.Hooks{
+			Ready: func() {
+				notify.Ready()
+				go notify.RunWatchdog(watchCtx, gw.Alive)
+			},
+			Reloading: notify.Reloading,
+			Reloaded:  notify.Ready,
+			Stopping:  notify.Stopping,
+		},
+		// SIGHUP re-reads the command line and its file.
 		Reread: func() (*gateway.Config, error) {
 			c, err := parseServeArgs(args)
 			if err != nil {
 				return nil, err
+			}
+			if c.LogFormat != cfg.LogFormat || c.LogLevel != cfg.LogLevel {
+				log.Warn("--log-format and --log-level take effect only after a restart")
 			}
 			return &c.Config, nil
 		},
@@ -61,6 +82,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	}
 	held.Release()
 	startDebugServer(log)
+	notify.Status = gw.Status
+	if unused := sockets.Unused(); len(unused) > 0 {
+		log.Warn("systemd passed sockets that no --listen systemd:NAME takes; they stay unused", zap.Strings("sockets", unused))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)

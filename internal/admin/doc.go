@@ -11,6 +11,7 @@
 //	GET    /grants      200 [{"id": "g-…", "source": "…/32", "until": "RFC3339", "reason": …, "users": […], "databases": […], "created_by": …, …}]
 //	POST   /grants      201 the grant; body {"source": "IP or CIDR", "ttl": "30m", "reason": "…", "users": […], "databases": […], "route": "…"}
 //	DELETE /grants/{id} 204; the id, or a source (every grant of it); ?keep_sessions=true leaves their sessions running
+//	GET    /rules       200 [{"route": "...", "entry": "10.0.0.0/8", "hits": N, "last_hit": "RFC3339" or null, "since": "RFC3339"}]
 //	GET    /healthz     200 "ok": the process is up
 //	GET    /readyz      200 "ready", or 503 with the reason (not listening, upstream down, draining)
 //	GET    /metrics     Prometheus text format

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/netaddr"
+	"github.com/pgwarden/pgwarden/internal/rulehits"
 )
 
 // BanStore is what the endpoint needs from the ban jail.
@@ -49,6 +50,8 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Grants are the access grants (/grants); nil serves none.
 	Grants GrantStore
+	// Rules, if set, lists what each admission rule admitted (GET /rules).
+	Rules func() []rulehits.Hits
 	// Handlers are more resources.
 	Handlers []Handler
 	// Logger receives the endpoint's errors; nil means none.
@@ -171,6 +174,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	s.registerHealth(mux)
+	s.registerRules(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{
 		ErrorLog:            zap.NewStdLog(s.log.With(zap.String("component", "metrics"))),
 		ErrorHandling:       promhttp.ContinueOnError,

@@ -16,12 +16,22 @@ import (
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
+// InheritedPrefix marks a listen address as sockets passed in by a
+// supervisor: "systemd:NAME" takes those named NAME, "systemd:" all.
+const InheritedPrefix = "systemd:"
+
 // resolveListen turns one listen address into the addresses to bind. HOST
 // may be an IP, a name (every address it resolves to), or a go-sockaddr
 // template, rendered now; a template may yield several addresses. A
 // template that renders to nothing is an error: passed on as ":PORT" it
 // would mean every interface, the opposite of what was asked.
+//
+// "systemd:NAME" (or "systemd:") names sockets a supervisor passes in
+// (Options.Inherited) and is kept as it is.
 func resolveListen(spec string) ([]string, error) {
+	if strings.HasPrefix(spec, InheritedPrefix) {
+		return []string{spec}, nil
+	}
 	host, port, err := splitListen(spec)
 	if err != nil {
 		return nil, errorf("%s %q: %w", FieldListen, spec, err)
@@ -162,4 +172,14 @@ func baseNames(paths []string) []string {
 		out[i] = filepath.Base(p)
 	}
 	return out
+}
+
+// ResolveListen is the addresses a listen setting binds (see
+// resolveListen), for a configuration check.
+func ResolveListen(spec string) ([]string, error) { return resolveListen(spec) }
+
+// ParseUpstream is the upstream an upstream setting names (see
+// parseUpstream), for a configuration check.
+func ParseUpstream(spec string, allowRemote bool) (proxy.Upstream, error) {
+	return parseUpstream(spec, allowRemote)
 }

@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgwarden/pgwarden/acl"
@@ -18,8 +19,10 @@ import (
 // (reset, counted, logged) exactly as a direct peer is at accept. Other
 // peers were judged at accept and are their own clients.
 type balancerSources struct {
-	trusted *proxyproto.Trusted
-	timeout time.Duration
+	// trusted are the balancers in force, and timeout the header wait
+	// (the gateway's, shared by the routes): a reload replaces them.
+	trusted atomic.Pointer[proxyproto.Trusted]
+	timeout *atomic.Int64
 	gate    *acl.Gate
 	// onHeaderError counts a trusted peer's missing or bad header by
 	// proxyproto.Reason.
@@ -30,13 +33,13 @@ var _ proxy.SourceResolver = (*balancerSources)(nil)
 
 // Resolve implements proxy.SourceResolver.
 func (b *balancerSources) Resolve(c net.Conn, deadline time.Time) (proxy.Source, error) {
-	if !b.trusted.Contains(c.RemoteAddr()) {
+	if !b.trusted.Load().Contains(c.RemoteAddr()) {
 		return proxy.Source{}, nil
 	}
 	// The header is the balancer's, sent as soon as it connects: a short
 	// wait of its own, and never past the connection's pre-authentication
 	// deadline.
-	if d := time.Now().Add(b.timeout); d.Before(deadline) {
+	if d := time.Now().Add(time.Duration(b.timeout.Load())); d.Before(deadline) {
 		deadline = d
 	}
 	h, err := proxyproto.ReadHeader(c, deadline)

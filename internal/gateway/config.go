@@ -139,6 +139,7 @@ var (
 	FieldCancelBurst             = field("CancelBurst")
 	FieldCancelUnknownPerFailure = field("CancelUnknownPerFailure")
 	FieldRelay                   = field("Relay")
+	FieldBanState                = field("BanState")
 	FieldProxyProtocolTimeout    = field("ProxyProtocolTimeout")
 	FieldRedis                   = field("Redis")
 	FieldRedisPrefix             = field("RedisPrefix")

@@ -13,7 +13,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgwarden/pgwarden/acl"
-	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/admin"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
 	"github.com/pgwarden/pgwarden/internal/crowdsec"
@@ -22,6 +21,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/internal/metrics"
 	"github.com/pgwarden/pgwarden/internal/netaddr"
+	"github.com/pgwarden/pgwarden/internal/rulehits"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -52,6 +52,10 @@ type Options struct {
 	// net.Listen("tcp", addr). A supervisor that passes sockets in
 	// (systemd socket activation) returns those.
 	Listen func(addr string) (net.Listener, error)
+	// Inherited returns the listening sockets a supervisor passed in under
+	// name ("" for all of them), for a listen address "systemd:NAME"
+	// (systemd socket activation); nil means there are none.
+	Inherited func(name string) ([]net.Listener, error)
 	// Hooks follow the lifecycle.
 	Hooks Hooks
 	// Names are the caller's names of the configuration fields, for the
@@ -74,8 +78,9 @@ type Gateway struct {
 	upstream *proxy.UpstreamLimiter // shared: routes to one postgres share its cap
 	metrics  *metrics.Prometheus
 	jail     *acl.Jail
-	admin    *admin.Server // nil without an admin address
-	public   *admin.Server // the read-only endpoint; nil without MetricsListen
+	hits     *rulehits.Counter // connections admitted per route and rule
+	admin    *admin.Server     // nil without an admin address
+	public   *admin.Server     // the read-only endpoint; nil without MetricsListen
 	draining atomic.Bool
 	// refusals sums up the accept-time refusals of every route at info.
 	refusals *acl.RefusalLog
@@ -86,6 +91,16 @@ type Gateway struct {
 	selfMu    sync.Mutex
 	self      []netip.Addr
 
+	// mu serialises reloads and guards what they replace: applied, and
+	// each route's reloadable parts; watchCtx and watchWG are Run's, for
+	// the watches of files a reload adds (nil outside Run).
+	mu           sync.Mutex
+	applied      *Config
+	drainTimeout atomic.Int64 // DrainTimeout in force
+	ppTimeout    atomic.Int64 // ProxyProtocolTimeout in force, or its default
+	watchCtx     context.Context
+	watchWG      *sync.WaitGroup
+
 	fleet     *fleet.Store      // nil without Redis
 	shared    *fleetShared      // the jail's view of fleet
 	grantSync *grantSync        // the grants' view of fleet; nil without Redis
@@ -94,9 +109,10 @@ type Gateway struct {
 	// grants are the access grants (grants.go); grantAPI is their
 	// self-service endpoint, nil without GrantListen. servers are the
 	// routes' proxy servers once built, for ending a grant's sessions.
-	grants   *grants.Registry
-	grantAPI *grantEndpoint
-	servers  atomic.Pointer[[]*proxy.Server]
+	grants           *grants.Registry
+	grantAPI         *grantEndpoint
+	servers          atomic.Pointer[[]*proxy.Server]
+	grantEndSessions atomic.Bool // GrantEndSessions in force
 
 	// cancel rate-limits cancel requests; shared, so that a source has one
 	// budget whichever route it reaches.
@@ -138,7 +154,10 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	log := opts.Logger
 	g := &Gateway{cfg: cfg, opts: opts, log: log, cancels: proxy.NewCancelRegistry(), metrics: metrics.New(),
 		upstream: proxy.NewUpstreamLimiter(cfg.MaxUpstreamStartups),
-		refusals: acl.NewRefusalLog(acl.RefusalLogConfig{}, log)}
+		refusals: acl.NewRefusalLog(acl.RefusalLogConfig{}, log), applied: cfg.clone()}
+	g.drainTimeout.Store(int64(cfg.DrainTimeout))
+	g.grantEndSessions.Store(cfg.GrantEndSessions)
+	g.ppTimeout.Store(int64(proxyProtocolTimeout(cfg)))
 	// A problem with the CrowdSec or Redis settings is reported with the
 	// routes' problems, all at once.
 	var errs []error
@@ -165,6 +184,11 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	}
 	g.jail = jail
 	g.metrics.SetBanStore(jail)
+	if g.hits, err = rulehits.New(rulehits.Config{DB: jail.DB(), Logger: log.With(zap.String("component", "rulehits"))}); err != nil {
+		_ = jail.Close()
+		return nil, err
+	}
+	g.metrics.Registry().MustRegister(g.hits.Collector())
 	if g.cancel, err = newCancelLimiter(cfg, jail); err != nil {
 		_ = g.closeState()
 		return nil, configError(err)
@@ -198,7 +222,7 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 	}
 	if cfg.Admin != "" {
 		g.admin, err = admin.New(admin.Config{Addr: cfg.Admin, Bans: jail, Ready: g.Ready, Registry: g.metrics.Registry(),
-			Grants: adminGrants{g.grants, routeNames}, Logger: log})
+			Grants: adminGrants{g.grants, routeNames}, Rules: g.hits.List, Logger: log})
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -206,6 +230,9 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		return nil, configError(err)
 	}
 	g.servers.Store(&servers)
+	for _, r := range g.routes {
+		g.metrics.CertificateExpiry(r.cfg.Name, func() time.Time { return r.cert.Load().Current().Leaf.NotAfter })
+	}
 	return g, nil
 }
 
@@ -255,11 +282,10 @@ func (g *Gateway) closeState() error {
 	return err
 }
 
-// newJail builds the ban jail from the Ban* settings, ignoring the sources
-// in ignore and sharing it through the store newShared returns for the
-// jail's settings (nil: none). Problems with them are ConfigErrors; a
-// state file locked by another process is a runtime error.
-func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time), newShared func(acl.JailConfig) acl.Shared) (*acl.Jail, error) {
+// jailConfig is the jail's configuration from the Ban* settings, ignoring
+// the sources in ignore, checked (a reload checks the new one this way
+// before putting it in force).
+func jailConfig(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time)) (acl.JailConfig, error) {
 	jcfg := acl.DefaultJailConfig()
 	jcfg.MaxRetry = c.BanMaxRetry
 	jcfg.FindTime = c.BanFindTime
@@ -273,6 +299,18 @@ func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip ne
 	jcfg.Logger = log.With(zap.String("component", "jail"))
 	jcfg.OnBan = onBan
 	if err := jcfg.CheckAndSetDefaults(); err != nil {
+		return acl.JailConfig{}, err
+	}
+	return jcfg, nil
+}
+
+// newJail builds the ban jail from the Ban* settings, ignoring the sources
+// in ignore and sharing it through the store newShared returns for the
+// jail's settings (nil: none). Problems with them are ConfigErrors; a
+// state file locked by another process is a runtime error.
+func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time), newShared func(acl.JailConfig) acl.Shared) (*acl.Jail, error) {
+	jcfg, err := jailConfig(c, ignore, log, onBan)
+	if err != nil {
 		return nil, configError(err)
 	}
 	jcfg.Shared = newShared(jcfg)
@@ -305,25 +343,19 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer stopWatch()
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		g.hits.Run(watchCtx) // flushes once more when the drain is over
+	}()
+	g.mu.Lock()
+	g.watchCtx, g.watchWG = watchCtx, &wg
+	for _, r := range g.routes {
+		g.watch(watchCtx, r, &wg)
+	}
+	g.mu.Unlock()
 	g.runSeveral(watchCtx, &wg)
 	for _, r := range g.routes {
-		wg.Add(3)
-		go func() {
-			defer wg.Done()
-			r.loader.RunExpiryChecks(watchCtx, certs.DefaultExpiryWarning)
-		}()
-		go func() {
-			defer wg.Done()
-			if err := r.loader.Watch(watchCtx); err != nil && !errors.Is(err, context.Canceled) {
-				g.log.Warn("watching certificate files failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			if err := r.authz.Watch(watchCtx); err != nil {
-				g.log.Warn("watching the certificate revocation list failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
-			}
-		}()
 		for _, ln := range r.listeners {
 			wg.Add(1)
 			go func() {
@@ -349,8 +381,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.draining.Store(true) // /readyz says 503 from now on
 	call(g.opts.Hooks.Stopping)
 	g.shutdownGrants()
-	g.log.Info("shutting down: listeners closed, draining sessions", zap.Duration("drain_timeout", g.cfg.DrainTimeout))
-	dctx, cancel := context.WithTimeout(context.Background(), g.cfg.DrainTimeout)
+	drainTimeout := time.Duration(g.drainTimeout.Load())
+	g.log.Info("shutting down: listeners closed, draining sessions", zap.Duration("drain_timeout", drainTimeout))
+	dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
 	var drain sync.WaitGroup
 	for _, r := range g.routes {
@@ -363,6 +396,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}()
 	}
 	drain.Wait()
+	g.mu.Lock()
+	g.watchCtx = nil // a reload from now on starts no watch
+	g.mu.Unlock()
 	stopWatch()
 	wg.Wait()
 	g.shutdownEndpoints()

@@ -8,9 +8,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -135,11 +137,39 @@ func (l grantLimits) AdmitStartup(remote netip.Addr, user, database string) (str
 
 // grantEndpoint is the self-service endpoint (GrantListen).
 type grantEndpoint struct {
-	server   *grantapi.Server
-	verifier *oidcauth.Verifier
+	server *grantapi.Server
+	// The token issuer and the rules in force: a reload replaces them.
+	verifier atomic.Pointer[oidcauth.Verifier]
+	rules    atomic.Pointer[oidcauth.Rules]
 	loader   *certs.Loader // its own certificate; nil with the first route's
 	ln       net.Listener
 	served   chan error
+}
+
+// Verify verifies with the issuer in force (grantapi.TokenVerifier).
+func (ep *grantEndpoint) Verify(ctx context.Context, raw string) (*oidcauth.Token, error) {
+	return ep.verifier.Load().Verify(ctx, raw)
+}
+
+// Match matches with the rules in force (grantapi.RuleMatcher).
+func (ep *grantEndpoint) Match(claims map[string]any) (*oidcauth.Match, bool) {
+	return ep.rules.Load().Match(claims)
+}
+
+// newOIDC builds the endpoint's verifier and rules from c's OIDC settings.
+func (g *Gateway) newOIDC(c *Config) (*oidcauth.Verifier, *oidcauth.Rules, error) {
+	rules, err := oidcauth.CompileRules(c.OIDC.Rules)
+	if err != nil {
+		return nil, nil, errorf("%s.%w", FieldOIDC, err) // checked by Validate
+	}
+	for _, w := range rules.Warnings() {
+		g.log.Warn("grant rule pins no immutable id", zap.String("rule", w))
+	}
+	verifier, err := oidcauth.NewVerifier(oidcauth.Config{
+		Issuer: c.OIDC.Issuer, Audience: c.OIDC.Audience, JWKS: c.OIDC.JWKS,
+		Logger: g.log.With(zap.String("component", "oidc")),
+	})
+	return verifier, rules, err
 }
 
 // newGrants builds the registry, in the ban state file when there is one.
@@ -149,7 +179,7 @@ func (g *Gateway) newGrants() error {
 		MaxTTL: g.cfg.GrantMaxTTL,
 		Logger: g.log.With(zap.String("component", "grants")),
 		OnExpire: func(gr grants.Grant) {
-			if g.cfg.GrantEndSessions {
+			if g.grantEndSessions.Load() {
 				g.endGrantSessions(gr, "expired")
 			}
 		},
@@ -210,21 +240,21 @@ func (g *Gateway) buildGrantEndpoint() error {
 		}
 		return nil
 	}
-	rules, err := oidcauth.CompileRules(c.OIDC.Rules)
-	if err != nil {
-		return errorf("%s.%w", FieldOIDC, err) // checked by Validate
-	}
-	for _, w := range rules.Warnings() {
-		g.log.Warn("grant rule pins no immutable id", zap.String("rule", w))
-	}
 	ep := &grantEndpoint{}
 	var errs []error
-	ep.verifier, err = oidcauth.NewVerifier(oidcauth.Config{
-		Issuer: c.OIDC.Issuer, Audience: c.OIDC.Audience, JWKS: c.OIDC.JWKS,
-		Logger: g.log.With(zap.String("component", "oidc")),
-	})
+	verifier, rules, err := g.newOIDC(c)
+	if rules == nil {
+		return err
+	}
 	errs = append(errs, err)
-	tlsConfig := g.routes[0].tls
+	ep.verifier.Store(verifier)
+	ep.rules.Store(rules)
+	// The first route's certificate, whichever loader a reload gives it.
+	first := g.routes[0]
+	tlsConfig := first.tls.config.Clone()
+	tlsConfig.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		return first.cert.Load().GetCertificate(hello)
+	}
 	if c.GrantTLSCert != "" {
 		var tlsErr error
 		if ep.loader, tlsErr = certs.NewLoader(c.GrantTLSCert, c.GrantTLSKey, g.log.With(zap.String("component", "grant_endpoint"))); tlsErr != nil {
@@ -242,8 +272,8 @@ func (g *Gateway) buildGrantEndpoint() error {
 		return err
 	}
 	h, err := grantapi.NewHandler(grantapi.Config{
-		Verifier:   ep.verifier,
-		Rules:      rules,
+		Verifier:   ep,
+		Rules:      ep,
 		Grants:     g.grants,
 		Banned:     g.jail.Banned,
 		AuthFailed: g.grantTokenRefused,
@@ -299,7 +329,7 @@ func (g *Gateway) runGrants(ctx context.Context, wg *sync.WaitGroup) {
 		// issuer may be back by then).
 		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
-		if err := ep.verifier.Prefetch(pctx); err != nil && ctx.Err() == nil {
+		if err := ep.verifier.Load().Prefetch(pctx); err != nil && ctx.Err() == nil {
 			g.log.Warn("fetching the OIDC key set failed; grant requests get 503 until it succeeds",
 				zap.String("jwks", g.cfg.OIDC.JWKS), zap.String("issuer", g.cfg.OIDC.Issuer), zap.Error(err))
 		}
@@ -341,12 +371,58 @@ func (g *Gateway) closeGrantListener() {
 	}
 }
 
-// reloadGrants re-reads the endpoint's own certificate (SIGHUP).
-func (g *Gateway) reloadGrants() {
-	if ep := g.grantAPI; ep != nil && ep.loader != nil {
-		if err := ep.loader.Reload(); err != nil {
-			g.log.Error("grant endpoint certificate reload failed; still serving the previous pair", zap.Error(err))
+// grantPlan is what a reload puts in force for the grants.
+type grantPlan struct {
+	maxTTL      time.Duration
+	endSessions bool
+	verifier    *oidcauth.Verifier // nil: unchanged
+	rules       *oidcauth.Rules
+	commits     []func()
+}
+
+// prepareGrants checks and builds the grant settings of cfg for a reload:
+// the longest grant, ending sessions with their grant, the endpoint's
+// token issuer and rules (built anew when they changed), and its own
+// certificate files (re-read). Its address and certificate paths wait for
+// a restart.
+func (g *Gateway) prepareGrants(cfg *Config) (grantPlan, error) {
+	p := grantPlan{maxTTL: cfg.GrantMaxTTL, endSessions: cfg.GrantEndSessions}
+	ep := g.grantAPI
+	if ep == nil {
+		return p, nil
+	}
+	var errs []error
+	if !reflect.DeepEqual(cfg.OIDC, g.applied.OIDC) && cfg.GrantListen != "" {
+		verifier, rules, err := g.newOIDC(cfg)
+		errs = append(errs, err)
+		p.verifier, p.rules = verifier, rules
+	}
+	if ep.loader != nil {
+		commit, err := ep.loader.Stage()
+		if err != nil {
+			errs = append(errs, fielderr.Rename(err, fielderr.Names{
+				certs.FieldCert: g.opts.Names.Of(FieldGrantTLSCert),
+				certs.FieldKey:  g.opts.Names.Of(FieldGrantTLSKey),
+			}))
+		} else {
+			p.commits = append(p.commits, commit)
 		}
+	}
+	return p, errors.Join(errs...)
+}
+
+// commitGrants puts a prepared grant plan in force.
+func (g *Gateway) commitGrants(p grantPlan) {
+	if err := g.grants.SetMaxTTL(p.maxTTL); err != nil {
+		g.log.Error("grant max TTL not reloaded", zap.Error(err)) // checked by Validate
+	}
+	g.grantEndSessions.Store(p.endSessions)
+	for _, commit := range p.commits {
+		commit()
+	}
+	if ep := g.grantAPI; ep != nil && p.verifier != nil {
+		ep.verifier.Store(p.verifier)
+		ep.rules.Store(p.rules)
 	}
 }
 

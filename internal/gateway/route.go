@@ -1,12 +1,16 @@
 package gateway
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"reflect"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -14,22 +18,80 @@ import (
 	"github.com/pgwarden/pgwarden/certs"
 	"github.com/pgwarden/pgwarden/internal/banpolicy"
 	"github.com/pgwarden/pgwarden/internal/proxyproto"
+	"github.com/pgwarden/pgwarden/internal/rulehits"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
-// route is one listen → upstream service at run time.
+// route is one listen → upstream service at run time. The fields a
+// reload replaces (cfg's reloadable settings, loader, authz, policy) are
+// guarded by Gateway.mu.
 type route struct {
 	cfg       RouteConfig
 	upstream  proxy.Upstream
-	policy    *acl.Policy // the route's admission: its allowlist, then the jail and CrowdSec
-	gate      *acl.Gate   // applies policy at accept, and to clients named by a trusted balancer
-	trusted   *proxyproto.Trusted
-	loader    *certs.Loader
-	authz     *certs.Authorizer // nil without a client CA
-	tls       *tls.Config       // the route's TLS (its loader's certificate)
+	policy    *acl.Policy         // the route's admission: its allowlist, then the jail and CrowdSec
+	gate      *acl.Gate           // applies policy at accept, and to clients named by a trusted balancer
+	trusted   *proxyproto.Trusted // the balancers at start; sources has those in force
+	sources   *balancerSources    // nil without trusted balancers at start
+	hits      *rulehits.Route     // what each of its rules admitted
+	tls       tlsParts
+	cert      atomic.Pointer[certs.Loader] // tls.loader, for readers outside Gateway.mu
 	server    *proxy.Server
 	addrs     []string
 	listeners []*acl.Listener
+	stopWatch func() // stops the watches of tls's files; nil before Run
+}
+
+// tlsParts are a route's server certificate, client-certificate rules and
+// the TLS configuration built from them.
+type tlsParts struct {
+	loader *certs.Loader
+	authz  *certs.Authorizer // nil without a client CA
+	policy certs.Policy
+	config *tls.Config
+}
+
+// authorizer is authz as the proxy takes it: a nil interface without a
+// client CA (a typed nil would look like one to the proxy).
+func (t tlsParts) authorizer() proxy.Authorizer {
+	if t.authz == nil {
+		return nil
+	}
+	return t.authz
+}
+
+// tlsPolicy is a route's TLS policy from its settings.
+func tlsPolicy(rc RouteConfig) (certs.Policy, error) {
+	minVersion := rc.TLSMinVersion
+	if minVersion == "" {
+		minVersion = defaultMinVersion
+	}
+	p := certs.Policy{
+		ClientCAFile:  rc.TLSClientCA,
+		AllowCN:       rc.TLSAllowCN,
+		AllowSAN:      rc.TLSAllowSAN,
+		MapUser:       rc.TLSMapUser,
+		MapFile:       rc.TLSMapFile,
+		ClientCRLFile: rc.TLSClientCRL,
+	}
+	var err error
+	p.MinVersion, err = certs.ParseMinVersion(minVersion)
+	return p, err
+}
+
+// tunables are the proxy settings of route rc under c that a reload may
+// change.
+func tunables(c *Config, rc RouteConfig, t tlsParts) proxy.Tunables {
+	tun := proxy.Tunables{
+		TLS:              t.config,
+		Authorizer:       t.authorizer(),
+		HandshakeTimeout: c.HandshakeTimeout,
+		AuthTimeout:      c.AuthTimeout,
+		AuthStepTimeout:  c.AuthStepTimeout,
+		MaxStartups:      c.MaxStartups,
+		MaxStartupsPerIP: c.MaxStartupsPerIP,
+	}
+	tun.PlaintextCancel, _ = parsePlaintextCancel(rc.CancelPlaintext) // checked by Validate
+	return tun
 }
 
 // buildRoute turns a route's settings into its run-time parts, without
@@ -46,6 +108,9 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		errs = append(errs, wrap(err))
 	} else if r.policy, err = acl.NewPolicy(allow, []acl.Allower{grantAllower{g.grants, rc.Name}}, g.deniers()); err != nil {
 		errs = append(errs, wrap(err))
+	} else {
+		r.hits = g.hits.Route(rc.Name)
+		r.hits.SetAllowlist(allow)
 	}
 	if r.trusted, err = proxyproto.ParseTrusted(rc.ProxyProtocolFrom); err != nil {
 		errs = append(errs, wrap(err))
@@ -62,69 +127,85 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 		}
 		r.addrs = append(r.addrs, addrs...)
 	}
-	minVersion := rc.TLSMinVersion
-	if minVersion == "" {
-		minVersion = defaultMinVersion
-	}
-	policy := certs.Policy{
-		ClientCAFile:  rc.TLSClientCA,
-		AllowCN:       rc.TLSAllowCN,
-		AllowSAN:      rc.TLSAllowSAN,
-		MapUser:       rc.TLSMapUser,
-		MapFile:       rc.TLSMapFile,
-		ClientCRLFile: rc.TLSClientCRL,
-	}
-	if policy.MinVersion, err = certs.ParseMinVersion(minVersion); err != nil {
+	if r.tls.policy, err = tlsPolicy(rc); err != nil {
 		errs = append(errs, wrap(err))
 	}
 	log := g.log.With(zap.String("route", rc.Name))
 	r.gate = acl.NewGate(r.policy, g.onReject(rc.Name), log)
-	if r.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, log); err != nil {
+	if r.hits != nil {
+		r.gate.OnAdmit(r.hits.Hit)
+	}
+	if r.tls.loader, err = certs.NewLoader(rc.TLSCert, rc.TLSKey, log); err != nil {
 		errs = append(errs, wrap(err))
 	}
-	if r.authz, err = certs.NewAuthorizer(policy, log); err != nil {
+	if r.tls.authz, err = certs.NewAuthorizer(r.tls.policy, log); err != nil {
 		errs = append(errs, wrap(err))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	tlsConfig, err := certs.ServerConfig(r.loader, policy)
-	if err != nil {
+	if r.tls.config, err = certs.ServerConfig(r.tls.loader, r.tls.policy); err != nil {
 		return nil, wrap(err)
 	}
-	r.tls = tlsConfig
+	r.cert.Store(r.tls.loader)
+	tun := tunables(g.cfg, rc, r.tls)
 	pcfg := proxy.Config{
 		Name:             rc.Name,
 		Upstream:         r.upstream,
-		TLS:              tlsConfig,
+		TLS:              tun.TLS,
+		Authorizer:       tun.Authorizer,
 		Logger:           g.log,
 		Cancels:          g.cancels,
 		Metrics:          g.metrics,
 		Observer:         g.metrics,
 		AuthGate:         banpolicy.Gate{Jail: g.jail},
 		UpstreamLimiter:  g.upstream,
-		HandshakeTimeout: g.cfg.HandshakeTimeout,
-		AuthTimeout:      g.cfg.AuthTimeout,
-		AuthStepTimeout:  g.cfg.AuthStepTimeout,
-		MaxStartups:      g.cfg.MaxStartups,
-		MaxStartupsPerIP: g.cfg.MaxStartupsPerIP,
+		HandshakeTimeout: tun.HandshakeTimeout,
+		AuthTimeout:      tun.AuthTimeout,
+		AuthStepTimeout:  tun.AuthStepTimeout,
+		MaxStartups:      tun.MaxStartups,
+		MaxStartupsPerIP: tun.MaxStartupsPerIP,
+		PlaintextCancel:  tun.PlaintextCancel,
 		CancelLimiter:    g.cancel,
 		StartupPolicy:    grantLimits{g.grants, rc.Name, r.policy},
 	}
-	pcfg.PlaintextCancel, _ = parsePlaintextCancel(rc.CancelPlaintext) // checked by Validate
-	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay)                        // checked by Validate
-	if r.authz != nil {
-		pcfg.Authorizer = r.authz
-	}
+	pcfg.Relay, _ = parseRelayMode(g.cfg.Relay) // checked by Validate
 	if r.trusted != nil {
-		pcfg.Sources = &balancerSources{trusted: r.trusted, timeout: g.proxyProtocolTimeout(), gate: r.gate,
-			onHeaderError: g.metrics.ProxyHeaderFailed}
+		r.sources = &balancerSources{timeout: &g.ppTimeout, gate: r.gate, onHeaderError: g.metrics.ProxyHeaderFailed}
+		r.sources.trusted.Store(r.trusted)
+		pcfg.Sources = r.sources
 	}
 	r.server, err = proxy.New(pcfg)
 	if err != nil {
 		return nil, wrap(err)
 	}
 	return r, nil
+}
+
+// watch starts watching the files of the route's TLS parts (certificate,
+// CRL) and the certificate's expiry, until ctx ends or stopWatch is
+// called; wg counts the goroutines. The caller holds g.mu.
+func (g *Gateway) watch(ctx context.Context, r *route, wg *sync.WaitGroup) {
+	ctx, cancel := context.WithCancel(ctx)
+	r.stopWatch = cancel
+	t := r.tls
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		t.loader.RunExpiryChecks(ctx, certs.DefaultExpiryWarning)
+	}()
+	go func() {
+		defer wg.Done()
+		if err := t.loader.Watch(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			g.log.Warn("watching certificate files failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := t.authz.Watch(ctx); err != nil {
+			g.log.Warn("watching the certificate revocation list failed; reload with SIGHUP", zap.String("route", r.cfg.Name), zap.Error(err))
+		}
+	}()
 }
 
 // logWarnings logs what parsing a list noticed but accepted (an entry with
@@ -170,31 +251,50 @@ func (g *Gateway) listen() error {
 				zap.String("route", r.cfg.Name), zap.Stringer("allow", allow))
 		}
 		for _, addr := range r.addrs {
-			inner, err := g.opts.Listen(addr)
+			inners, err := g.bind(addr)
 			if err != nil {
 				return errorf("%s %s: %w", FieldListen, addr, err)
 			}
-			lcfg := acl.ListenerConfig{Gate: r.gate}
-			if r.trusted != nil {
-				// The balancers' connections are judged by the client
-				// their header names, in the connection's goroutine.
-				lcfg.Defer = r.trusted.ContainsAddr
+			for _, inner := range inners {
+				lcfg := acl.ListenerConfig{Gate: r.gate}
+				if r.trusted != nil {
+					// The balancers' connections are judged by the client
+					// their header names, in the connection's goroutine.
+					lcfg.Defer = func(ip netip.Addr) bool { return r.sources.trusted.Load().ContainsAddr(ip) }
+				}
+				ln, err := acl.NewListener(inner, lcfg)
+				if err != nil {
+					_ = inner.Close()
+					return errorf("%s %s: %w", FieldListen, addr, err)
+				}
+				r.listeners = append(r.listeners, ln)
+				fields := []zap.Field{zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
+					zap.Stringer("upstream", r.upstream), zap.Stringer("allow", allow)}
+				if r.trusted != nil {
+					fields = append(fields, zap.Stringer("proxy_protocol_from", r.trusted))
+				}
+				g.log.Info("listening", fields...)
 			}
-			ln, err := acl.NewListener(inner, lcfg)
-			if err != nil {
-				_ = inner.Close()
-				return errorf("%s %s: %w", FieldListen, addr, err)
-			}
-			r.listeners = append(r.listeners, ln)
-			fields := []zap.Field{zap.String("route", r.cfg.Name), zap.Stringer("address", ln.Addr()),
-				zap.Stringer("upstream", r.upstream), zap.Stringer("allow", allow)}
-			if r.trusted != nil {
-				fields = append(fields, zap.Stringer("proxy_protocol_from", r.trusted))
-			}
-			g.log.Info("listening", fields...)
 		}
 	}
 	return nil
+}
+
+// bind opens the listening sockets of one resolved listen address: one
+// socket, or those a supervisor passed in for "systemd:NAME".
+func (g *Gateway) bind(addr string) ([]net.Listener, error) {
+	name, inherited := strings.CutPrefix(addr, InheritedPrefix)
+	if !inherited {
+		ln, err := g.opts.Listen(addr)
+		if err != nil {
+			return nil, err
+		}
+		return []net.Listener{ln}, nil
+	}
+	if g.opts.Inherited == nil {
+		return nil, errors.New("no sockets were passed in: this address needs systemd socket activation (a .socket unit)")
+	}
+	return g.opts.Inherited(name)
 }
 
 // onReject is told of each of route's accept-time refusals: counted in

@@ -92,10 +92,10 @@ func (c crowdsecDenier) Deny(ip netip.Addr) (acl.Decision, bool) {
 	return acl.RejectCrowdSec, c.b.Banned(ip)
 }
 
-// proxyProtocolTimeout is ProxyProtocolTimeout or its default.
-func (g *Gateway) proxyProtocolTimeout() time.Duration {
-	if g.cfg.ProxyProtocolTimeout > 0 {
-		return g.cfg.ProxyProtocolTimeout
+// proxyProtocolTimeout is c's ProxyProtocolTimeout or its default.
+func proxyProtocolTimeout(c *Config) time.Duration {
+	if c.ProxyProtocolTimeout > 0 {
+		return c.ProxyProtocolTimeout
 	}
 	return DefaultProxyProtocolTimeout
 }

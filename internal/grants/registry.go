@@ -35,6 +35,8 @@ type Registry struct {
 	closed bool
 
 	snap atomic.Pointer[snapshot]
+	// maxTTL is Config.MaxTTL in force (SetMaxTTL).
+	maxTTL atomic.Int64
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -101,6 +103,7 @@ func New(cfg Config) (*Registry, error) {
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
+	r.maxTTL.Store(int64(cfg.MaxTTL))
 	if cfg.Store != nil {
 		if err := r.restore(); err != nil {
 			return nil, err
@@ -110,6 +113,21 @@ func New(cfg Config) (*Registry, error) {
 	go r.sweepLoop()
 	return r, nil
 }
+
+// SetMaxTTL changes Config.MaxTTL (a reload; 0 means DefaultMaxTTL) for
+// grants made or extended from now on; grants keep the end they have.
+func (r *Registry) SetMaxTTL(d time.Duration) error {
+	c := r.cfg
+	c.MaxTTL = d
+	if err := c.CheckAndSetDefaults(); err != nil {
+		return err
+	}
+	r.maxTTL.Store(int64(c.MaxTTL))
+	return nil
+}
+
+// MaxTTL is the cap in force.
+func (r *Registry) MaxTTL() time.Duration { return time.Duration(r.maxTTL.Load()) }
 
 // restore loads the store's grants. Expired ones are deleted with an
 // "expired" audit line; of two grants for one source and route (which
@@ -235,7 +253,7 @@ func (r *Registry) MarkUsed(g *Grant, remote netip.Addr) {
 // is written to the Store before it takes effect; a Store error fails Add
 // and changes nothing.
 func (r *Registry) Add(req AddRequest) (AddResult, error) {
-	ttl, err := EffectiveTTL(req.TTL, req.MaxTTL, r.cfg.MaxTTL)
+	ttl, err := EffectiveTTL(req.TTL, req.MaxTTL, time.Duration(r.maxTTL.Load()))
 	if err != nil {
 		return AddResult{}, err
 	}

@@ -34,6 +34,10 @@ import (
 //	pgwarden_handshake_seconds{route}                  histogram accept → TLS handshake done
 //	pgwarden_sessions_active{route}                    gauge     connections being handled now
 //	pgwarden_cancel_requests_total{result}             counter   CancelRequests, "forwarded" or "dropped"
+//	pgwarden_certificate_expiry_timestamp_seconds{route} gauge   the end of the route's server certificate (Unix time), read at scrape time
+//	pgwarden_upstream_up{route}                        gauge     1 if the last connection to the route's upstream (a login's, /readyz's) opened, 0 if it failed
+//	pgwarden_allow_hits_total{route,entry}             counter   connections each admission rule let in (package rulehits)
+//	pgwarden_allow_last_hit_timestamp_seconds{route,entry} gauge the last of them (package rulehits)
 //	pgwarden_grants_active                             gauge     access grants in force, read at scrape time
 //	pgwarden_grants_total{via}                         counter   access grants made, "admin" or "oidc" (extensions not counted)
 //	pgwarden_grant_requests_total{outcome}             counter   self-service grant requests by answer (grantapi.Outcome: "granted", "bad_token", ...)
@@ -58,6 +62,8 @@ const (
 	metricHandshake          = "pgwarden_handshake_seconds"
 	metricSessionsActive     = "pgwarden_sessions_active"
 	metricCancelRequests     = "pgwarden_cancel_requests_total"
+	metricCertExpiry         = "pgwarden_certificate_expiry_timestamp_seconds"
+	metricUpstreamUp         = "pgwarden_upstream_up"
 	metricGrantsActive       = "pgwarden_grants_active"
 	metricGrants             = "pgwarden_grants_total"
 	metricGrantRequests      = "pgwarden_grant_requests_total"
@@ -92,6 +98,7 @@ type Prometheus struct {
 	handshake    *prometheus.HistogramVec
 	sessions     *prometheus.GaugeVec
 	cancels      *prometheus.CounterVec
+	upstreamUp   *prometheus.GaugeVec
 	grants       *prometheus.CounterVec
 	grantReqs    *prometheus.CounterVec
 	proxyHeader  *prometheus.CounterVec // registered by EnableProxyProtocol
@@ -157,6 +164,10 @@ func New() *Prometheus {
 			Name: metricCancelRequests,
 			Help: "CancelRequests received, by result (forwarded, dropped).",
 		}, []string{"result"}),
+		upstreamUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: metricUpstreamUp,
+			Help: "1 if the last connection to the route's upstream (a login's, or /readyz's) opened, 0 if it failed.",
+		}, []string{"route"}),
 		grants: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricGrants,
 			Help: "Access grants made, by who made them (admin, oidc); extensions are not counted.",
@@ -178,7 +189,7 @@ func New() *Prometheus {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.connections, m.connDuration, m.rejections, m.auth, m.authFailures,
-		m.bans, bansActive, m.relayBytes, m.handshake, m.sessions, m.cancels,
+		m.bans, bansActive, m.relayBytes, m.handshake, m.sessions, m.cancels, m.upstreamUp,
 		grantsActive, m.grants, m.grantReqs,
 	)
 	// Series that exist from the start read 0 instead of being absent, so
@@ -331,6 +342,31 @@ func (m *Prometheus) ObserveAuth(o proxy.AuthOutcome) {
 	if o.Result == proxy.AuthFailed {
 		m.AuthFailure(o.SQLState)
 	}
+}
+
+// CertificateExpiry exports the end of route's server certificate
+// (pgwarden_certificate_expiry_timestamp_seconds{route}); notAfter is read
+// at each scrape, so a reloaded certificate shows at once. Dashboards show
+// the days left, alerts fire before it ends.
+func (m *Prometheus) CertificateExpiry(route string, notAfter func() time.Time) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        metricCertExpiry,
+		Help:        "When the route's server certificate expires (Unix time).",
+		ConstLabels: prometheus.Labels{"route": route},
+	}, func() float64 { return float64(notAfter().Unix()) }))
+}
+
+// UpstreamDialed implements proxy.Metrics: pgwarden_upstream_up{route}
+// is 1 when the last connection the gateway opened to the route's
+// upstream (for a login, or for /readyz) succeeded, 0 when it failed, and
+// absent before the first. The gateway never dials postgres just for a
+// scrape: every connection shows in postgres's log.
+func (m *Prometheus) UpstreamDialed(route string, ok bool) {
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	m.upstreamUp.WithLabelValues(route).Set(v)
 }
 
 // BanImposed counts one ban (automatic or manual).

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/stretchr/testify/require"
 
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/proxy"
@@ -208,17 +209,34 @@ func TestPromMetricsNames(t *testing.T) {
 	m.BytesCounter("default", true).Add(1)
 	m.SessionsActive("default", 1)
 	m.AuthFailure("28P01")
+	m.UpstreamDialed("default", true)
+	m.CertificateExpiry("default", func() time.Time { return time.Unix(1800000000, 0) })
 	out := scrape(t, m)
 	for _, name := range []string{
 		"pgwarden_connections_total", "pgwarden_connection_duration_seconds", "pgwarden_rejections_total",
 		"pgwarden_auth_total", "pgwarden_auth_failures_total", "pgwarden_bans_active", "pgwarden_bans_total",
 		"pgwarden_relay_bytes_total", "pgwarden_handshake_seconds", "pgwarden_sessions_active",
-		"pgwarden_cancel_requests_total", "pgwarden_grants_active", "pgwarden_grants_total", "pgwarden_grant_requests_total",
+		"pgwarden_cancel_requests_total", "pgwarden_upstream_up", "pgwarden_certificate_expiry_timestamp_seconds",
+		"pgwarden_grants_active", "pgwarden_grants_total", "pgwarden_grant_requests_total",
 	} {
 		if !strings.Contains(out, "# TYPE "+name+" ") {
 			t.Errorf("metric %s not exposed", name)
 		}
 	}
+}
+
+// TestUpstreamUpFollowsTheLastDial: pgwarden_upstream_up is absent until
+// the first connection to the upstream, then follows the last one.
+func TestUpstreamUpFollowsTheLastDial(t *testing.T) {
+	t.Parallel()
+	m := New()
+	require.NotContains(t, scrape(t, m), "pgwarden_upstream_up{")
+	m.UpstreamDialed("app", false)
+	require.Contains(t, scrape(t, m), `pgwarden_upstream_up{route="app"} 0`)
+	m.UpstreamDialed("app", true)
+	require.Contains(t, scrape(t, m), `pgwarden_upstream_up{route="app"} 1`)
+	m.CertificateExpiry("app", func() time.Time { return time.Unix(1800000000, 0) })
+	require.Contains(t, scrape(t, m), `pgwarden_certificate_expiry_timestamp_seconds{route="app"} 1.8e+09`)
 }
 
 func grepPgwarden(out string) string {

@@ -26,6 +26,8 @@ const relayBufSize = 32 << 10
 // loopCmd is a request from another goroutine to a loop.
 type loopCmd struct {
 	add, close *loopSession
+	// do runs on the loop's goroutine: a liveness ping (see alive).
+	do func()
 }
 
 // eventLoop relays sessions on one goroutine over level-triggered epoll.
@@ -162,6 +164,8 @@ func (l *eventLoop) runCommands() (stop bool) {
 			if c.close.id != 0 && !c.close.ended {
 				l.end(c.close, nil)
 			}
+		case c.do != nil:
+			c.do()
 		}
 	}
 	if stop {

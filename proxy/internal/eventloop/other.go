@@ -3,6 +3,7 @@
 package eventloop
 
 import (
+	"context"
 	"errors"
 	"net"
 
@@ -29,6 +30,8 @@ func New(*zap.Logger) (*Relay, error) { return nil, ErrUnsupported }
 func (*Relay) Wrap(raw net.Conn) net.Conn { return raw }
 func (*Relay) Run(s *relay.Session) error { return relay.Pipe(s) }
 func (*Relay) Stop()                      {}
+
+func (*Relay) Alive(context.Context) error { return nil }
 
 // There are no loops, so no sessions or queues, here.
 

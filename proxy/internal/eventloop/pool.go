@@ -3,10 +3,12 @@
 package eventloop
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -94,6 +96,30 @@ func Sessions() int {
 	return n
 }
 
+// alive posts a command to every loop of the process and waits until each
+// has run it, or ctx ends. A loop answers between two epoll_wait batches,
+// so one stuck in a session's work (or dead) does not answer, however idle
+// the others are; a loop blocked in epoll_wait is woken by the command.
+func alive(ctx context.Context) error {
+	pool.mu.Lock()
+	loops := slices.Clone(pool.loops)
+	pool.mu.Unlock()
+	answered := make([]chan struct{}, len(loops))
+	for i, l := range loops {
+		ch := make(chan struct{})
+		answered[i] = ch
+		l.post(loopCmd{do: func() { close(ch) }})
+	}
+	for i, ch := range answered {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("event loop %d of %d has not answered: %w", i+1, len(loops), context.Cause(ctx))
+		}
+	}
+	return nil
+}
+
 // Relay is the event-loop relay. It acquires the process's loops with its
 // first session and releases them at Stop; if they cannot be created it
 // relays with goroutines instead, and says so once.
@@ -179,6 +205,10 @@ func (r *Relay) use() bool {
 	})
 	return r.acquired
 }
+
+// Alive checks every event loop of the process (they are shared by all
+// relays), see alive.
+func (r *Relay) Alive(ctx context.Context) error { return alive(ctx) }
 
 // Stop releases the pool if this Relay used it; every session of it has
 // ended.

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -36,6 +37,10 @@ func (pipeRelay) Run(s *Session) error { return Pipe(s) }
 
 // Stop has nothing to release.
 func (pipeRelay) Stop() {}
+
+// Alive is always nil: each session has goroutines of its own, and none
+// serves other sessions.
+func (pipeRelay) Alive(context.Context) error { return nil }
 
 // Pipe copies bytes both ways until either side closes, then closes the
 // other, on this goroutine and one more. Closing the session's conns (what

@@ -12,6 +12,7 @@
 package relay
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
 	"sync"
@@ -33,6 +34,11 @@ type Relay interface {
 	// Stop releases what the relay holds for the process (the event
 	// loops). The server calls it once every session has ended.
 	Stop()
+	// Alive returns nil once every goroutine the relay runs for many
+	// sessions at once (an event loop) has shown, before ctx ends, that it
+	// still gets round to its work; otherwise why not. A relay with no
+	// such goroutine is always alive. A supervisor's watchdog asks this.
+	Alive(ctx context.Context) error
 }
 
 // Counter is what a relay counts relayed bytes on (one Prometheus counter
