@@ -95,7 +95,20 @@ func runRulesEnv(args []string, stdout, stderr io.Writer, getenv func(string) st
 		return exitOK
 	}
 	if len(listed) == 0 {
-		fmt.Fprintf(stdout, "every one of the %d entries admitted a connection within %s\n", len(all), *stale)
+		// An entry counted for less than the window is not stale yet, though
+		// it may have admitted nothing: say how many are in that case.
+		young := 0
+		for _, h := range all {
+			if h.LastHit == nil {
+				young++
+			}
+		}
+		msg := fmt.Sprintf("no stale entry: each of the %d entries admitted a connection within %s", len(all), *stale)
+		if young > 0 {
+			msg = fmt.Sprintf("no stale entry: %d of the %d entries admitted a connection within %s; not yet counted for %s and with no connection so far: %d",
+				len(all)-young, len(all), *stale, *stale, young)
+		}
+		fmt.Fprintln(stdout, msg)
 		return exitOK
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)

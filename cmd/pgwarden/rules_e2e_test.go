@@ -94,7 +94,7 @@ func TestRuleHitsSurviveRestart(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	env := func(string) string { return admin }
 	require.Equal(t, exitOK, runRulesEnv(nil, &stdout, &stderr, env, time.Now), stderr.String())
-	require.Equal(t, "every one of the 2 entries admitted a connection within 30d\n", stdout.String())
+	require.Equal(t, "no stale entry: 1 of the 2 entries admitted a connection within 30d; not yet counted for 30d and with no connection so far: 1\n", stdout.String())
 	stdout.Reset()
 	later := func() time.Time { return time.Now().Add(31 * 24 * time.Hour) }
 	require.Equal(t, exitOK, runRulesEnv([]string{"--json"}, &stdout, &stderr, env, later), stderr.String())
