@@ -46,6 +46,7 @@ var flagNames = fielderr.Names{
 	gateway.FieldGrantMaxTTL:             "--grant-max-ttl",
 	gateway.FieldGrantEndSessions:        "--grant-end-sessions",
 	gateway.FieldGrantListen:             "--grant-listen",
+	gateway.FieldGrantProxyProtocolFrom:  "--grant-proxy-protocol-from",
 	gateway.FieldGrantTLSCert:            "--grant-tls-cert",
 	gateway.FieldGrantTLSKey:             "--grant-tls-key",
 	gateway.FieldOIDC:                    oidcKey,

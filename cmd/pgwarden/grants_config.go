@@ -29,6 +29,7 @@ func grantFlags(fs *pflag.FlagSet, c *gateway.Config) {
 	fs.DurationVar(&c.GrantMaxTTL, "grant-max-ttl", grants.DefaultMaxTTL, "longest access grant accepted, from the admin API or a CI job's token")
 	fs.BoolVar(&c.GrantEndSessions, "grant-end-sessions", false, "when a grant expires, also end the sessions it admitted (revoking always does, unless --keep-sessions)")
 	fs.StringVar(&c.GrantListen, "grant-listen", "", "HOST:PORT of the HTTPS endpoint where CI jobs ask for grants with their OIDC token (it faces the internet; needs --oidc-issuer, --oidc-audience and oidc.rules in --config)")
+	fs.StringArrayVar(&c.GrantProxyProtocolFrom, "grant-proxy-protocol-from", nil, "load balancer IP or CIDR (repeatable) in front of --grant-listen whose connections MUST start with a PROXY v1 or v2 header; the grant is for the client it names")
 	pathVar(fs, &c.GrantTLSCert, "grant-tls-cert", "certificate (PEM) of the grant endpoint (default: the first route's --tls-cert)")
 	pathVar(fs, &c.GrantTLSKey, "grant-tls-key", "private key (PEM) of the grant endpoint (default: the first route's --tls-key)")
 	fs.StringVar(&c.OIDC.Issuer, "oidc-issuer", "", "issuer whose tokens the grant endpoint accepts, e.g. https://token.actions.githubusercontent.com (the token's iss must equal it)")

@@ -43,6 +43,8 @@ type grantEnv struct {
 	caFile    string
 	issuer    *oidctest.Issuer
 	statePath string
+	config    string // the --config file
+	oidcFile  string // its oidc: section
 }
 
 type grantEnvOptions struct {
@@ -50,6 +52,7 @@ type grantEnvOptions struct {
 	// issuer); nil writes it to a file.
 	keyServer *oidctest.Server
 	args      []string // more serve flags
+	config    string   // more config file keys, before its oidc: section
 }
 
 // grantRules admits acme/app's main branch (pinned by repository_id) as
@@ -86,10 +89,10 @@ func startGrantEnv(t *testing.T, pg *pgtest.Postgres, o grantEnvOptions) *grantE
 		oidcFile = fmt.Sprintf("oidc:\n  issuer: %s\n  audience: %s\n  jwks: %s\n  rules:%s",
 			e.issuer.URL, grantAudience, e.issuer.WriteJWKS(t), grantRules(pg))
 	}
-	config := filepath.Join(dir, "pgwarden.yaml")
-	require.NoError(t, os.WriteFile(config, []byte(oidcFile), 0o600))
+	e.config, e.oidcFile = filepath.Join(dir, "pgwarden.yaml"), oidcFile
+	e.writeConfig(t, o.config)
 
-	e.args = append([]string{"--config", config,
+	e.args = append([]string{"--config", e.config,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", e.port), "--upstream", pg.Addr(),
 		"--allow", "127.0.0.1/32", "--tls-cert", certFile, "--tls-key", keyFile,
 		"--ban-max-retry", "3", "--ban-time", "1h", "--ban-state", e.statePath,
@@ -97,6 +100,12 @@ func startGrantEnv(t *testing.T, pg *pgtest.Postgres, o grantEnvOptions) *grantE
 	e.args = append(e.args, o.args...)
 	e.gw = startBinary(t, e.args...)
 	return e
+}
+
+// writeConfig rewrites the config file with keys before its oidc: section.
+func (e *grantEnv) writeConfig(t *testing.T, keys string) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(e.config, []byte(keys+e.oidcFile), 0o600))
 }
 
 func (e *grantEnv) restart(t *testing.T) {
@@ -132,13 +141,31 @@ func (e *grantEnv) request(t *testing.T, source, token string, extra ...string) 
 // Authorization header (none when token is "") and a body.
 func (e *grantEnv) post(t *testing.T, source, token, body string) (int, string) {
 	t.Helper()
+	status, data, err := e.postVia(t, source, nil, token, body)
+	require.NoError(t, err)
+	return status, data
+}
+
+// postVia is post from a load balancer at source that begins the
+// connection with proxyHeader (nil: none); it returns the request's error.
+func (e *grantEnv) postVia(t *testing.T, source string, proxyHeader []byte, token, body string) (int, string, error) {
+	t.Helper()
 	pem, err := os.ReadFile(e.caFile)
 	require.NoError(t, err)
 	pool := x509.NewCertPool()
 	require.True(t, pool.AppendCertsFromPEM(pem))
 	d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err == nil && proxyHeader != nil {
+			if _, err = c.Write(proxyHeader); err != nil {
+				_ = c.Close()
+			}
+		}
+		return c, err
+	}
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: d.DialContext, TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true,
+		DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true,
 	}}
 	req, err := http.NewRequest(http.MethodPost, e.grantURL+"/v1/grants/self", strings.NewReader(body))
 	require.NoError(t, err)
@@ -147,11 +174,13 @@ func (e *grantEnv) post(t *testing.T, source, token, body string) (int, string) 
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
-	require.NoError(t, err)
+	if err != nil {
+		return 0, "", err
+	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
-	return resp.StatusCode, string(data)
+	return resp.StatusCode, string(data), nil
 }
 
 // connect logs in from source as user to database.
@@ -546,6 +575,8 @@ func TestGrantConfigErrorsExit2(t *testing.T) {
 		{"short max ttl", append(base, "--grant-max-ttl", "1ms"), "--grant-max-ttl 1ms: want a duration of at least 1s"},
 		{"rule typo", append(append(base, "--grant-listen", grant, "--config", typo), oidc...), `unknown key "max_ttl" in a rule`},
 		{"empty key set", append(append(base, "--grant-listen", grant, "--config", rules), oidc...), "--oidc-jwks"},
+		{"grant balancers without the endpoint", append(base, "--grant-proxy-protocol-from", "10.0.0.2"), "--grant-proxy-protocol-from names the load balancers in front of the grant endpoint: add --grant-listen"},
+		{"bad grant balancer", append(append(base, "--grant-listen", grant, "--config", rules, "--grant-proxy-protocol-from", "10.0.0.300"), oidc...), "--grant-proxy-protocol-from"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -566,4 +597,68 @@ func TestGrantConfigErrorsExit2(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGrantsBehindBalancerEndToEnd: with the grant endpoint behind a load
+// balancer (--grant-proxy-protocol-from), the grant is for the CI runner
+// the PROXY header names, which then logs in directly; the balancer gets
+// nothing, a balancer connection without a header is closed and counted,
+// and a reload changes which balancers are trusted.
+func TestGrantsBehindBalancerEndToEnd(t *testing.T) {
+	pg := pgtest.Start(t)
+	const balancer, runner, other = "127.0.0.2", "127.0.0.60", "127.0.0.3"
+	e := startGrantEnv(t, pg, grantEnvOptions{config: "grant-proxy-protocol-from: [" + balancer + "]\n"})
+	grantAddr := strings.TrimPrefix(e.grantURL, "https://")
+	e.requireRefusedAtAccept(t, runner)
+
+	status, body, err := e.postVia(t, balancer, proxyHeader(t, 2, runner+":41000", grantAddr), e.token(t), `{"ttl": "10m"}`)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusCreated, status, body)
+	var g map[string]any
+	require.NoError(t, json.Unmarshal([]byte(body), &g))
+	require.Equal(t, runner, g["source"], "the grant is for the client the header names")
+	e.session(t, runner)
+	e.requireRefusedAtAccept(t, balancer)
+
+	// The balancer without a header: closed before TLS, counted.
+	_, _, err = e.postVia(t, balancer, nil, e.token(t), "")
+	require.Error(t, err)
+	require.Eventually(t, func() bool {
+		return metricValue(t, e.admin, `pgwarden_proxy_header_errors_total{reason="no_header"}`) == 1
+	}, 10*time.Second, 20*time.Millisecond)
+
+	// Trust another balancer instead: a reload puts it in force, and the
+	// old one's header is now garbage to TLS.
+	e.writeConfig(t, "grant-proxy-protocol-from: ["+other+"]\n")
+	require.NoError(t, e.gw.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool {
+		for _, l := range e.logsWith("configuration reloaded") {
+			if fmt.Sprint(l["changed"]) == "[--grant-proxy-protocol-from]" {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 20*time.Millisecond, "no reload naming --grant-proxy-protocol-from")
+	_, _, err = e.postVia(t, balancer, proxyHeader(t, 2, "127.0.0.61:41000", grantAddr), e.token(t), "")
+	require.Error(t, err, "an untrusted peer's header is not read as one")
+	status, body, err = e.postVia(t, other, proxyHeader(t, 1, "127.0.0.61:41000", grantAddr), e.token(t), "")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusCreated, status, body)
+	require.Contains(t, body, `"source":"127.0.0.61"`)
+
+	// Removing every balancer waits for a restart: the list stays.
+	e.writeConfig(t, "")
+	require.NoError(t, e.gw.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool {
+		for _, l := range e.logsWith("settings changed that take effect only after a restart; they keep their running values until then") {
+			if strings.Contains(fmt.Sprint(l["restart_needed"]), "--grant-proxy-protocol-from") {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 20*time.Millisecond, "no reload saying --grant-proxy-protocol-from waits for a restart")
+	status, body, err = e.postVia(t, other, proxyHeader(t, 2, "127.0.0.62:41000", grantAddr), e.token(t), "")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusCreated, status, body)
+	require.Contains(t, body, `"source":"127.0.0.62"`)
 }

@@ -95,7 +95,12 @@ type Config struct {
 	GrantListen      string        // HOST:PORT of the self-service endpoint; "" for none
 	GrantTLSCert     string        // the endpoint's certificate; "" uses the first route's
 	GrantTLSKey      string
-	OIDC             OIDCConfig // whose tokens the endpoint accepts, and its rules
+	// GrantProxyProtocolFrom lists the load balancers in front of the grant
+	// endpoint, whose connections must begin with a PROXY header naming
+	// the CI runner (proxyproto.ParseTrusted); empty: none, the TCP peer
+	// is the runner.
+	GrantProxyProtocolFrom []string
+	OIDC                   OIDCConfig // whose tokens the endpoint accepts, and its rules
 }
 
 // OIDCConfig is the self-service endpoint's token issuer and rules (the
@@ -151,6 +156,7 @@ var (
 	FieldGrantListen             = field("GrantListen")
 	FieldGrantTLSCert            = field("GrantTLSCert")
 	FieldGrantTLSKey             = field("GrantTLSKey")
+	FieldGrantProxyProtocolFrom  = field("GrantProxyProtocolFrom")
 	// FieldOIDC is the OIDC section; its rules' errors follow it as
 	// ".rules[N]...".
 	FieldOIDC          = field("OIDC")

@@ -25,6 +25,7 @@ import (
 	"github.com/pgwarden/pgwarden/internal/grants"
 	"github.com/pgwarden/pgwarden/internal/netaddr"
 	"github.com/pgwarden/pgwarden/internal/oidcauth"
+	"github.com/pgwarden/pgwarden/internal/proxyproto"
 	"github.com/pgwarden/pgwarden/proxy"
 )
 
@@ -53,6 +54,9 @@ func (c *Config) validateGrants() error {
 	if c.GrantListen == "" {
 		if c.GrantTLSCert != "" || c.GrantTLSKey != "" {
 			add("%s and %s are for the grant endpoint: add %s HOST:PORT, or drop them", FieldGrantTLSCert, FieldGrantTLSKey, FieldGrantListen)
+		}
+		if len(c.GrantProxyProtocolFrom) > 0 {
+			add("%s names the load balancers in front of the grant endpoint: add %s HOST:PORT, or drop it", FieldGrantProxyProtocolFrom, FieldGrantListen)
 		}
 		return errors.Join(errs...)
 	}
@@ -142,8 +146,11 @@ type grantEndpoint struct {
 	verifier atomic.Pointer[oidcauth.Verifier]
 	rules    atomic.Pointer[oidcauth.Rules]
 	loader   *certs.Loader // its own certificate; nil with the first route's
-	ln       net.Listener
-	served   chan error
+	// balancers are the load balancers in front of it (nil: none); a
+	// reload replaces them.
+	balancers atomic.Pointer[proxyproto.Trusted]
+	ln        net.Listener
+	served    chan error
 }
 
 // Verify verifies with the issuer in force (grantapi.TokenVerifier).
@@ -249,6 +256,9 @@ func (g *Gateway) buildGrantEndpoint() error {
 	errs = append(errs, err)
 	ep.verifier.Store(verifier)
 	ep.rules.Store(rules)
+	balancers, err := g.grantBalancers(c)
+	errs = append(errs, err)
+	ep.balancers.Store(balancers)
 	// The first route's certificate, whichever loader a reload gives it.
 	first := g.routes[0]
 	tlsConfig := first.tls.config.Clone()
@@ -283,11 +293,30 @@ func (g *Gateway) buildGrantEndpoint() error {
 	if err != nil {
 		return err
 	}
-	if ep.server, err = grantapi.NewServer(grantapi.ServerConfig{Handler: h, TLS: tlsConfig, Logger: g.log}); err != nil {
+	scfg := grantapi.ServerConfig{Handler: h, TLS: tlsConfig, Logger: g.log}
+	if ep.balancers.Load() != nil {
+		scfg.Balancers = ep.balancers.Load
+		scfg.ProxyHeaderTimeout = func() time.Duration { return time.Duration(g.ppTimeout.Load()) }
+		scfg.OnProxyHeaderError = g.metrics.ProxyHeaderFailed
+	}
+	if ep.server, err = grantapi.NewServer(scfg); err != nil {
 		return err
 	}
 	g.grantAPI = ep
 	return nil
+}
+
+// grantBalancers parses c's GrantProxyProtocolFrom, naming it in errors
+// and warnings.
+func (g *Gateway) grantBalancers(c *Config) (*proxyproto.Trusted, error) {
+	t, err := proxyproto.ParseTrustedAs(FieldGrantProxyProtocolFrom, c.GrantProxyProtocolFrom)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range t.Warnings() {
+		g.log.Warn(strings.ReplaceAll(w, FieldGrantProxyProtocolFrom.Name, g.opts.Names.Of(FieldGrantProxyProtocolFrom)))
+	}
+	return t, nil
 }
 
 // grantTokenRefused counts a refused token (a 401) as a failed login of
@@ -377,7 +406,10 @@ type grantPlan struct {
 	endSessions bool
 	verifier    *oidcauth.Verifier // nil: unchanged
 	rules       *oidcauth.Rules
-	commits     []func()
+	balancers   *proxyproto.Trusted
+	// balancersNeedRestart: the balancers were added or all removed.
+	balancersNeedRestart bool
+	commits              []func()
 }
 
 // prepareGrants checks and builds the grant settings of cfg for a reload:
@@ -396,6 +428,18 @@ func (g *Gateway) prepareGrants(cfg *Config) (grantPlan, error) {
 		verifier, rules, err := g.newOIDC(cfg)
 		errs = append(errs, err)
 		p.verifier, p.rules = verifier, rules
+	}
+	balancers, err := g.grantBalancers(cfg)
+	switch {
+	case err != nil:
+		errs = append(errs, err)
+	case (balancers == nil) != (ep.balancers.Load() == nil):
+		// As for the routes' balancers: turning PROXY protocol on or off
+		// waits for a restart (the caller moves the setting to the
+		// restart list).
+		p.balancers, p.balancersNeedRestart = ep.balancers.Load(), true
+	default:
+		p.balancers = balancers
 	}
 	if ep.loader != nil {
 		commit, err := ep.loader.Stage()
@@ -420,9 +464,12 @@ func (g *Gateway) commitGrants(p grantPlan) {
 	for _, commit := range p.commits {
 		commit()
 	}
-	if ep := g.grantAPI; ep != nil && p.verifier != nil {
-		ep.verifier.Store(p.verifier)
-		ep.rules.Store(p.rules)
+	if ep := g.grantAPI; ep != nil {
+		ep.balancers.Store(p.balancers)
+		if p.verifier != nil {
+			ep.verifier.Store(p.verifier)
+			ep.rules.Store(p.rules)
+		}
 	}
 }
 

@@ -75,6 +75,7 @@ var configSettings = map[string]setting{
 	"GrantListen":             {FieldGrantListen, false},
 	"GrantTLSCert":            {FieldGrantTLSCert, false},
 	"GrantTLSKey":             {FieldGrantTLSKey, false},
+	"GrantProxyProtocolFrom":  {FieldGrantProxyProtocolFrom, true},
 	"OIDC":                    {FieldOIDC, true},
 }
 
@@ -174,6 +175,15 @@ type reloadPlan struct {
 	restart   []string // settings that changed but wait for a restart
 }
 
+// waitForRestart moves name from the settings applied now to those that
+// wait for a restart.
+func (p *reloadPlan) waitForRestart(name string) {
+	if i := slices.Index(p.applied, name); i >= 0 {
+		p.applied = slices.Delete(p.applied, i, i+1)
+		p.restart = append(p.restart, name)
+	}
+}
+
 // Reload (SIGHUP) re-reads the configuration and puts it in force whole,
 // or, if any part of it is broken, keeps the whole running one and logs
 // every problem. See the comment at the top of this file.
@@ -237,6 +247,10 @@ func (g *Gateway) prepare(cfg *Config) (*reloadPlan, error) {
 		errs = append(errs, err)
 	}
 	plan.applied, plan.restart = g.diff(*g.applied, *cfg, configSettings, "", "Route", "Routes")
+	if plan.grants.balancersNeedRestart {
+		plan.waitForRestart(g.opts.Names.Of(FieldGrantProxyProtocolFrom))
+		cfg.GrantProxyProtocolFrom = g.applied.GrantProxyProtocolFrom
+	}
 
 	running := map[string]*route{}
 	for _, r := range g.routes {
@@ -304,13 +318,7 @@ func (g *Gateway) prepareRoute(cfg *Config, r *route, rc RouteConfig, plan *relo
 	case (trusted == nil) != (r.sources == nil):
 		// The listeners defer to a header only if they did so from the
 		// start: turning PROXY protocol on or off needs new listeners.
-		for i, name := range plan.applied {
-			if name == prefix+g.opts.Names.Of(proxyproto.FieldTrusted) {
-				plan.applied = append(plan.applied[:i], plan.applied[i+1:]...)
-				plan.restart = append(plan.restart, name)
-				break
-			}
-		}
+		plan.waitForRestart(prefix + g.opts.Names.Of(proxyproto.FieldTrusted))
 		rp.cfg.ProxyProtocolFrom = r.cfg.ProxyProtocolFrom
 	default:
 		rp.trusted = trusted

@@ -50,11 +50,12 @@ func (g *Gateway) buildSeveral() error {
 			g.metrics.EnableRedis(s.Up)
 		}
 	}
+	balancers := len(g.cfg.GrantProxyProtocolFrom) > 0 && g.cfg.GrantListen != ""
 	for _, r := range g.cfg.AllRoutes() {
-		if len(r.ProxyProtocolFrom) > 0 {
-			g.metrics.EnableProxyProtocol(proxyproto.Reasons())
-			break
-		}
+		balancers = balancers || len(r.ProxyProtocolFrom) > 0
+	}
+	if balancers {
+		g.metrics.EnableProxyProtocol(proxyproto.Reasons())
 	}
 	return errors.Join(errs...)
 }

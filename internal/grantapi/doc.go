@@ -4,8 +4,9 @@
 //	Authorization: Bearer <the CI job's OIDC token>
 //	{"ttl": "20m"}                       (optional)
 //
-// It grants the address the request came from (the TCP peer, or the
-// PROXY-protocol source through Config.SourceOf) for min(ttl, the matched
+// It grants the address the request came from (the TCP peer, or, for a
+// connection from a load balancer in ServerConfig.Balancers, the client its
+// PROXY header names) for min(ttl, the matched
 // rule's max-ttl, --grant-max-ttl), and answers 201 with the grant:
 //
 //	{"id": "g-…", "source": "203.0.113.7/32", "until": "2026-…Z", "reason": "…",
@@ -32,5 +33,8 @@
 //
 // Server serves the handler over TLS only (HTTP/1.1; the gateway passes
 // its first route's certificate), with header, read, write and idle
-// deadlines, a header size cap and a cap on open connections.
+// deadlines, a header size cap and a cap on open connections. A trusted
+// balancer's PROXY header is read exactly, by the connection's first read
+// (its TLS handshake, in its own goroutine), within the header timeout and
+// the server's own read deadline, which stays in force after it.
 package grantapi

@@ -203,6 +203,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	src = src.Unmap().WithZone("")
 	log := h.log.With(zap.String("source", src.String()))
+	if c := ConnFromContext(r.Context()); c != nil {
+		if b := balancerOf(c); b != nil {
+			log = log.With(zap.Stringer("balancer", b))
+		}
+	}
 	now := h.cfg.Now()
 
 	// Cheapest checks first: a flood must not reach the signature check.

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/pgwarden/pgwarden/internal/proxyproto"
 )
 
 // Server defaults. The endpoint faces the internet: every phase of a
@@ -40,13 +42,28 @@ type ServerConfig struct {
 	// MaxConns caps open connections; past it Accept waits (the kernel
 	// queues new ones) until one closes.
 	MaxConns int
+	// Balancers, when set, returns the load balancers in force (nil: none)
+	// whose connections must begin with a PROXY v1 or v2 header; the
+	// client it names is then the request's source. It is called at each
+	// accept, so a reload can swap the set. A balancer's connection without
+	// a valid header is closed, as is a health check's (a header naming no
+	// client).
+	Balancers func() *proxyproto.Trusted
+	// ProxyHeaderTimeout returns how long to wait for that header (it also
+	// never waits past the server's own read deadline); nil or zero means
+	// DefaultProxyHeaderTimeout.
+	ProxyHeaderTimeout func() time.Duration
+	// OnProxyHeaderError is told, by proxyproto.Reason, why a balancer's
+	// connection was closed without a valid header; nil means nobody.
+	OnProxyHeaderError func(reason string)
 }
 
 // Server is the grant endpoint's HTTPS server.
 type Server struct {
-	srv *http.Server
-	tls *tls.Config
-	sem chan struct{}
+	srv       *http.Server
+	tls       *tls.Config
+	sem       chan struct{}
+	balancers *balancerListener // nil without Balancers
 }
 
 type connKey struct{}
@@ -91,6 +108,19 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{tls: httpsConfig(cfg.TLS), sem: make(chan struct{}, cfg.MaxConns)}
+	if cfg.Balancers != nil {
+		s.balancers = &balancerListener{trusted: cfg.Balancers, timeout: func() time.Duration {
+			if cfg.ProxyHeaderTimeout != nil {
+				if d := cfg.ProxyHeaderTimeout(); d > 0 {
+					return d
+				}
+			}
+			return DefaultProxyHeaderTimeout
+		}, onError: cfg.OnProxyHeaderError}
+		if s.balancers.onError == nil {
+			s.balancers.onError = func(string) {}
+		}
+	}
 	s.srv = &http.Server{
 		Handler:           cfg.Handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -104,8 +134,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		ErrorLog:     errLog,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			// Only stores the conn: this runs in the accept loop, so it must
-			// not block (a PROXY header is read later, in the handler's
-			// goroutine, after the TLS handshake).
+			// not block (a balancer's PROXY header is read later, by the
+			// TLS handshake's first read, in the connection's goroutine).
 			if tc, ok := c.(*tls.Conn); ok {
 				c = tc.NetConn()
 			}
@@ -146,7 +176,13 @@ func httpsConfig(base *tls.Config) *tls.Config {
 // Serve accepts connections on ln (plain TCP; the Server does TLS) until
 // Shutdown. It returns http.ErrServerClosed after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	return s.srv.Serve(tls.NewListener(&limitListener{Listener: ln, sem: s.sem, done: make(chan struct{})}, s.tls))
+	ln = &limitListener{Listener: ln, sem: s.sem, done: make(chan struct{})}
+	if s.balancers != nil {
+		b := *s.balancers
+		b.Listener = ln
+		ln = &b
+	}
+	return s.srv.Serve(tls.NewListener(ln, s.tls))
 }
 
 // Shutdown stops accepting and waits for requests in flight, until ctx

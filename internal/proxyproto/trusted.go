@@ -16,21 +16,27 @@ var FieldTrusted = fielderr.Field{Pkg: "proxyproto", Name: "proxy-protocol-from"
 // connection with a PROXY header. It is immutable; swap a new one in on
 // reload. A nil *Trusted trusts nobody: PROXY support is off.
 type Trusted struct {
-	list *acl.Allowlist
+	list  *acl.Allowlist
+	field fielderr.Field // what the warnings name
 }
 
 // ParseTrusted parses CIDRs, addresses or go-sockaddr templates with the
 // same strict rules as --allow (acl.ParseList). No entries at all yields
 // (nil, nil): nobody is trusted.
 func ParseTrusted(entries []string) (*Trusted, error) {
-	list, err := acl.ParseList(FieldTrusted, entries)
+	return ParseTrustedAs(FieldTrusted, entries)
+}
+
+// ParseTrustedAs is ParseTrusted for a list that errors name as field.
+func ParseTrustedAs(field fielderr.Field, entries []string) (*Trusted, error) {
+	list, err := acl.ParseList(field, entries)
 	if err != nil {
 		return nil, err
 	}
 	if list.Len() == 0 {
 		return nil, nil
 	}
-	return &Trusted{list: list}, nil
+	return &Trusted{list: list, field: field}, nil
 }
 
 // Contains reports whether peer, a connection's remote address, is a
@@ -72,7 +78,7 @@ func (t *Trusted) Warnings() []string {
 	}
 	w := t.list.Warnings()
 	if t.list.AllowsAny() {
-		w = append(w, FieldTrusted.Name+" trusts every source of an address family: any peer can then claim any client address; list only the load balancers")
+		w = append(w, t.field.Name+" trusts every source of an address family: any peer can then claim any client address; list only the load balancers")
 	}
 	return w
 }

@@ -230,3 +230,24 @@ func (e *Env) Client(source string) *http.Client {
 		},
 	}
 }
+
+// ClientVia is Client for requests through a load balancer at balancer
+// (e.g. "127.0.0.2") that begins each connection with header, a PROXY
+// protocol header (nil: none).
+func (e *Env) ClientVia(balancer string, header []byte) *http.Client {
+	c := e.Client(balancer)
+	tr := c.Transport.(*http.Transport)
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil || header == nil {
+			return conn, err
+		}
+		if _, err := conn.Write(header); err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
+	return c
+}
