@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -93,10 +94,16 @@ func openStore(path string, lockTimeout time.Duration, now time.Time, log *zap.L
 
 func tryOpenStore(path string, lockTimeout time.Duration) (_ *store, _ storedState, err error) {
 	var db *bolt.DB
+	// bbolt reads the file through mmap: a page id that points past the
+	// end of a truncated file faults (SIGSEGV/SIGBUS), which the runtime
+	// makes a fatal error that no recover sees, unless this goroutine
+	// asks for a panic instead.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		// bbolt validates the meta pages but can still panic on other
-		// damage; a panic means "corrupt", never a crashed gateway. The
-		// handle is closed so its file lock does not block the fresh open.
+		// damage, or fault as above; either means "corrupt", never a
+		// crashed gateway. The handle is closed so its file lock does not
+		// block the fresh open.
 		if r := recover(); r != nil {
 			err = fmt.Errorf("opening ban state: panic: %v", r)
 			if db != nil {

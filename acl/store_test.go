@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"os"
@@ -206,6 +207,23 @@ func TestJailDamagedStateNeverBlocksStart(t *testing.T) {
 			return b
 		}, wantAside: true},
 		{name: "one meta page zeroed", damage: func(b []byte) []byte { clear(b[:4096]); return b }},
+		// The freelist page that each meta page names claims more ids than
+		// the file holds: bbolt's copy out of its mmap runs off the end of
+		// the mapping and faults, which only SetPanicOnFault turns into a
+		// panic that can be recovered.
+		{name: "freelist runs past the end", damage: func(b []byte) []byte {
+			const pageSize, freelistAt, countAt = 4096, 16 + 32, 10
+			for _, meta := range []int{0, pageSize} {
+				pgid := binary.LittleEndian.Uint64(b[meta+freelistAt:])
+				page := int(pgid) * pageSize
+				if page+pageSize > len(b) {
+					continue
+				}
+				binary.LittleEndian.PutUint16(b[page+countAt:], 0xFFFF) // the count is in the first element
+				binary.LittleEndian.PutUint64(b[page+16:], 1<<22) // 32 MiB of ids: allocated, then copied from a mapping of a few pages
+			}
+			return b
+		}, wantAside: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

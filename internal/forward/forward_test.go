@@ -461,3 +461,18 @@ func TestForwardCancelTakesTheSessionPath(t *testing.T) {
 func flagText(err error) string {
 	return fielderr.Render(err, fielderr.Names{FieldListen: "--listen", FieldAllowRemote: "--allow-remote-listen"})
 }
+
+// TestListenPortTaken: a port already held (a local postgres on the
+// default 127.0.0.1:5432, say) gives an error that says what to do.
+func TestListenPortTaken(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer held.Close()
+	la, err := ParseListen(held.Addr().String(), false)
+	require.NoError(t, err)
+	_, err = Listen(la)
+	require.Error(t, err)
+	msg := fielderr.Render(err, fielderr.Names{FieldListen: "--listen"})
+	require.Contains(t, msg, "address already in use")
+	require.Contains(t, msg, "give another with --listen 127.0.0.1:PORT")
+}

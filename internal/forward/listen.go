@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pgwarden/pgwarden/internal/fielderr"
@@ -93,6 +94,12 @@ func ParseListen(spec string, allowRemote bool) (ListenAddr, error) {
 func Listen(a ListenAddr) (net.Listener, error) {
 	if a.Network != "unix" {
 		ln, err := net.Listen(a.Network, a.Address)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			// The default, 127.0.0.1:5432, is where a local postgres
+			// listens too.
+			return nil, errorf("%s %s: %w (a local postgres or another forwarder may hold that port; give another with %s 127.0.0.1:PORT and point the client at it)",
+				FieldListen, a.Address, err, FieldListen)
+		}
 		if err != nil {
 			return nil, errorf("%s %s: %w", FieldListen, a.Address, err)
 		}
