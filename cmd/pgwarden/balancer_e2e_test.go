@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	pp "github.com/pires/go-proxyproto"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgwarden/pgwarden/internal/pgtest"
+	"github.com/pgwarden/pgwarden/internal/proxyproto/pptest"
 )
 
 // The trusted balancer and the clients it names. Every address is on
@@ -58,25 +58,14 @@ func startLBEnv(t *testing.T, pg *pgtest.Postgres, extra ...string) *lbEnv {
 }
 
 // proxyHeader is a PROXY header (version 1 or 2) naming client
-// (host:port) as the source of a connection to the gateway.
+// (ip:port) as the source of a connection to the gateway.
 func proxyHeader(t testing.TB, version byte, client, gateway string) []byte {
 	t.Helper()
-	src, err := net.ResolveTCPAddr("tcp", client)
-	require.NoError(t, err)
-	dst, err := net.ResolveTCPAddr("tcp", gateway)
-	require.NoError(t, err)
-	b, err := pp.HeaderProxyFromAddrs(version, src, dst).Format()
-	require.NoError(t, err)
-	return b
+	return pptest.Header(t, version, client, gateway)
 }
 
 // localHeader is a v2 LOCAL header: a balancer's own health check.
-func localHeader(t testing.TB) []byte {
-	t.Helper()
-	b, err := (&pp.Header{Version: 2, Command: pp.LOCAL, TransportProtocol: pp.UNSPEC}).Format()
-	require.NoError(t, err)
-	return b
-}
+func localHeader(t testing.TB) []byte { return pptest.Local(t) }
 
 // dialWith connects from source and writes prefix (a header) first.
 func dialWith(ctx context.Context, addr, source string, prefix []byte) (net.Conn, error) {

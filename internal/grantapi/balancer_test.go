@@ -9,25 +9,16 @@ import (
 	"testing"
 	"time"
 
-	pp "github.com/pires/go-proxyproto"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgwarden/pgwarden/internal/grantapi"
 	"github.com/pgwarden/pgwarden/internal/grantapi/granttest"
 	"github.com/pgwarden/pgwarden/internal/proxyproto"
+	"github.com/pgwarden/pgwarden/internal/proxyproto/pptest"
 )
 
-// header renders a PROXY header from client to the endpoint with
-// go-proxyproto's writer, as a real balancer would send it.
-func header(t *testing.T, version byte, client, endpoint string) []byte {
-	t.Helper()
-	h := pp.HeaderProxyFromAddrs(version,
-		net.TCPAddrFromAddrPort(netip.MustParseAddrPort(client)),
-		net.TCPAddrFromAddrPort(netip.MustParseAddrPort(endpoint)))
-	b, err := h.Format()
-	require.NoError(t, err)
-	return b
-}
+// header is a PROXY header from client to the endpoint.
+var header = pptest.Header
 
 // balancedEnv runs the endpoint trusting 127.0.0.2 as a load balancer,
 // recording header errors; banned sources are refused.
@@ -96,9 +87,7 @@ func TestSelfGrantBehindBalancer(t *testing.T) {
 	require.Equal(t, []string{"no_header"}, e.headerErrors())
 
 	// A health check (v2 LOCAL): closed without a request, not an error.
-	local, err := (&pp.Header{Version: 2, Command: pp.LOCAL, TransportProtocol: pp.UNSPEC}).Format()
-	require.NoError(t, err)
-	_, err = e.ClientVia("127.0.0.2", local).Post(e.URL+grantapi.Path, "application/json", http.NoBody)
+	_, err = e.ClientVia("127.0.0.2", pptest.Local(t)).Post(e.URL+grantapi.Path, "application/json", http.NoBody)
 	require.Error(t, err)
 	require.Equal(t, []string{"no_header"}, e.headerErrors())
 

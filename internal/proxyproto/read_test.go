@@ -13,6 +13,8 @@ import (
 
 	pp "github.com/pires/go-proxyproto"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pgwarden/pgwarden/internal/proxyproto/pptest"
 )
 
 // sslRequest is what a postgres client sends first; it stands for "the
@@ -68,15 +70,7 @@ func v6body(src, dst string, sport, dport uint16) []byte {
 
 // formatted renders a header with go-proxyproto's own writer, to check that
 // what real senders produce is read.
-func formatted(t testing.TB, version byte, src, dst string) []byte {
-	t.Helper()
-	h := pp.HeaderProxyFromAddrs(version,
-		net.TCPAddrFromAddrPort(netip.MustParseAddrPort(src)),
-		net.TCPAddrFromAddrPort(netip.MustParseAddrPort(dst)))
-	b, err := h.Format()
-	require.NoError(t, err)
-	return b
-}
+var formatted = pptest.Header
 
 func withTLVs(t testing.TB, base []byte, tlvs []pp.TLV) []byte {
 	t.Helper()
