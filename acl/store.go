@@ -92,6 +92,10 @@ func openStore(path string, lockTimeout time.Duration, now time.Time, log *zap.L
 	return s, st, nil
 }
 
+// precheck runs before bbolt opens the file (precheckState; tests turn it
+// off to reach bbolt's own failure modes).
+var precheck = precheckState
+
 func tryOpenStore(path string, lockTimeout time.Duration) (_ *store, _ storedState, err error) {
 	var db *bolt.DB
 	// bbolt reads the file through mmap: a page id that points past the
@@ -111,6 +115,9 @@ func tryOpenStore(path string, lockTimeout time.Duration) (_ *store, _ storedSta
 			}
 		}
 	}()
+	if err := precheck(path); err != nil {
+		return nil, storedState{}, err
+	}
 	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
 	if err != nil {
 		return nil, storedState{}, err

@@ -208,22 +208,10 @@ func TestJailDamagedStateNeverBlocksStart(t *testing.T) {
 		}, wantAside: true},
 		{name: "one meta page zeroed", damage: func(b []byte) []byte { clear(b[:4096]); return b }},
 		// The freelist page that each meta page names claims more ids than
-		// the file holds: bbolt's copy out of its mmap runs off the end of
-		// the mapping and faults, which only SetPanicOnFault turns into a
-		// panic that can be recovered.
-		{name: "freelist runs past the end", damage: func(b []byte) []byte {
-			const pageSize, freelistAt, countAt = 4096, 16 + 32, 10
-			for _, meta := range []int{0, pageSize} {
-				pgid := binary.LittleEndian.Uint64(b[meta+freelistAt:])
-				page := int(pgid) * pageSize
-				if page+pageSize > len(b) {
-					continue
-				}
-				binary.LittleEndian.PutUint16(b[page+countAt:], 0xFFFF) // the count is in the first element
-				binary.LittleEndian.PutUint64(b[page+16:], 1<<22) // 32 MiB of ids: allocated, then copied from a mapping of a few pages
-			}
-			return b
-		}, wantAside: true},
+		// the file holds; bbolt would allocate them all (a fatal
+		// out-of-memory for this count) and copy them out of its mmap.
+		{name: "freelist count beyond memory", damage: freelistClaims(1 << 40), wantAside: true},
+		{name: "freelist runs past the end", damage: freelistClaims(1 << 22), wantAside: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -248,6 +236,69 @@ func TestJailDamagedStateNeverBlocksStart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// freelistClaims makes the freelist page of each meta page claim count
+// ids (bbolt's 0xFFFF escape, then the count in the first element).
+func freelistClaims(count uint64) func([]byte) []byte {
+	return func(b []byte) []byte {
+		const pageSize, freelistAt, countAt = 4096, 16 + 32, 10
+		for _, meta := range []int{0, pageSize} {
+			page := int(binary.LittleEndian.Uint64(b[meta+freelistAt:])) * pageSize
+			if page+pageSize > len(b) {
+				continue
+			}
+			binary.LittleEndian.PutUint16(b[page+countAt:], 0xFFFF)
+			binary.LittleEndian.PutUint64(b[page+16:], count)
+		}
+		return b
+	}
+}
+
+// TestJailStateFaultIsRecovered: without the pre-open check, a freelist
+// that runs past bbolt's mmap (4M ids: allocated, then copied from a
+// mapping of a few pages) faults inside bbolt. The fault must be a
+// recovered panic (SetPanicOnFault), so the file is moved aside rather
+// than the process dying. Not parallel: it turns the check off.
+func TestJailStateFaultIsRecovered(t *testing.T) {
+	defer func(p func(string) error) { precheck = p }(precheck)
+	precheck = func(string) error { return nil }
+	cfg := testJailConfig(newFakeClock())
+	cfg.StatePath = filepath.Join(t.TempDir(), "bans.db")
+	j, err := NewJail(cfg)
+	require.NoError(t, err)
+	for i := range 40 {
+		_, err := j.Ban(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}).String(), time.Hour)
+		require.NoError(t, err)
+	}
+	require.NoError(t, j.Close())
+	b, err := os.ReadFile(cfg.StatePath)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cfg.StatePath, freelistClaims(1<<22)(b), 0o600))
+
+	j2 := newTestJail(t, cfg)
+	aside, _ := filepath.Glob(cfg.StatePath + ".corrupt-*")
+	require.Len(t, aside, 1, "the damaged file is moved aside")
+	require.Equal(t, 0, j2.ActiveBans())
+}
+
+// TestJailDamagedButLockedIsNotMovedAside: damage seen while another
+// jail holds the file is that jail's business: the second open reports
+// the lock and moves nothing aside.
+func TestJailDamagedButLockedIsNotMovedAside(t *testing.T) {
+	t.Parallel()
+	cfg := testJailConfig(newFakeClock())
+	cfg.StatePath = filepath.Join(t.TempDir(), "bans.db")
+	newTestJail(t, cfg)
+	b, err := os.ReadFile(cfg.StatePath)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cfg.StatePath, freelistClaims(1<<40)(b), 0o600))
+
+	cfg.StateLockTimeout = 100 * time.Millisecond
+	_, err = NewJail(cfg)
+	require.ErrorIs(t, err, ErrStateLocked)
+	aside, _ := filepath.Glob(cfg.StatePath + ".corrupt-*")
+	require.Empty(t, aside)
 }
 
 // TestStateFileSharesBuckets: other state can live in the jail's file, in
