@@ -58,6 +58,8 @@ type Authorizer struct {
 
 	state    atomic.Pointer[authState]
 	reloadMu sync.Mutex
+	// onReload runs after each new state is put in force (SetOnReload).
+	onReload atomic.Pointer[func()]
 }
 
 // authState is what Reload replaces: the CA pool, the role map merged
@@ -201,7 +203,64 @@ func (a *Authorizer) Reload() error {
 	}
 	a.state.Store(st)
 	a.logger.Info("client CA reloaded", zap.String("file", a.caFile), zap.String("map_file", a.mapFile))
+	a.reloaded()
 	return nil
+}
+
+// SetOnReload sets f to run after each reload puts a new CA pool, map
+// and CRL in force (Reload, a CRL file change, a Stage's commit), e.g. to
+// end the sessions of certificates the new CRL revokes (Revoked). A nil
+// Authorizer ignores it.
+func (a *Authorizer) SetOnReload(f func()) {
+	if a != nil {
+		a.onReload.Store(&f)
+	}
+}
+
+func (a *Authorizer) reloaded() {
+	if f := a.onReload.Load(); f != nil && *f != nil {
+		(*f)()
+	}
+}
+
+// Revoked reports whether the CRLs in force revoke the client certificate
+// a peer presented (its certificates as sent, leaf first), with the
+// *AuthError of kind ErrRevokedClientCert; nil otherwise. A chain that no
+// longer verifies, or a CRL past its NextUpdate, is not a revocation: it
+// keeps new connections out (Authorize), but is no reason to cut sessions
+// already authorized. A nil Authorizer revokes nothing.
+func (a *Authorizer) Revoked(peer []*x509.Certificate) error {
+	if a == nil || len(peer) == 0 {
+		return nil
+	}
+	st := a.state.Load()
+	if st.crls == nil {
+		return nil
+	}
+	chains, err := verifyChains(peer, st.pool, a.now())
+	if err != nil {
+		return nil
+	}
+	var ae *AuthError
+	if err := st.crls.check(peer[0], chains, a.now()); errors.As(err, &ae) && ae.Kind == ErrRevokedClientCert {
+		return err
+	}
+	return nil
+}
+
+// verifyChains verifies peer[0] for client authentication against roots,
+// with the rest of peer as intermediates.
+func verifyChains(peer []*x509.Certificate, roots *x509.CertPool, now time.Time) ([][]*x509.Certificate, error) {
+	inter := x509.NewCertPool()
+	for _, c := range peer[1:] {
+		inter.AddCert(c)
+	}
+	return peer[0].Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
 }
 
 // Stage reads --tls-client-ca, --tls-map-file and --tls-client-crl as
@@ -220,6 +279,7 @@ func (a *Authorizer) Stage() (commit func(), err error) {
 		defer a.reloadMu.Unlock()
 		a.state.Store(st)
 		a.logger.Info("client CA reloaded", zap.String("file", a.caFile), zap.String("map_file", a.mapFile))
+		a.reloaded()
 	}, nil
 }
 
@@ -263,16 +323,7 @@ func (a *Authorizer) verifyPeer(cs *tls.ConnectionState) (*x509.Certificate, *au
 	}
 	st := a.state.Load()
 	leaf := cs.PeerCertificates[0]
-	inter := x509.NewCertPool()
-	for _, c := range cs.PeerCertificates[1:] {
-		inter.AddCert(c)
-	}
-	chains, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         st.pool,
-		Intermediates: inter,
-		CurrentTime:   a.now(),
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
+	chains, err := verifyChains(cs.PeerCertificates, st.pool, a.now())
 	if err != nil {
 		return nil, nil, &AuthError{Kind: ErrUntrustedClientCert, Public: untrustedText(err), Cause: err}
 	}

@@ -233,3 +233,44 @@ func TestWatchWithoutCRLReturns(t *testing.T) {
 	require.NoError(t, err)
 	assert.NoError(t, a.Watch(context.Background()), "returns at once: nothing to watch")
 }
+
+// TestRevokedAndOnReload: Revoked is true only for a certificate the list
+// in force revokes (not for an expired list or an untrusted chain), and a
+// reload that brings a revocation runs the hook, which sees it.
+func TestRevokedAndOnReload(t *testing.T) {
+	t.Parallel()
+	ca, other := certstest.NewCA(t), certstest.NewCA(t)
+	dir := t.TempDir()
+	caFile := certstest.WriteFile(t, filepath.Join(dir, "ca.crt"), ca.CertPEM())
+	alice, aliceSerial := leafState(t, ca, "alice")
+	bob, _ := leafState(t, ca, "bob")
+	stranger, _ := leafState(t, other, "alice")
+	tomorrow := time.Now().Add(24 * time.Hour)
+	crlFile := certstest.WriteFile(t, filepath.Join(dir, "crl.pem"), crlPEM(t, ca, 1, tomorrow))
+
+	a, err := NewAuthorizer(Policy{ClientCAFile: caFile, ClientCRLFile: crlFile}, nil)
+	require.NoError(t, err)
+	require.NoError(t, a.Revoked(alice.PeerCertificates), "nothing revoked yet")
+
+	var seen []error
+	a.SetOnReload(func() { seen = append(seen, a.Revoked(alice.PeerCertificates)) })
+	certstest.WriteFile(t, crlFile, crlPEM(t, ca, 2, tomorrow, aliceSerial))
+	require.NoError(t, a.Reload())
+	require.Len(t, seen, 1, "the hook ran once")
+	require.ErrorIs(t, seen[0], ErrRevokedClientCert)
+	require.NoError(t, a.Revoked(bob.PeerCertificates))
+	require.NoError(t, a.Revoked(stranger.PeerCertificates), "another CA's certificate is untrusted, not revoked")
+
+	// Staged and committed (SIGHUP): the hook runs at the commit.
+	certstest.WriteFile(t, crlFile, crlPEM(t, ca, 3, time.Now().Add(-time.Minute), aliceSerial))
+	commit, err := a.Stage()
+	require.NoError(t, err)
+	require.Len(t, seen, 1, "staging puts nothing in force")
+	commit()
+	require.Len(t, seen, 2)
+	require.NoError(t, seen[1], "an expired list vouches for nothing but revokes nothing either")
+
+	var none *Authorizer
+	require.NoError(t, none.Revoked(alice.PeerCertificates))
+	none.SetOnReload(func() {})
+}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -54,10 +55,14 @@ type session struct {
 	relayErr        error
 	panicked        error // a recovered panic in the pre-authentication phase
 	closed          bool  // set under Server.mu when both sides were closed
-	// tag names what admitted the session (StartupPolicy), and
-	// accessEnded is set when EndSessions ended it; both under Server.mu.
+	// tag names what admitted the session (StartupPolicy); clientCerts
+	// are the certificates the client presented, recorded before the
+	// Authorizer judged them (EndRevokedSessions); endedAs is the outcome
+	// when EndSessions or EndRevokedSessions ended it. All under Server.mu.
 	tag         string
-	accessEnded bool
+	clientCerts []*x509.Certificate
+	endedAs     Outcome
+	ended       bool
 }
 
 // handle runs one connection to its end and writes its one log line.
@@ -78,8 +83,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	defer s.cfg.Metrics.SessionsActive(s.cfg.Name, -1)
 
 	outcome, err := s.run(ctx, sess)
-	if s.wasEnded(sess) {
-		outcome = OutcomeAccessEnded
+	if ended, as := s.wasEnded(sess); ended {
+		outcome = as
 	}
 	s.finish(sess, outcome, err)
 }
@@ -179,6 +184,11 @@ func (s *Server) startSession(ctx context.Context, sess *session) (outcome Outco
 
 	if sess.tun.Authorizer != nil {
 		cs := sess.tls.ConnectionState()
+		// Recorded first: a CRL put in force from here on either reaches
+		// Authorize or finds the session in EndRevokedSessions.
+		s.mu.Lock()
+		sess.clientCerts = cs.PeerCertificates
+		s.mu.Unlock()
 		if err := sess.tun.Authorizer.Authorize(&cs, sess.user); err != nil {
 			outcome, err = s.refuseClient(sess, refuse(OutcomeCertRejected, codeInvalidAuthorization, err.Error(), "", err))
 			return outcome, true, nil, err

@@ -52,8 +52,10 @@ const (
 	OutcomeOK
 	OutcomeTLSAbuse
 	OutcomeInternalError
-	// Ended from outside, in any phase (Server.EndSessions).
+	// Ended from outside, in any phase (Server.EndSessions,
+	// Server.EndRevokedSessions).
 	OutcomeAccessEnded
+	OutcomeCertRevoked
 
 	numOutcomes
 )
@@ -104,6 +106,7 @@ var outcomes = [numOutcomes]struct {
 	OutcomeTLSAbuse:                  {"tls_abuse", true, zapcore.WarnLevel},                  // key updates faster than any real client asks
 	OutcomeInternalError:             {"internal_error", false, zapcore.ErrorLevel},           // a gateway fault
 	OutcomeAccessEnded:               {"access_ended", false, zapcore.InfoLevel},              // what admitted it ended (an access grant revoked or expired): EndSessions
+	OutcomeCertRevoked:               {"certificate_revoked", false, zapcore.InfoLevel},       // a revocation list put in force revokes its client certificate: EndRevokedSessions
 }
 
 // String is the outcome's label.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/x509"
 	"net/netip"
 )
 
@@ -61,17 +62,56 @@ func (s *Server) EndSessions(tag string) int {
 	n := 0
 	for sess := range s.sessions {
 		if sess.tag == tag && !sess.closed {
-			sess.accessEnded = true
-			s.closeConnsLocked(sess)
+			s.endLocked(sess, OutcomeAccessEnded)
 			n++
 		}
 	}
 	return n
 }
 
-// wasEnded reports whether EndSessions ended the session.
-func (s *Server) wasEnded(sess *session) bool {
+// EndRevokedSessions ends every session whose client certificate
+// revoked reports as revoked (a non-nil error), in whichever phase it is,
+// with outcome certificate_revoked; call it when a new revocation list is
+// in force. The check runs outside the session lock (it verifies a chain
+// per session). It returns how many it ended.
+func (s *Server) EndRevokedSessions(revoked func(peer []*x509.Certificate) error) int {
+	type candidate struct {
+		sess  *session
+		certs []*x509.Certificate
+	}
+	var check []candidate
+	s.mu.Lock()
+	for sess := range s.sessions {
+		if len(sess.clientCerts) > 0 && !sess.closed {
+			check = append(check, candidate{sess, sess.clientCerts})
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, c := range check {
+		if revoked(c.certs) == nil {
+			continue
+		}
+		s.mu.Lock()
+		if !c.sess.closed {
+			s.endLocked(c.sess, OutcomeCertRevoked)
+			n++
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// endLocked closes both of sess's connections and records why.
+func (s *Server) endLocked(sess *session, as Outcome) {
+	sess.ended, sess.endedAs = true, as
+	s.closeConnsLocked(sess)
+}
+
+// wasEnded reports whether EndSessions or EndRevokedSessions ended the
+// session, and as what.
+func (s *Server) wasEnded(sess *session) (bool, Outcome) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return sess.accessEnded
+	return sess.ended, sess.endedAs
 }

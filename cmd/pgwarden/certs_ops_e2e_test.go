@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pgwarden/pgwarden/internal/certstest"
@@ -187,10 +188,11 @@ func TestCertsClientCAForCI(t *testing.T) {
 }
 
 // TestCertsRevokeEndToEnd: `certs revoke` writes the CRL, the running
-// gateway reloads it by itself, and the revoked certificate is refused with
-// FATAL 28000 before postgres is dialed, while other certificates keep
-// working; a corrupt replacement keeps the old list; an expired list refuses
-// everyone until `certs crl` re-signs it.
+// gateway reloads it by itself, the sessions open with the revoked
+// certificate are ended and it is refused with FATAL 28000 before postgres
+// is dialed, while other certificates keep working; a corrupt replacement
+// keeps the old list; an expired list refuses everyone (ending nobody's
+// session) until `certs crl` re-signs it.
 func TestCertsRevokeEndToEnd(t *testing.T) {
 	server := certsInit(t)
 	ci := clientCADir(t)
@@ -206,6 +208,7 @@ func TestCertsRevokeEndToEnd(t *testing.T) {
 		acceptedByPgxAndPsql(t, pg, addr, server.caCert, who)
 	}
 	open := mustPgx(t, addr, server.caCert, pg.User, pg.Password, pg.Database, withAlice)
+	openBob := mustPgx(t, addr, server.caCert, pg.User, pg.Password, pg.Database, withBob)
 
 	// revoke NAME: the watcher reloads the list, no SIGHUP.
 	mark := len(g.logLines())
@@ -215,10 +218,17 @@ func TestCertsRevokeEndToEnd(t *testing.T) {
 	waitLog(t, g, mark, "the CRL with one entry loaded", func(l map[string]any) bool {
 		return l["msg"] == "certificate revocation list loaded" && l["revoked"] == float64(1)
 	})
+	// The session alice opened before is ended; bob's is not.
+	waitLog(t, g, mark, "alice's open session ended", func(l map[string]any) bool {
+		return l["msg"] == "connection closed" && l["outcome"] == "certificate_revoked"
+	})
+	waitLog(t, g, mark, "the sweep's summary", func(l map[string]any) bool {
+		return l["msg"] == "sessions ended: their client certificate is revoked" && l["sessions"] == float64(1)
+	})
+	requireSessionEnded(t, open)
+	require.Equal(t, "1", queryValue(t, openBob, "SELECT 1"))
 	refusedBeforePostgres(t, pg, addr, server.caCert, withAlice, "client certificate revoked")
 	acceptedByPgxAndPsql(t, pg, addr, server.caCert, withBob)
-	// A session opened before the revocation is not ended (documented).
-	require.Equal(t, "1", queryValue(t, open, "SELECT 1"))
 	waitLog(t, g, mark, "a connection closed as cert_rejected", func(l map[string]any) bool {
 		return l["msg"] == "connection closed" && l["outcome"] == "cert_rejected"
 	})
@@ -256,7 +266,9 @@ func TestCertsRevokeEndToEnd(t *testing.T) {
 		return l["msg"] == "certificate revocation list loaded" && l["revoked"] == float64(2)
 	})
 	refusedBeforePostgres(t, pg, addr, server.caCert, withBob, "client certificate revoked")
+	requireSessionEnded(t, openBob)
 	acceptedByPgxAndPsql(t, pg, addr, server.caCert, withCarol)
+	openCarol := mustPgx(t, addr, server.caCert, pg.User, pg.Password, pg.Database, withCarol)
 
 	// The same list past its NextUpdate: the gateway cannot vouch for any
 	// certificate of the CA any more and refuses them all...
@@ -266,6 +278,8 @@ func TestCertsRevokeEndToEnd(t *testing.T) {
 		return l["msg"] == "certificate revocation list has expired; every client certificate of its CA is refused until it is re-signed (pgwarden certs crl)"
 	})
 	refusedBeforePostgres(t, pg, addr, server.caCert, withCarol, "client certificate status unknown: certificate revocation list expired")
+	// An expired list revokes nothing: carol's open session goes on.
+	require.Equal(t, "1", queryValue(t, openCarol, "SELECT 1"))
 	// ... until `certs crl` re-signs it, keeping the revocations.
 	mark = len(g.logLines())
 	out, code = runCertsCmd(t, "crl", "--dir", ci.dir)
@@ -281,6 +295,16 @@ func TestCertsRevokeEndToEnd(t *testing.T) {
 		t.Fatalf("pgwarden exited: %v", err)
 	default:
 	}
+}
+
+// requireSessionEnded: the gateway closed conn's connection, so the next
+// query fails.
+func requireSessionEnded(t *testing.T, conn *pgconn.PgConn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_, err := conn.Exec(ctx, "SELECT 1").ReadAll()
+	require.Error(t, err, "the session is still open")
 }
 
 // expiredCopy re-signs the CRL in d with the next number and a NextUpdate

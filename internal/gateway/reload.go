@@ -445,7 +445,13 @@ func (g *Gateway) commit(plan *reloadPlan) {
 			g.log.Error("proxy settings not reloaded", zap.String("route", r.cfg.Name), zap.Error(err))
 		}
 		filesChanged := rp.tls.loader != r.tls.loader || rp.tls.authz != r.tls.authz
+		newAuthz := rp.tls.authz != r.tls.authz
 		r.tls = rp.tls
+		if newAuthz {
+			// A kept authorizer ran the hook in its commit above.
+			g.endRevokedOnReload(r, rp.tls.authz)
+			g.endRevoked(r, rp.tls.authz)
+		}
 		r.cert.Store(rp.tls.loader)
 		r.cfg = rp.cfg
 		if filesChanged && r.stopWatch != nil && g.watchCtx != nil {

@@ -26,6 +26,7 @@ import (
 // reload replaces (cfg's reloadable settings, loader, authz, policy) are
 // guarded by Gateway.mu.
 type route struct {
+	name      string // cfg.Name, which no reload changes, for readers outside Gateway.mu
 	cfg       RouteConfig
 	upstream  proxy.Upstream
 	policy    *acl.Policy         // the route's admission: its allowlist, then the jail and CrowdSec
@@ -99,7 +100,7 @@ func tunables(c *Config, rc RouteConfig, t tlsParts) proxy.Tunables {
 func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	prefix := g.cfg.routePrefix(rc)
 	wrap := func(err error) error { return prefixEach(prefix, err) }
-	r := &route{cfg: rc}
+	r := &route{name: rc.Name, cfg: rc}
 	// Collect every problem of the route before giving up, so one run of
 	// the command shows the operator everything to fix.
 	var errs []error
@@ -179,7 +180,28 @@ func (g *Gateway) buildRoute(rc RouteConfig) (*route, error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
+	g.endRevokedOnReload(r, r.tls.authz)
 	return r, nil
+}
+
+// endRevokedOnReload makes each reload of authz (a CRL file change,
+// SIGHUP) end the route's sessions whose client certificate it now
+// revokes: revoking a leaked certificate must also cut off whoever is
+// already connected with it, not only refuse the next login.
+func (g *Gateway) endRevokedOnReload(r *route, authz *certs.Authorizer) {
+	authz.SetOnReload(func() { g.endRevoked(r, authz) })
+}
+
+// endRevoked ends r's sessions whose client certificate authz revokes. It
+// runs from a file watch as well as from a reload, so it reads only what
+// a reload never replaces: the route's name and proxy server.
+func (g *Gateway) endRevoked(r *route, authz *certs.Authorizer) {
+	if authz == nil {
+		return
+	}
+	if n := r.server.EndRevokedSessions(authz.Revoked); n > 0 {
+		g.log.Info("sessions ended: their client certificate is revoked", zap.String("route", r.name), zap.Int("sessions", n))
+	}
 }
 
 // watch starts watching the files of the route's TLS parts (certificate,
