@@ -231,3 +231,59 @@ func putOrDelete[T any](b *bolt.Bucket, k []byte, v *T) error {
 }
 
 func (s *store) close() error { return s.db.Close() }
+
+// CheckStateFile reads the state file at path as NewJail would, without
+// changing it (read-only, no buckets created): nil when a jail would load
+// it, an error wrapping ErrStateLocked when another process holds it (a
+// running gateway), otherwise the reason NewJail would move it aside.
+// Damage is reported, never a crash (see tryOpenStore).
+func CheckStateFile(path string, lockTimeout time.Duration) (err error) {
+	var db *bolt.DB
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("reading ban state: panic: %v", r)
+			if db != nil {
+				closeQuietly(db)
+			}
+		}
+	}()
+	locked := func() error { return fmt.Errorf("ban state %s: %w", path, ErrStateLocked) }
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil // NewJail creates it
+	}
+	if err := precheck(path); err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return locked()
+		}
+		return err
+	}
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, ReadOnly: true})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return locked()
+	}
+	if err != nil {
+		return err
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			if v := meta.Get(keyVersion); v != nil && string(v) != string(storeVersion) {
+				return fmt.Errorf("unsupported ban state version %q", v)
+			}
+		}
+		if b := tx.Bucket(bucketBans); b != nil {
+			if err := decodeBucket(b, map[netip.Prefix]banRecord{}); err != nil {
+				return fmt.Errorf("reading bans: %w", err)
+			}
+		}
+		if b := tx.Bucket(bucketHistory); b != nil {
+			if err := decodeBucket(b, map[netip.Prefix]historyRecord{}); err != nil {
+				return fmt.Errorf("reading ban history: %w", err)
+			}
+		}
+		return nil
+	})
+	closeQuietly(db)
+	db = nil
+	return err
+}

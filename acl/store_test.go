@@ -328,3 +328,32 @@ func TestStateFileSharesBuckets(t *testing.T) {
 		return nil
 	}))
 }
+
+// TestCheckStateFile: the read-only check sees what NewJail would, and a
+// damaged file is an error, not a crash; the file is left as it was.
+func TestCheckStateFile(t *testing.T) {
+	t.Parallel()
+	cfg := testJailConfig(newFakeClock())
+	cfg.StatePath = filepath.Join(t.TempDir(), "bans.db")
+	require.NoError(t, CheckStateFile(cfg.StatePath+".missing", time.Second), "NewJail would create it")
+	j, err := NewJail(cfg)
+	require.NoError(t, err)
+	_, err = j.Ban("10.0.0.1", time.Hour)
+	require.NoError(t, err)
+	require.ErrorIs(t, CheckStateFile(cfg.StatePath, 50*time.Millisecond), ErrStateLocked)
+	require.NoError(t, j.Close())
+	require.NoError(t, CheckStateFile(cfg.StatePath, time.Second))
+
+	b, err := os.ReadFile(cfg.StatePath)
+	require.NoError(t, err)
+	for name, count := range map[string]uint64{"beyond memory": 1 << 40, "past the end": 1 << 22} {
+		damaged := freelistClaims(count)(append([]byte(nil), b...))
+		require.NoError(t, os.WriteFile(cfg.StatePath, damaged, 0o600))
+		require.Error(t, CheckStateFile(cfg.StatePath, time.Second), name)
+		after, err := os.ReadFile(cfg.StatePath)
+		require.NoError(t, err)
+		require.Equal(t, damaged, after, "%s: the check changed the file", name)
+	}
+	require.NoError(t, os.WriteFile(cfg.StatePath, []byte("not bbolt"), 0o600))
+	require.Error(t, CheckStateFile(cfg.StatePath, time.Second))
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/gateway"
+	"github.com/pgwarden/pgwarden/internal/proxyproto"
 )
 
 // Status is a check's verdict.
@@ -192,6 +193,10 @@ func Run(cfg *gateway.Config, opts Options) *Report {
 	}
 	for _, rc := range c.routes {
 		c.checkAllowlist(rc)
+		c.checkBalancers("balancers", &rc, proxyproto.FieldTrusted, rc.ProxyProtocolFrom)
+	}
+	if c.cfg.GrantListen != "" {
+		c.checkBalancers("grant-balancers", nil, gateway.FieldGrantProxyProtocolFrom, c.cfg.GrantProxyProtocolFrom)
 	}
 	c.checkBanState()
 	c.checkAdmin()

@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/certstest"
 	"github.com/pgwarden/pgwarden/internal/gateway"
 	"github.com/pgwarden/pgwarden/internal/pgtest"
@@ -351,8 +352,32 @@ func TestCheckBanState(t *testing.T) {
 	require.NoError(t, os.WriteFile(f.cfg.BanState, []byte("not bbolt"), 0o600))
 	requireOne(t, f.run(env()), "ban-state", Warn, "is not a state file pgwarden can read")
 
+	// A real state file: fine; held by a running jail: fine, and said so.
+	f.cfg.BanState = filepath.Join(f.dir, "state.db")
+	jcfg := acl.JailConfig{MaxRetry: 5, FindTime: time.Minute, BanTime: time.Minute, TimeFactor: 1, MaxTime: time.Minute, StatePath: f.cfg.BanState}
+	j, err := acl.NewJail(jcfg)
+	require.NoError(t, err)
+	requireOne(t, f.run(env()), "ban-state", OK, "is writable and locked by a running pgwarden")
+	require.NoError(t, j.Close())
+	requireOne(t, f.run(env()), "ban-state", OK, "is writable")
+
 	f.cfg.BanState = ""
 	requireOne(t, f.run(env()), "ban-state", Warn, "kept in memory only", "set BanState FILE")
+}
+
+// TestCheckBalancers: trusted load balancers (the routes' and the grant
+// endpoint's) are listed when set, and a wide prefix is a WARN.
+func TestCheckBalancers(t *testing.T) {
+	pg := pgtest.Start(t)
+	f := newFixture(t, pg.Addr())
+	f.cfg.Route.ProxyProtocolFrom = []string{"10.0.0.2"}
+	requireOne(t, f.run(env()), "balancers", OK, "1 load balancer entry: 10.0.0.2/32")
+	for _, entry := range []string{"0.0.0.0/0", "10.0.0.0/7", "2001::/16"} {
+		f.cfg.Route.ProxyProtocolFrom = []string{"10.0.0.2", entry}
+		rep := f.run(env())
+		requireOne(t, rep, "balancers", Warn, entry+": any peer there may claim any client address")
+		require.False(t, rep.Failed())
+	}
 }
 
 // TestCheckUpstreamStartups: --max-upstream-startups is compared with the

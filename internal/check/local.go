@@ -17,11 +17,10 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/admin"
+	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/gateway"
 )
 
@@ -138,6 +137,31 @@ func (c *checker) checkAllowlist(rc gateway.RouteConfig) {
 	c.ok("allowlist", &rc, "%s: %s", plural(allow.Len(), "entry", "entries"), allow)
 }
 
+// checkBalancers: trusted load balancers, when there are some, are a few
+// addresses: whoever is listed can name any client address in a PROXY
+// header, and so pass the allowlist and bans (or obtain grants) as anyone.
+func (c *checker) checkBalancers(check string, rc *gateway.RouteConfig, field fielderr.Field, entries []string) {
+	if len(entries) == 0 {
+		return
+	}
+	list, err := acl.ParseList(field, entries)
+	if err != nil {
+		return // a config FAIL already
+	}
+	var wide []string
+	for _, p := range list.Prefixes() {
+		if p.Bits() < 8 || (p.Addr().Is6() && p.Bits() < 32) {
+			wide = append(wide, p.String())
+		}
+	}
+	if len(wide) > 0 {
+		c.result(check, Warn, rc, "list only the load balancers' own addresses in "+c.name(field),
+			"%s: any peer there may claim any client address in a PROXY header, passing the allowlist and bans as anyone", strings.Join(wide, ", "))
+		return
+	}
+	c.ok(check, rc, "%s: %s (their PROXY headers name the clients)", plural(list.Len(), "load balancer entry", "load balancer entries"), list)
+}
+
 // checkBanState: the state file can be opened for writing (or a running
 // pgwarden holds it), or, if it does not exist yet, created.
 func (c *checker) checkBanState() {
@@ -175,15 +199,14 @@ func (c *checker) checkBanState() {
 		return
 	}
 	_ = f.Close()
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 200 * time.Millisecond})
+	err = acl.CheckStateFile(path, 200*time.Millisecond)
 	switch {
-	case errors.Is(err, berrors.ErrTimeout):
+	case errors.Is(err, acl.ErrStateLocked):
 		c.ok("ban-state", nil, "%s is writable and locked by a running pgwarden", path)
 	case err != nil:
 		c.result("ban-state", Warn, nil, "if it is not pgwarden's, point "+stateFlag+" elsewhere",
 			"%s is not a state file pgwarden can read (%v): serve moves it aside and starts with no bans", path, err)
 	default:
-		_ = db.Close()
 		c.ok("ban-state", nil, "%s is writable", path)
 	}
 }
