@@ -78,8 +78,8 @@ func (g *Gateway) buildAlerts() error {
 			"MachineCredentials": FieldCrowdSecMachineCredentials})
 	}
 	if c.CrowdSecLAPI != "" && !crowdsec.SameURL(mc.URL, c.CrowdSecLAPI) {
-		return errorf("%s: its url %s is not %s %s; make them name the same LAPI, or leave %s out",
-			FieldCrowdSecMachineCredentials, mc.URL, FieldCrowdSecLAPI, c.CrowdSecLAPI, FieldCrowdSecLAPI)
+		return errorf("%s: its url %s is not %s %s; make them name the same LAPI (bans are pushed to the LAPI decisions are pulled from)",
+			FieldCrowdSecMachineCredentials, mc.URL, FieldCrowdSecLAPI, c.CrowdSecLAPI)
 	}
 	p, err := crowdsec.NewPusher(crowdsec.PusherConfig{Credentials: mc, CredentialsFile: c.CrowdSecMachineCredentials,
 		Logger: g.log.With(zap.String("component", "crowdsec-alerts"))})
