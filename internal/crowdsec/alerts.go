@@ -120,18 +120,7 @@ func (c *PusherConfig) checkAndSetDefaults() error {
 		c.MaxBackoff = DefaultMaxBackoff
 	}
 	c.MaxBackoff = max(c.MaxBackoff, c.MinBackoff)
-	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
-	}
-	if c.UserAgent == "" {
-		c.UserAgent = DefaultPusherUserAgent
-	}
-	if c.Logger == nil {
-		c.Logger = zap.NewNop()
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
+	clientDefaults(&c.HTTPClient, &c.UserAgent, DefaultPusherUserAgent, &c.Logger, &c.Now)
 	return errors.Join(errs...)
 }
 
