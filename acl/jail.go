@@ -414,6 +414,9 @@ func (j *Jail) announceBan(key netip.Prefix, b banRecord, why []zap.Field, manua
 	if j.config().OnBan != nil {
 		j.config().OnBan(key.Addr(), b.Until)
 	}
+	if f := j.config().OnLocalBan; f != nil {
+		f(key, b.At, b.Until, b.Failures, manual)
+	}
 }
 
 // keyString shows a single-address key as the address, a prefix as CIDR.

@@ -147,6 +147,7 @@ func (j *Jail) Unban(prefixOrIP string) error {
 		fleetHad, _ := j.publishUnban(key)
 		j.log.Info("source unbanned", zap.String("source", keyString(key)),
 			zap.Int("bans", b.Bans), zap.String("reason", "manual"), zap.Bool("fleet", fleetHad))
+		j.announceUnban(key)
 		return nil
 	}
 	cover, _, covered := j.activeBanLocked(key.Addr(), now)
@@ -155,6 +156,7 @@ func (j *Jail) Unban(prefixOrIP string) error {
 	if ferr == nil && fleetHad {
 		j.log.Info("source unbanned", zap.String("source", keyString(key)),
 			zap.String("reason", "manual"), zap.Bool("fleet", true))
+		j.announceUnban(key)
 		return nil
 	}
 	if ferr != nil {
@@ -166,6 +168,13 @@ func (j *Jail) Unban(prefixOrIP string) error {
 			keyString(key), ErrNotBanned, keyString(cover))
 	}
 	return fmt.Errorf("unbanning %s: %w", keyString(key), ErrNotBanned)
+}
+
+// announceUnban calls OnLocalUnban, outside the locks.
+func (j *Jail) announceUnban(key netip.Prefix) {
+	if f := j.config().OnLocalUnban; f != nil {
+		f(key)
+	}
 }
 
 // publishUnban lifts key's ban in the fleet, if there is one, and reports

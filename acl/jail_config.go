@@ -88,6 +88,15 @@ type JailConfig struct {
 	// the jail's locks; ip is the ban key's address (the prefix's first
 	// address for an aggregate ban).
 	OnBan func(ip netip.Addr, until time.Time)
+	// OnLocalBan, if set, is called after each ban this jail made
+	// (automatic or manual), outside the jail's locks, with the ban's key,
+	// start and end. Bans applied from the fleet (ApplyBan) are not
+	// reported: the gateway that made them did.
+	OnLocalBan func(key netip.Prefix, at, until time.Time, failures int, manual bool)
+	// OnLocalUnban, if set, is called after each successful Unban (an
+	// operator's), outside the jail's locks. Unbans applied from the fleet
+	// (ApplyUnban) and expiries are not reported.
+	OnLocalUnban func(key netip.Prefix)
 }
 
 // DefaultJailConfig returns the flag defaults.

@@ -215,6 +215,10 @@ func TestServeConfigErrorsExit2BeforeListening(t *testing.T) {
 	unknownKey, badYAML := filepath.Join(dir, "unknown.yaml"), filepath.Join(dir, "bad.yaml")
 	require.NoError(t, os.WriteFile(unknownKey, []byte("listen: ["+listen+"]\nupstrem: 127.0.0.1:5432\n"), 0o600))
 	require.NoError(t, os.WriteFile(badYAML, []byte("listen: ["+listen+"\nupstream: 127.0.0.1:5432\n"), 0o600))
+	machine, noPassword, bouncerKey := filepath.Join(dir, "machine.yaml"), filepath.Join(dir, "nopw.yaml"), filepath.Join(dir, "bouncer.key")
+	require.NoError(t, os.WriteFile(machine, []byte("url: http://127.0.0.1:8081/\nlogin: pgwarden\npassword: pw\n"), 0o600))
+	require.NoError(t, os.WriteFile(noPassword, []byte("url: http://127.0.0.1:8080/\nlogin: pgwarden\n"), 0o600))
+	require.NoError(t, os.WriteFile(bouncerKey, []byte("key\n"), 0o600))
 	tests := []struct {
 		name string
 		args []string
@@ -231,6 +235,9 @@ func TestServeConfigErrorsExit2BeforeListening(t *testing.T) {
 		{"bad redis prefix", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--redis", "redis://127.0.0.1:6379", "--redis-prefix", "a}b"}, `--redis-prefix "a}b"`},
 		{"missing crowdsec key", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--crowdsec-lapi", "http://127.0.0.1:8080/", "--crowdsec-key-file", "/nonexistent.key"}, "--crowdsec-key-file"},
 		{"crowdsec without key", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--crowdsec-lapi", "http://127.0.0.1:8080/"}, "--crowdsec-key-file: the bouncer key file is required"},
+		{"missing crowdsec machine credentials", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--crowdsec-machine-credentials", "/nonexistent.yaml"}, "--crowdsec-machine-credentials: open /nonexistent.yaml: no such file or directory; create it with `cscli machines add pgwarden --auto -f /nonexistent.yaml`"},
+		{"crowdsec machine without password", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--crowdsec-machine-credentials", noPassword}, "--crowdsec-machine-credentials " + noPassword + ": login and password are required"},
+		{"crowdsec machine on another LAPI", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "127.0.0.1", "--tls-cert", certFile, "--tls-key", keyFile, "--crowdsec-machine-credentials", machine, "--crowdsec-lapi", "http://127.0.0.1:8080/", "--crowdsec-key-file", bouncerKey}, "--crowdsec-machine-credentials: its url http://127.0.0.1:8081/ is not --crowdsec-lapi http://127.0.0.1:8080/"},
 		// The certificate loads (and would log so) before the allowlist is refused.
 		{"bad allow after a good certificate", []string{"--listen", listen, "--upstream", "127.0.0.1:5432", "--allow", "10.0.0.0/33", "--tls-cert", certFile, "--tls-key", keyFile}, `--allow "10.0.0.0/33"`},
 		{"missing config file", []string{"--config", filepath.Join(dir, "nope.yaml")}, "nope.yaml: no such file"},

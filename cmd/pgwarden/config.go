@@ -84,6 +84,7 @@ func newServeFlags(c *serveConfig) *pflag.FlagSet {
 	fs.StringVar(&c.CrowdSecLAPI, "crowdsec-lapi", "", "CrowdSec Local API URL (e.g. http://127.0.0.1:8080/): its ban decisions for IPs and ranges are refused at accept")
 	pathVar(fs, &c.CrowdSecKeyFile, "crowdsec-key-file", "file holding the bouncer API key (cscli bouncers add pgwarden)")
 	fs.DurationVar(&c.CrowdSecInterval, "crowdsec-interval", crowdsec.DefaultInterval, "how often the CrowdSec decision stream is pulled")
+	pathVar(fs, &c.CrowdSecMachineCredentials, "crowdsec-machine-credentials", "CrowdSec machine credentials (cscli machines add pgwarden --auto -f FILE): the jail's own bans are pushed to that LAPI as alerts")
 	grantFlags(fs, &c.Config)
 	return fs
 }

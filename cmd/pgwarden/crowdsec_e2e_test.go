@@ -1,11 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -167,4 +170,110 @@ func TestCrowdSecDecisionsRefusedAtAccept(t *testing.T) {
 	require.Eventually(t, func() bool { return mustMetric(t, e.admin, "pgwarden_crowdsec_up") == 1 },
 		fleetWait, 20*time.Millisecond)
 	require.Positive(t, lapi.pulled())
+}
+
+// watcherLAPI is the machine side of a CrowdSec LAPI: it logs the machine
+// in and records the alerts posted and the decisions deleted.
+type watcherLAPI struct {
+	*httptest.Server
+	mu      sync.Mutex
+	alerts  []map[string]any
+	deletes []url.Values
+}
+
+func newWatcherLAPI(t *testing.T) *watcherLAPI {
+	l := &watcherLAPI{}
+	l.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		switch {
+		case r.Method == http.MethodPost && r.URL.Path == "/v1/watchers/login":
+			var in map[string]any
+			if json.NewDecoder(r.Body).Decode(&in) != nil || in["machine_id"] != "pgwarden" || in["password"] != "machine-pw" {
+				http.Error(w, `{"code":401,"message":"incorrect Username or Password"}`, http.StatusUnauthorized)
+				return
+			}
+			fmt.Fprintf(w, `{"code":200,"expire":%q,"token":"jwt"}`, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+		case r.Header.Get("Authorization") != "Bearer jwt":
+			http.Error(w, `{"code":401,"message":"Token is expired"}`, http.StatusUnauthorized)
+		case r.Method == http.MethodPost && r.URL.Path == "/v1/alerts":
+			var batch []map[string]any
+			if json.NewDecoder(r.Body).Decode(&batch) != nil {
+				http.Error(w, `{"message":"bad"}`, http.StatusBadRequest)
+				return
+			}
+			l.alerts = append(l.alerts, batch...)
+			w.WriteHeader(http.StatusCreated)
+			_, _ = w.Write([]byte(`["1"]`))
+		case r.Method == http.MethodDelete && r.URL.Path == "/v1/decisions":
+			l.deletes = append(l.deletes, r.URL.Query())
+			_, _ = w.Write([]byte(`{"nbDeleted":"1"}`))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(l.Close)
+	return l
+}
+
+// banned lists the values of the ban decisions posted, in order.
+func (l *watcherLAPI) banned() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, a := range l.alerts {
+		for _, d := range a["decisions"].([]any) {
+			out = append(out, d.(map[string]any)["value"].(string))
+		}
+	}
+	return out
+}
+
+func (l *watcherLAPI) deleted() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, q := range l.deletes {
+		out = append(out, q.Encode())
+	}
+	return out
+}
+
+// TestCrowdSecBansPushed: with --crowdsec-machine-credentials, the jail's
+// own bans (after failed logins, and `pgwarden bans ban`) are pushed to the
+// LAPI as alerts, an unban deletes the decision, and
+// pgwarden_crowdsec_alerts_total counts them.
+func TestCrowdSecBansPushed(t *testing.T) {
+	pg := pgtest.Start(t)
+	lapi := newWatcherLAPI(t)
+	creds := filepath.Join(t.TempDir(), "machine.yaml")
+	require.NoError(t, os.WriteFile(creds, []byte("url: "+lapi.URL+"/\nlogin: pgwarden\npassword: machine-pw\n"), 0o600))
+	e := startBanEnv(t, pg, "--crowdsec-machine-credentials", creds)
+	require.Equal(t, 0.0, mustMetric(t, e.admin, `pgwarden_crowdsec_alerts_total{result="pushed"}`))
+
+	e.failLogins(t, "127.0.0.2", 3)
+	require.Eventually(t, func() bool { return slices.Equal(lapi.banned(), []string{"127.0.0.2"}) },
+		fleetWait, 20*time.Millisecond, "the automatic ban was never pushed")
+	e.cli(t, "ban", "127.0.0.77", "--for", "1h")
+	require.Eventually(t, func() bool { return slices.Equal(lapi.banned(), []string{"127.0.0.2", "127.0.0.77"}) },
+		fleetWait, 20*time.Millisecond, "the manual ban was never pushed")
+	require.Eventually(t, func() bool {
+		return mustMetric(t, e.admin, `pgwarden_crowdsec_alerts_total{result="pushed"}`) == 2
+	}, fleetWait, 20*time.Millisecond)
+	lapi.mu.Lock()
+	manual := lapi.alerts[1]
+	lapi.mu.Unlock()
+	require.Equal(t, "pgwarden/pgwarden-ban", manual["scenario"])
+	d := manual["decisions"].([]any)[0].(map[string]any)
+	require.Equal(t, "ban", d["type"])
+	dur, err := time.ParseDuration(d["duration"].(string))
+	require.NoError(t, err)
+	require.True(t, dur > 50*time.Minute && dur <= time.Hour, "the ban's remaining time, got %s", dur)
+
+	e.cli(t, "unban", "127.0.0.77")
+	require.Eventually(t, func() bool {
+		return slices.Equal(lapi.deleted(), []string{"origin=crowdsec&scopes=Ip&type=ban&value=127.0.0.77"})
+	}, fleetWait, 20*time.Millisecond, "the unban never deleted the decision")
+	require.Equal(t, 0.0, mustMetric(t, e.admin, `pgwarden_crowdsec_alerts_total{result="dropped"}`))
+	require.Equal(t, 0.0, mustMetric(t, e.admin, `pgwarden_crowdsec_alerts_total{result="failed"}`))
 }

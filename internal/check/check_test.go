@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -444,4 +445,42 @@ func TestCheckFleet(t *testing.T) {
 	rep = f.run(env())
 	requireOne(t, rep, "redis", Fail, down+" does not answer PING")
 	requireOne(t, rep, "crowdsec", Fail, "the LAPI at "+down+" does not answer: connection refused")
+}
+
+// TestCheckCrowdSecMachine: the machine of --crowdsec-machine-credentials
+// must log in to its LAPI; refused, or the LAPI down, it is a FAIL.
+func TestCheckCrowdSecMachine(t *testing.T) {
+	pg := pgtest.Start(t)
+	lapi := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			MachineID string `json:"machine_id"`
+			Password  string `json:"password"`
+		}
+		if r.URL.Path != "/v1/watchers/login" || json.NewDecoder(r.Body).Decode(&in) != nil {
+			http.Error(w, "unexpected", http.StatusTeapot)
+			return
+		}
+		if in.MachineID != "pgwarden" || in.Password != "right" {
+			http.Error(w, `{"code":401,"message":"incorrect Username or Password"}`, http.StatusUnauthorized)
+			return
+		}
+		_, _ = w.Write([]byte(`{"code":200,"expire":"2099-01-01T00:00:00Z","token":"t"}`))
+	}))
+	defer lapi.Close()
+	creds := filepath.Join(t.TempDir(), "machine.yaml")
+	write := func(url, pw string) {
+		require.NoError(t, os.WriteFile(creds, fmt.Appendf(nil, "url: %s\nlogin: pgwarden\npassword: %s\n", url, pw), 0o600))
+	}
+
+	f := newFixture(t, pg.Addr())
+	f.cfg.CrowdSecMachineCredentials = creds
+	write(lapi.URL, "right")
+	requireOne(t, f.run(env()), "crowdsec-machine", OK, `machine "pgwarden" logs in to the LAPI at `+lapi.URL)
+
+	write(lapi.URL, "wrong")
+	requireOne(t, f.run(env()), "crowdsec-machine", Fail, "crowdsec LAPI rejected the machine login")
+
+	down := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	write("http://"+down+"/", "right")
+	requireOne(t, f.run(env()), "crowdsec-machine", Fail, "connection refused")
 }

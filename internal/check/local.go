@@ -20,6 +20,7 @@ import (
 
 	"github.com/pgwarden/pgwarden/acl"
 	"github.com/pgwarden/pgwarden/internal/admin"
+	"github.com/pgwarden/pgwarden/internal/crowdsec"
 	"github.com/pgwarden/pgwarden/internal/fielderr"
 	"github.com/pgwarden/pgwarden/internal/gateway"
 )
@@ -378,6 +379,37 @@ func (c *checker) checkFleet() {
 	if c.cfg.CrowdSecLAPI != "" {
 		c.checkCrowdSec()
 	}
+	if c.cfg.CrowdSecMachineCredentials != "" {
+		c.checkCrowdSecMachine()
+	}
+}
+
+// checkCrowdSecMachine logs in to the LAPI with the machine credentials
+// the jail's bans are pushed with. Logging in changes nothing the running
+// gateway relies on (each login gets its own token).
+func (c *checker) checkCrowdSecMachine() {
+	flag := c.name(gateway.FieldCrowdSecMachineCredentials)
+	mc, err := crowdsec.ReadMachineCredentials(c.cfg.CrowdSecMachineCredentials)
+	if err != nil {
+		return // a config FAIL already
+	}
+	p, err := crowdsec.NewPusher(crowdsec.PusherConfig{Credentials: mc, Timeout: c.env.DialTimeout,
+		HTTPClient: &http.Client{Transport: &http.Transport{Proxy: nil}}})
+	if err != nil {
+		return // a config FAIL already
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.env.DialTimeout)
+	defer cancel()
+	if err := p.Login(ctx); err != nil {
+		fix := "start the CrowdSec LAPI, or fix the url in " + flag
+		if errors.Is(err, crowdsec.ErrLoginRejected) {
+			fix = "register the machine: cscli machines add pgwarden --auto -f FILE, and point " + flag + " at FILE"
+		}
+		c.result("crowdsec-machine", Fail, nil, fix, "machine %q cannot log in to the LAPI at %s: %s; the jail's bans would not be pushed to CrowdSec",
+			mc.Login, mc.URL, describe(err))
+		return
+	}
+	c.ok("crowdsec-machine", nil, "machine %q logs in to the LAPI at %s", mc.Login, mc.URL)
 }
 
 func (c *checker) checkRedis() {

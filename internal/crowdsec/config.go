@@ -97,19 +97,25 @@ func (c *Config) checkAndSetDefaults() error {
 	} else if c.MaxResponseBytes < 1024 {
 		bad("MaxResponseBytes must be at least 1024 (got %d)", c.MaxResponseBytes)
 	}
-	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
-	}
-	if c.UserAgent == "" {
-		c.UserAgent = DefaultUserAgent
-	}
-	if c.Logger == nil {
-		c.Logger = zap.NewNop()
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
+	clientDefaults(&c.HTTPClient, &c.UserAgent, DefaultUserAgent, &c.Logger, &c.Now)
 	return errors.Join(errs...)
+}
+
+// clientDefaults fills the zero values of the settings the bouncer and
+// the alert pusher share.
+func clientDefaults(client **http.Client, userAgent *string, defaultUA string, logger **zap.Logger, now *func() time.Time) {
+	if *client == nil {
+		*client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	}
+	if *userAgent == "" {
+		*userAgent = defaultUA
+	}
+	if *logger == nil {
+		*logger = zap.NewNop()
+	}
+	if *now == nil {
+		*now = time.Now
+	}
 }
 
 // maxKeyFile bounds the key file read: a key is a few dozen bytes.

@@ -87,6 +87,11 @@ type Config struct {
 	CrowdSecLAPI     string
 	CrowdSecKeyFile  string
 	CrowdSecInterval time.Duration
+	// CrowdSecMachineCredentials, if set, is a CrowdSec machine's
+	// credentials file (local_api_credentials.yaml: url, login, password):
+	// the jail's own bans are pushed to that LAPI as alerts. Its url must
+	// be CrowdSecLAPI's when both are set.
+	CrowdSecMachineCredentials string
 
 	// Access grants (grants.go): a source outside a route's allowlist
 	// may connect while a grant covers it.
@@ -151,12 +156,14 @@ var (
 	FieldCrowdSecLAPI            = field("CrowdSecLAPI")
 	FieldCrowdSecKeyFile         = field("CrowdSecKeyFile")
 	FieldCrowdSecInterval        = field("CrowdSecInterval")
-	FieldGrantMaxTTL             = field("GrantMaxTTL")
-	FieldGrantEndSessions        = field("GrantEndSessions")
-	FieldGrantListen             = field("GrantListen")
-	FieldGrantTLSCert            = field("GrantTLSCert")
-	FieldGrantTLSKey             = field("GrantTLSKey")
-	FieldGrantProxyProtocolFrom  = field("GrantProxyProtocolFrom")
+	// FieldCrowdSecMachineCredentials is the machine credentials file.
+	FieldCrowdSecMachineCredentials = field("CrowdSecMachineCredentials")
+	FieldGrantMaxTTL                = field("GrantMaxTTL")
+	FieldGrantEndSessions           = field("GrantEndSessions")
+	FieldGrantListen                = field("GrantListen")
+	FieldGrantTLSCert               = field("GrantTLSCert")
+	FieldGrantTLSKey                = field("GrantTLSKey")
+	FieldGrantProxyProtocolFrom     = field("GrantProxyProtocolFrom")
 	// FieldOIDC is the OIDC section; its rules' errors follow it as
 	// ".rules[N]...".
 	FieldOIDC          = field("OIDC")

@@ -105,6 +105,7 @@ type Gateway struct {
 	shared    *fleetShared      // the jail's view of fleet
 	grantSync *grantSync        // the grants' view of fleet; nil without Redis
 	crowdsec  *crowdsec.Bouncer // nil without a CrowdSec LAPI
+	alerts    *crowdsec.Pusher  // nil without CrowdSec machine credentials
 
 	// grants are the access grants (grants.go); grantAPI is their
 	// self-service endpoint, nil without GrantListen. servers are the
@@ -177,7 +178,7 @@ func Build(cfg *Config, opts Options) (*Gateway, error) {
 		}
 		g.logSelf("the host's own addresses are never banned")
 	}
-	jail, err := newJail(cfg, g.banIgnore.WithAddrs(g.self), log, g.metrics.OnBan, g.newShared)
+	jail, err := newJail(cfg, g.banIgnore.WithAddrs(g.self), log, g.metrics.OnBan, g.jailHooks)
 	if err != nil {
 		g.closeSeveral()
 		return nil, err
@@ -305,15 +306,15 @@ func jailConfig(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip
 }
 
 // newJail builds the ban jail from the Ban* settings, ignoring the sources
-// in ignore and sharing it through the store newShared returns for the
-// jail's settings (nil: none). Problems with them are ConfigErrors; a
+// in ignore, with the hooks (its Shared store, its ban announcements) that
+// hooks sets for the jail's settings. Problems with them are ConfigErrors; a
 // state file locked by another process is a runtime error.
-func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time), newShared func(acl.JailConfig) acl.Shared) (*acl.Jail, error) {
+func newJail(c *Config, ignore *acl.Allowlist, log *zap.Logger, onBan func(ip netip.Addr, until time.Time), hooks func(*acl.JailConfig)) (*acl.Jail, error) {
 	jcfg, err := jailConfig(c, ignore, log, onBan)
 	if err != nil {
 		return nil, configError(err)
 	}
-	jcfg.Shared = newShared(jcfg)
+	hooks(&jcfg)
 	j, err := acl.NewJail(jcfg)
 	if err != nil {
 		if errors.Is(err, acl.ErrStateLocked) {

@@ -37,6 +37,11 @@ func (g *Gateway) buildSeveral() error {
 			g.metrics.EnableCrowdSec(b.Up, b.Decisions)
 		}
 	}
+	if c.CrowdSecMachineCredentials != "" {
+		if err := g.buildAlerts(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.Redis != "" {
 		s, err := fleet.New(fleet.Config{URL: c.Redis, Prefix: c.RedisPrefix, HistoryTTL: historyTTL(c),
 			TombstoneTTL: max(fleet.DefaultTombstoneTTL, c.BanMaxTime), Logger: g.log.With(zap.String("component", "fleet"))})
@@ -60,6 +65,33 @@ func (g *Gateway) buildSeveral() error {
 	return errors.Join(errs...)
 }
 
+// buildAlerts builds the pusher of the jail's bans to CrowdSec. The
+// credentials file's url is the LAPI it pushes to; with CrowdSecLAPI too,
+// both must name the same LAPI (a bouncer of one LAPI feeding another is
+// almost surely a mistake, and pushing to the LAPI pgwarden pulls from is
+// what makes an unban here lift the decision pgwarden itself obeys).
+func (g *Gateway) buildAlerts() error {
+	c := g.cfg
+	mc, err := crowdsec.ReadMachineCredentials(c.CrowdSecMachineCredentials)
+	if err != nil {
+		return libraryConfigError(err, crowdsec.ErrConfig, map[string]fielderr.Field{
+			"MachineCredentials": FieldCrowdSecMachineCredentials})
+	}
+	if c.CrowdSecLAPI != "" && !crowdsec.SameURL(mc.URL, c.CrowdSecLAPI) {
+		return errorf("%s: its url %s is not %s %s; make them name the same LAPI (bans are pushed to the LAPI decisions are pulled from)",
+			FieldCrowdSecMachineCredentials, mc.URL, FieldCrowdSecLAPI, c.CrowdSecLAPI)
+	}
+	p, err := crowdsec.NewPusher(crowdsec.PusherConfig{Credentials: mc, CredentialsFile: c.CrowdSecMachineCredentials,
+		Logger: g.log.With(zap.String("component", "crowdsec-alerts"))})
+	if err != nil {
+		return libraryConfigError(err, crowdsec.ErrConfig, map[string]fielderr.Field{
+			"MachineCredentials": FieldCrowdSecMachineCredentials})
+	}
+	g.alerts = p
+	g.metrics.EnableCrowdSecAlerts(p.Pushed, p.Failed, p.Dropped)
+	return nil
+}
+
 // historyTTL is the jail's ban history TTL for these settings, which the
 // fleet's history keys keep too.
 func historyTTL(c *Config) time.Duration {
@@ -68,12 +100,21 @@ func historyTTL(c *Config) time.Duration {
 	return jc.HistoryTTL
 }
 
-// newShared is the jail's Shared store: the fleet's, or none.
-func (g *Gateway) newShared(acl.JailConfig) acl.Shared {
-	if g.shared == nil {
-		return nil
+// jailHooks sets the jail's Shared store (the fleet's, or none) and, with
+// CrowdSec machine credentials, has its own bans and unbans pushed. Only
+// the jail's own: a ban applied from the fleet was pushed by the gateway
+// that made it, and CrowdSec's decisions never enter the jail (they are a
+// separate denier), so nothing pushed comes back as a new ban.
+func (g *Gateway) jailHooks(jc *acl.JailConfig) {
+	if g.shared != nil {
+		jc.Shared = g.shared
 	}
-	return g.shared
+	if g.alerts != nil {
+		jc.OnLocalBan = func(key netip.Prefix, at, until time.Time, failures int, manual bool) {
+			g.alerts.Ban(key, at, until, failures, manual)
+		}
+		jc.OnLocalUnban = g.alerts.Unban
+	}
 }
 
 // deniers are the admission policy's deny sources, in the order they are
@@ -101,13 +142,21 @@ func proxyProtocolTimeout(c *Config) time.Duration {
 	return DefaultProxyProtocolTimeout
 }
 
-// runSeveral starts the CrowdSec puller and the fleet watcher on ctx.
+// runSeveral starts the CrowdSec puller and pusher and the fleet watcher
+// on ctx.
 func (g *Gateway) runSeveral(ctx context.Context, wg *sync.WaitGroup) {
 	if g.crowdsec != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			_ = g.crowdsec.Run(ctx)
+		}()
+	}
+	if g.alerts != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = g.alerts.Run(ctx)
 		}()
 	}
 	if g.fleet != nil {

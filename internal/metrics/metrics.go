@@ -48,6 +48,7 @@ import (
 //	pgwarden_redis_up                                  gauge     1 while the fleet's Redis answers (--redis)
 //	pgwarden_crowdsec_up                               gauge     1 while the last CrowdSec decision pull succeeded
 //	pgwarden_crowdsec_decisions                        gauge     CrowdSec ban decisions held
+//	pgwarden_crowdsec_alerts_total{result}             counter   the jail's bans pushed to CrowdSec: pushed, failed, dropped
 //
 // plus the standard go_* and process_* collectors.
 const (

@@ -11,6 +11,7 @@ const (
 	metricRedisUp           = "pgwarden_redis_up"
 	metricCrowdSecUp        = "pgwarden_crowdsec_up"
 	metricCrowdSecDecisions = "pgwarden_crowdsec_decisions"
+	metricCrowdSecAlerts    = "pgwarden_crowdsec_alerts_total"
 )
 
 // EnableProxyProtocol registers pgwarden_proxy_header_errors_total with
@@ -55,6 +56,23 @@ func (m *Prometheus) EnableCrowdSec(up func() bool, decisions func() int) {
 			Help: "CrowdSec ban decisions held (for IPs and ranges).",
 		}, func() float64 { return float64(decisions()) }),
 	)
+}
+
+// EnableCrowdSecAlerts registers pgwarden_crowdsec_alerts_total, by
+// result, read at scrape time: pushed (the LAPI accepted the alert),
+// failed (it refused it; not retried) and dropped (never sent: the queue
+// was full, or the ban ended before the LAPI could be reached).
+func (m *Prometheus) EnableCrowdSecAlerts(pushed, failed, dropped func() uint64) {
+	for _, r := range []struct {
+		result string
+		read   func() uint64
+	}{{"pushed", pushed}, {"failed", failed}, {"dropped", dropped}} {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        metricCrowdSecAlerts,
+			Help:        "The jail's bans pushed to CrowdSec's LAPI as alerts, by result: pushed, failed (refused by the LAPI), dropped (never sent: the queue was full or the ban ended first).",
+			ConstLabels: prometheus.Labels{"result": r.result},
+		}, func() float64 { return float64(r.read()) }))
+	}
 }
 
 func boolGauge(b bool) float64 {
