@@ -46,6 +46,7 @@ const (
 	DefaultMaxBatch        = 50
 	DefaultMinBackoff      = time.Second
 	DefaultMaxBackoff      = time.Minute
+	DefaultFlushTimeout    = 3 * time.Second
 	DefaultPusherUserAgent = "pgwarden-watcher/1"
 	// maxAnswer bounds a login, alerts or delete answer read: they are a
 	// token, a list of ids, a count.
@@ -79,6 +80,10 @@ type PusherConfig struct {
 	// HTTPClient sends the requests; default a client on a clone of
 	// http.DefaultTransport.
 	HTTPClient *http.Client
+	// FlushTimeout bounds the one last attempt, when Run's context ends,
+	// to send what is still queued (bans made while the gateway drained);
+	// default 3s.
+	FlushTimeout time.Duration
 	// UserAgent is sent with every request; default "pgwarden-watcher/1".
 	UserAgent string
 	// Logger receives outages and rejected alerts; default none.
@@ -120,6 +125,9 @@ func (c *PusherConfig) checkAndSetDefaults() error {
 		c.MaxBackoff = DefaultMaxBackoff
 	}
 	c.MaxBackoff = max(c.MaxBackoff, c.MinBackoff)
+	if c.FlushTimeout <= 0 {
+		c.FlushTimeout = DefaultFlushTimeout
+	}
 	clientDefaults(&c.HTTPClient, &c.UserAgent, DefaultPusherUserAgent, &c.Logger, &c.Now)
 	return errors.Join(errs...)
 }
@@ -238,7 +246,8 @@ func (p *Pusher) take() []pushItem {
 }
 
 // Run sends what is queued until ctx ends, retrying with backoff while the
-// LAPI is down; it returns nil then. What is still queued is lost.
+// LAPI is down. When ctx ends it makes one last attempt, within
+// FlushTimeout, to send what is left (flush), then returns nil.
 func (p *Pusher) Run(ctx context.Context) error {
 	backoff := time.Duration(0)
 	var batch []pushItem
@@ -247,6 +256,7 @@ func (p *Pusher) Run(ctx context.Context) error {
 			if batch = p.take(); len(batch) == 0 {
 				select {
 				case <-ctx.Done():
+					p.flush(nil)
 					return nil
 				case <-p.wake:
 					continue
@@ -259,6 +269,7 @@ func (p *Pusher) Run(ctx context.Context) error {
 		}
 		err := p.send(ctx, batch)
 		if ctx.Err() != nil {
+			p.flush(batch) // cut short: send it again with the rest
 			return nil
 		}
 		var perm *permanentError
@@ -281,9 +292,44 @@ func (p *Pusher) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			p.flush(batch)
 			return nil
 		case <-t.C:
 		}
+	}
+}
+
+// flush makes one attempt, within FlushTimeout, to send batch and then
+// everything queued, so the bans of a gateway's last minutes reach
+// CrowdSec rather than ending with the process. It does not retry: what a
+// LAPI that is down or too slow did not take is counted as dropped.
+func (p *Pusher) flush(batch []pushItem) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.FlushTimeout)
+	defer cancel()
+	for {
+		if len(batch) == 0 {
+			if batch = p.take(); len(batch) == 0 {
+				return
+			}
+		}
+		if batch = p.prune(batch); len(batch) == 0 {
+			continue
+		}
+		err := p.send(ctx, batch)
+		var perm *permanentError
+		if err != nil && !errors.As(err, &perm) {
+			lost := len(batch)
+			for rest := p.take(); len(rest) > 0; rest = p.take() {
+				lost += len(rest)
+			}
+			p.drops.Add(uint64(lost))
+			p.log.Warn("crowdsec: bans and unbans not pushed at shutdown", zap.Int("lost", lost), zap.Error(err))
+			return
+		}
+		if err != nil {
+			p.log.Error("crowdsec LAPI refused what pgwarden sent; not retried", zap.Error(err))
+		}
+		batch = nil
 	}
 }
 

@@ -344,6 +344,40 @@ func TestPusherEndedBanDropped(t *testing.T) {
 	require.Equal(t, "2001:db8:1:2::/64", batches[0][0]["source"].(map[string]any)["value"])
 }
 
+// TestPusherFlushesAtShutdown: what is queued when Run's context ends
+// (bans made while the gateway drained) is sent in one last attempt; with
+// the LAPI down, that attempt gives up within FlushTimeout and counts
+// what it could not send as dropped.
+func TestPusherFlushesAtShutdown(t *testing.T) {
+	w := newWatcherLAPI(t)
+	now := time.Now()
+	p := newTestPusher(t, PusherConfig{Credentials: w.creds(), MaxBatch: 2})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := range 3 {
+		p.Ban(netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 32), now, now.Add(time.Hour), 3, false)
+	}
+	p.Unban(netip.MustParsePrefix("192.0.2.0/32"))
+	require.NoError(t, p.Run(ctx))
+	require.EqualValues(t, 3, p.Pushed())
+	_, batches, _, deletes, _ := w.snapshot()
+	require.Len(t, batches, 2)
+	require.Len(t, deletes, 1)
+	require.Zero(t, p.Queued())
+
+	// The LAPI down (every request 503): Run returns, the bans dropped.
+	down := newWatcherLAPI(t)
+	down.answers = []int{503, 503, 503, 503}
+	core, logs := observer.New(zapcore.WarnLevel)
+	q := newTestPusher(t, PusherConfig{Credentials: down.creds(), FlushTimeout: time.Second, Logger: zap.New(core)})
+	q.Ban(ban1, now, now.Add(time.Hour), 3, false)
+	q.Ban(ban6, now, now.Add(time.Hour), 3, false)
+	require.NoError(t, q.Run(ctx))
+	require.EqualValues(t, 0, q.Pushed())
+	require.EqualValues(t, 2, q.Dropped())
+	require.Equal(t, 1, logs.FilterMessage("crowdsec: bans and unbans not pushed at shutdown").Len())
+}
+
 // TestReadMachineCredentials: the file cscli writes is read; every
 // unusable one is an error naming MachineCredentials and the fix.
 func TestReadMachineCredentials(t *testing.T) {
