@@ -153,7 +153,8 @@ func TestContribDashboardAndAlerts(t *testing.T) {
 }
 
 // scrapeBusyGateway runs the gateway with everything that has metrics of
-// its own (a fleet Redis, a CrowdSec LAPI, a trusted load balancer), gives
+// its own (a fleet Redis, a CrowdSec LAPI pulled from and pushed to, a
+// trusted load balancer), gives
 // it a session, a failed login, a refused source and a ban, and returns
 // the metric names of its /metrics.
 func scrapeBusyGateway(t *testing.T) map[string]bool {
@@ -169,10 +170,13 @@ func scrapeBusyGateway(t *testing.T) map[string]bool {
 	certFile, keyFile, caFile := tlsFiles(t)
 	bouncerKey := filepath.Join(t.TempDir(), "bouncer.key")
 	require.NoError(t, os.WriteFile(bouncerKey, []byte("key\n"), 0o600))
+	machine := filepath.Join(t.TempDir(), "crowdsec-machine.yaml")
+	require.NoError(t, os.WriteFile(machine, []byte("url: "+lapi.URL+"\nlogin: pgwarden\npassword: pw\n"), 0o600))
 	port := freePort(t)
 	g := startBinary(t, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--upstream", pg.Addr(), "--allow", "127.0.0.1",
 		"--tls-cert", certFile, "--tls-key", keyFile, "--admin", "127.0.0.1:0",
 		"--redis", rds.URL(), "--crowdsec-lapi", lapi.URL, "--crowdsec-key-file", bouncerKey,
+		"--crowdsec-machine-credentials", machine,
 		"--proxy-protocol-from", "127.0.0.9")
 	admin := adminAddr(t, g)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
