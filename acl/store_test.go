@@ -216,19 +216,7 @@ func TestJailDamagedStateNeverBlocksStart(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			cfg := testJailConfig(newFakeClock())
-			cfg.StatePath = filepath.Join(t.TempDir(), "bans.db")
-			j, err := NewJail(cfg)
-			require.NoError(t, err)
-			for i := range 40 {
-				_, err := j.Ban(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}).String(), time.Hour)
-				require.NoError(t, err)
-			}
-			require.NoError(t, j.Close())
-			b, err := os.ReadFile(cfg.StatePath)
-			require.NoError(t, err)
-			require.NoError(t, os.WriteFile(cfg.StatePath, tc.damage(b), 0o600))
-
+			cfg := damagedState(t, tc.damage)
 			j2 := newTestJail(t, cfg)
 			aside, _ := filepath.Glob(cfg.StatePath + ".corrupt-*")
 			if (len(aside) == 1) != tc.wantAside {
@@ -236,6 +224,25 @@ func TestJailDamagedStateNeverBlocksStart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// damagedState writes a state file holding 40 bans, then damages its
+// bytes, and returns a jail configuration that opens it.
+func damagedState(t *testing.T, damage func([]byte) []byte) JailConfig {
+	t.Helper()
+	cfg := testJailConfig(newFakeClock())
+	cfg.StatePath = filepath.Join(t.TempDir(), "bans.db")
+	j, err := NewJail(cfg)
+	require.NoError(t, err)
+	for i := range 40 {
+		_, err := j.Ban(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}).String(), time.Hour)
+		require.NoError(t, err)
+	}
+	require.NoError(t, j.Close())
+	b, err := os.ReadFile(cfg.StatePath)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cfg.StatePath, damage(b), 0o600))
+	return cfg
 }
 
 // freelistClaims makes the freelist page of each meta page claim count
@@ -263,19 +270,7 @@ func freelistClaims(count uint64) func([]byte) []byte {
 func TestJailStateFaultIsRecovered(t *testing.T) {
 	defer func(p func(string) error) { precheck = p }(precheck)
 	precheck = func(string) error { return nil }
-	cfg := testJailConfig(newFakeClock())
-	cfg.StatePath = filepath.Join(t.TempDir(), "bans.db")
-	j, err := NewJail(cfg)
-	require.NoError(t, err)
-	for i := range 40 {
-		_, err := j.Ban(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}).String(), time.Hour)
-		require.NoError(t, err)
-	}
-	require.NoError(t, j.Close())
-	b, err := os.ReadFile(cfg.StatePath)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(cfg.StatePath, freelistClaims(1<<22)(b), 0o600))
-
+	cfg := damagedState(t, freelistClaims(1<<22))
 	j2 := newTestJail(t, cfg)
 	aside, _ := filepath.Glob(cfg.StatePath + ".corrupt-*")
 	require.Len(t, aside, 1, "the damaged file is moved aside")
