@@ -93,10 +93,8 @@ type PusherConfig struct {
 }
 
 func (c *PusherConfig) checkAndSetDefaults() error {
-	var errs []error
-	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...))
-	}
+	var errs configProblems
+	bad := errs.add
 	if err := checkURL(c.Credentials.URL); err != nil {
 		bad("MachineCredentials url: %w", err)
 	}
@@ -129,7 +127,7 @@ func (c *PusherConfig) checkAndSetDefaults() error {
 		c.FlushTimeout = DefaultFlushTimeout
 	}
 	clientDefaults(&c.HTTPClient, &c.UserAgent, DefaultPusherUserAgent, &c.Logger, &c.Now)
-	return errors.Join(errs...)
+	return errs.err()
 }
 
 // pushItem is a ban to announce or an unban to apply, in the order they

@@ -55,10 +55,8 @@ type Config struct {
 }
 
 func (c *Config) checkAndSetDefaults() error {
-	var errs []error
-	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...))
-	}
+	var errs configProblems
+	bad := errs.add
 	u, err := url.Parse(c.URL)
 	switch {
 	case c.URL == "":
@@ -98,8 +96,18 @@ func (c *Config) checkAndSetDefaults() error {
 		bad("MaxResponseBytes must be at least 1024 (got %d)", c.MaxResponseBytes)
 	}
 	clientDefaults(&c.HTTPClient, &c.UserAgent, DefaultUserAgent, &c.Logger, &c.Now)
-	return errors.Join(errs...)
+	return errs.err()
 }
+
+// configProblems collects the problems of a configuration, each wrapping
+// ErrConfig.
+type configProblems []error
+
+func (p *configProblems) add(format string, args ...any) {
+	*p = append(*p, fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...))
+}
+
+func (p configProblems) err() error { return errors.Join(p...) }
 
 // clientDefaults fills the zero values of the settings the bouncer and
 // the alert pusher share.
